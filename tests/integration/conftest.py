@@ -1,0 +1,130 @@
+"""Real services for the integration tests: a moto S3 server, Ceph RGW, MNIST files.
+
+A test that needs a service the machine lacks is skipped, except where
+``TUNER_REQUIRE_SERVICES=1`` (set by .ci/run): there a missing service fails the test.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+CEPH_SCRIPT = REPO / "tests" / "services" / "ceph_rgw.sh"
+REQUIRE_SERVICES = os.environ.get("TUNER_REQUIRE_SERVICES") == "1"
+
+
+def missing(reason: str):
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (TUNER_REQUIRE_SERVICES=1 turns this skip into a failure)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def make_bucket(env: dict, bucket: str) -> None:
+    import boto3
+
+    boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
+
+
+def s3_env(endpoint: str, access: str, secret: str) -> dict:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": access,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+    }
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 with a bucket `tuner`; yields the AWS_* env."""
+    exe = shutil.which("moto_server")
+    if not exe:
+        missing("moto_server is not installed (pip install 'moto[server]')")
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+        env = s3_env(f"http://127.0.0.1:{port}", "testing", "testing")
+        make_bucket(env, "tuner")
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def ceph_s3(tmp_path_factory):
+    """A real Ceph RGW (checks signatures) on 127.0.0.1 with a bucket `tuner`."""
+    if not CEPH_SCRIPT.exists():
+        missing("tests/services/ceph_rgw.sh is missing")
+    data_dir = tmp_path_factory.mktemp("ceph")
+    port = free_port()
+    started = subprocess.run(["bash", str(CEPH_SCRIPT), "start", str(data_dir), str(port)],
+                             capture_output=True, text=True, timeout=300)
+    if started.returncode != 0:
+        missing(f"Ceph RGW did not start: {started.stderr.strip().splitlines()[-1:] or started.returncode}")
+    try:
+        env = {}
+        for line in started.stdout.splitlines():
+            line = line.removeprefix("export ").strip()
+            if "=" in line:
+                key, value = line.split("=", 1)
+                env[key] = value.strip("'\"")
+        env = {**s3_env(env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])}
+        make_bucket(env, "tuner")
+        yield env
+    finally:
+        subprocess.run(["bash", str(CEPH_SCRIPT), "stop", str(data_dir)], timeout=60)
+
+
+@pytest.fixture(scope="session")
+def mnist_source() -> str:
+    """The original MNIST files when ../shared has them, else the shipped subset."""
+    return str(SHARED_MNIST) if (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists() else "builtin"
+
+
+def run_tuner(args: list[str], env: dict | None = None, cwd: Path | None = None, timeout: float = 1200):
+    """Run the real `tuner` CLI in a subprocess with its own in-process Ray."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "tuner", *args], env=full_env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def unique_name():
+    return f"t-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,115 @@
+"""The tuning job end to end: real local Ray, real S3 server, real MNIST subset."""
+
+import io
+import json
+import math
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_tuner
+
+pytestmark = pytest.mark.slow
+
+# Two learning rates: one that learns and one that barely moves, twice each, so that
+# ASHA meets the slow one at rung 1 after a fast one has set the bar.
+E2E_ARGS = [
+    "--config", "quick",
+    "--set", "search.algorithm=grid",
+    "--set", "search.num_samples=2",
+    "--set", "search.space.learning_rate={choice: [0.003, 0.00001]}",
+    "--set", "search.space.optimizer=adam",
+    "--set", "search.space.schedule=constant",
+    "--set", "search.space.dropout=0.1",
+    "--set", "search.space.width=64",
+    "--set", "search.space.depth=1",
+    "--set", "search.space.batch_size={choice: [64]}",
+    "--set", "asha.max_t=3",
+    "--set", "asha.grace_period=1",
+    "--set", "asha.reduction_factor=2",
+    "--set", "scaling.workers=2",
+    "--set", "scaling.max_concurrent_trials=1",
+]
+
+
+def s3_client(env):
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+
+
+def get(client, key: str) -> bytes:
+    return client.get_object(Bucket="tuner", Key=key)["Body"].read()
+
+
+def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
+    proc = run_tuner(["tune", *E2E_ARGS, "--name", unique_name, "--storage", "s3://tuner/exp"], env=moto_s3, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "Best trial" in proc.stdout
+
+    client = s3_client(moto_s3)
+    prefix = f"exp/{unique_name}"
+    summary = json.loads(get(client, f"{prefix}/summary.json"))
+    rows = pq.read_table(io.BytesIO(get(client, f"{prefix}/results.parquet"))).to_pylist()
+    trials = summary["trials"]
+    train_rows = 2750  # the shipped subset: 3000 training images less 1/12 for validation
+
+    # Four trials, two workers each; ASHA stopped at least one before max_t.
+    assert len(trials) == 4 and all(t["status"] == "terminated" for t in trials)
+    assert any(t["stopped_early"] and t["epochs"] < 3 for t in trials)
+    assert any(t["epochs"] == 3 for t in trials)
+    for t in trials:
+        assert t["workers"] == 2 and t["global_batch"] == 2 * t["per_worker_batch"] == 128
+        assert t["steps_per_epoch"] == math.ceil(train_rows / 128) == 22
+
+    # results.parquet holds one row per reported epoch and agrees with the summary.
+    assert len(rows) == sum(t["epochs"] for t in trials) == summary["epochs_spent"]
+    for row in rows:
+        assert row["workers"] == 2 and row["global_batch"] == 2 * row["per_worker_batch"]
+        assert row["steps_per_epoch"] == 22
+    by_trial = {t["trial_id"]: t for t in trials}
+    for trial_id, t in by_trial.items():
+        epochs = sorted(r["epoch"] for r in rows if r["trial_id"] == trial_id)
+        assert epochs == list(range(1, t["epochs"] + 1))
+    best = summary["best"]
+    assert best["val_accuracy"] == max(r["val_accuracy"] for r in rows)
+    assert best["val_accuracy"] > 0.7 and best["config"]["learning_rate"] == 0.003
+
+    # Checkpoints are in the bucket, and the two workers held identical weights.
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="tuner", Prefix=f"{prefix}/runs/")
+            for o in page.get("Contents", [])]
+    ckpt = best["checkpoint_uri"].removeprefix("s3://tuner/")
+    assert f"{ckpt}/model.keras" in keys
+    digests = {get(client, f"{ckpt}/weights-rank{r}.sha256") for r in (0, 1)}
+    assert len(digests) == 1
+    for row in rows:
+        assert row["checkpoint_path"] and row["weights_sha256"]
+
+    # The exported best model reloads and reproduces the summary's test accuracy.
+    import tf_keras
+
+    from tuner import model
+
+    local = tmp_path / "best.keras"
+    local.write_bytes(get(client, f"{prefix}/best_model.keras"))
+    net = tf_keras.models.load_model(local)
+    x, y = _test_split(tmp_path)
+    _, accuracy = model.evaluate(net, x, y)
+    assert accuracy == pytest.approx(best["test_accuracy"], abs=1e-9)
+
+    # `tuner best` prints the same best trial.
+    shown = run_tuner(["best", "--storage", "s3://tuner/exp", "--name", unique_name], env=moto_s3)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["trial_id"] == best["trial_id"]
+
+    # Running the finished experiment again is refused and loses nothing.
+    again = run_tuner(["tune", *E2E_ARGS, "--name", unique_name, "--storage", "s3://tuner/exp"], env=moto_s3, cwd=tmp_path)
+    assert again.returncode == 2 and "already finished" in again.stderr
+    assert json.loads(get(client, f"{prefix}/summary.json")) == summary
+
+
+def _test_split(tmp_path):
+    from tuner import data
+
+    uri = str(tmp_path / "ds")
+    data.stage(data.source_for("builtin"), uri, 1 / 12)
+    return data.load_split(uri, "test")

@@ -1,0 +1,51 @@
+"""The CLI's contract for bad input: one line per problem, exit 2, nothing written."""
+
+import pytest
+
+from tuner.cli import main
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["tune", "--set", "asha.grace_period=0"], "The value of `asha.grace_period` is 0, but must be >= 1."),
+        (["tune", "--set", "asha.grace=1"], "Unknown key `asha.grace`"),
+        (["tune", "--config", "nope"], "is neither a YAML file nor a preset"),
+        (["tune", "--storage", "gs://b/x"], "the scheme `gs://` is not supported"),
+        (["train", "--config", "quick"], "`tuner train` needs one value"),
+        (["tune", "--set", "search.space.batch_size=4096"], "exceeds the 2750 training rows"),
+        (["tune", "--set", "scaling.workers=8"], "A trial needs 5 CPUs (1 driver + 8 workers x 0.5)"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if "scaling.workers=8" in args:
+        # The resource check needs a cluster; give it a fake one instead of starting Ray.
+        from tuner import tune
+
+        monkeypatch.setattr(tune, "connect", lambda address, spec: {"CPU": 2.0})
+    code = main([*args, "--storage", str(tmp_path / "store")] if "--storage" not in args else args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert any(message in line for line in err), err
+    assert all(line.startswith("tuner: error: ") for line in err)
+    assert not (tmp_path / "store" / "quick").exists()
+
+
+def test_spec_errors_write_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", "--set", "asha.max_t=0", "--set", "scaling.workers=0"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 3  # max_t, grace > max_t, workers
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_data_builtin(tmp_path, capsys):
+    assert main(["stage-data", "--dest", str(tmp_path / "ds")]) == 0
+    assert "train 2750, validation 250, test 1000 rows" in capsys.readouterr().out
+    assert (tmp_path / "ds" / "manifest.json").exists()
+
+
+def test_best_without_summary(tmp_path, capsys):
+    assert main(["best", "--storage", str(tmp_path), "--name", "none"]) == 2
+    assert "No summary at" in capsys.readouterr().err

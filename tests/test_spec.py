@@ -1,0 +1,130 @@
+"""Spec loading, overrides and validation: tables of bad input -> expected message."""
+
+import pytest
+
+from tuner.spec import Dim, SpecError, apply_overrides, build_spec, load_raw, load_spec, preset_names, require_fixed
+
+
+def problems(raw):
+    with pytest.raises(SpecError) as e:
+        build_spec(raw)
+    return e.value.problems
+
+
+def test_presets_load_and_validate():
+    assert {"quick", "mnist", "seed-baseline"} <= set(preset_names())
+    for name in preset_names():
+        spec = load_spec(name)
+        assert spec.name
+
+
+def test_defaults_round_trip_through_to_dict():
+    spec = load_spec("quick")
+    assert build_spec(spec.to_dict()) == spec
+
+
+def test_seed_baseline_is_the_tutorial():
+    spec = load_spec("seed-baseline")
+    space = {k: d.values[0] for k, d in spec.search.space.items()}
+    assert all(d.is_fixed for d in spec.search.space.values())
+    assert space["learning_rate"] == 1e-3 and space["optimizer"] == "adam" and space["batch_size"] == 32
+    assert space["schedule"] == "exponential" and space["decay_rate"] == 0.5 and space["staircase"] is True
+    assert space["decay_epochs"] == pytest.approx(1000 * 32 / 60000)
+    assert (space["width"], space["depth"], space["dropout"]) == (128, 1, 0.2)
+    assert spec.asha.max_t == 10 and spec.scaling.workers == 1
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"asha": {"grace_period": 0}}, "The value of `asha.grace_period` is 0, but must be >= 1."),
+        ({"asha": {"max_t": 3, "grace_period": 5}}, "The value of `asha.grace_period` is 5, but must be <= `asha.max_t` (3)"),
+        ({"asha": {"reduction_factor": 1}}, "The value of `asha.reduction_factor` is 1, but must be >= 2."),
+        ({"asha": {"max_t": "ten"}}, "The value of `asha.max_t` is 'ten', but must be a whole number."),
+        ({"asha": {"grace": 1}}, "Unknown key `asha.grace`; known keys under `asha`: max_t, grace_period, reduction_factor."),
+        ({"ashaa": {}}, "Unknown key `ashaa`"),
+        ({"search": {"num_samples": 0}}, "The value of `search.num_samples` is 0, but must be >= 1."),
+        ({"search": {"algorithm": "bayes"}}, "The value of `search.algorithm` is 'bayes', but must be one of: random, grid."),
+        ({"search": {"space": {"learning_rate": 0}}}, "The value of `search.space.learning_rate` is 0.0, but must be > 0 and <= 10."),
+        ({"search": {"space": {"learning_rate": {"loguniform": [0, 1]}}}}, "The value of `search.space.learning_rate.loguniform` is 0.0, but must be > 0"),
+        ({"search": {"space": {"learning_rate": {"loguniform": [1e-2, 1e-4]}}}}, "The range of `search.space.learning_rate` is [0.01, 0.0001], but low must be < high."),
+        ({"search": {"space": {"optimizer": "adamw"}}}, "The value of `search.space.optimizer` is 'adamw', but must be one of: adam, rmsprop, adagrad, sgd."),
+        ({"search": {"space": {"optimizer": {"uniform": [0, 1]}}}}, "`search.space.optimizer` takes no uniform range; use `choice: [...]`."),
+        ({"search": {"space": {"schedule": "cosine"}}}, "must be one of: constant, exponential."),
+        ({"search": {"space": {"depth": 4}}}, "The value of `search.space.depth` is 4, but must be >= 1 and <= 3."),
+        ({"search": {"space": {"batch_size": 32.5}}}, "The value of `search.space.batch_size` is 32.5, but must be a whole number."),
+        ({"search": {"space": {"dropout": 1.0}}}, "The value of `search.space.dropout` is 1.0, but must be >= 0 and < 1."),
+        ({"search": {"space": {"width": {"choice": []}}}}, "The value of `search.space.width.choice` must be a non-empty list."),
+        ({"search": {"space": {"width": {"grid": [1]}}}}, "`search.space.width` has `grid`, but must be a value or one of"),
+        ({"search": {"space": {"colour": 1}}}, "Unknown hyperparameter `search.space.colour`"),
+        ({"search": {"algorithm": "grid", "space": {"dropout": {"uniform": [0, 0.5]}}}}, "`search.space.dropout` is a uniform range, but grid search needs"),
+        ({"scaling": {"workers": 0}}, "The value of `scaling.workers` is 0, but must be >= 1."),
+        ({"scaling": {"cpus_per_worker": 0}}, "The value of `scaling.cpus_per_worker` is 0.0, but must be > 0."),
+        ({"scaling": {"use_gpu": "yes"}}, "The value of `scaling.use_gpu` is 'yes', but must be true or false."),
+        ({"scaling": {"max_concurrent_trials": 0}}, "The value of `scaling.max_concurrent_trials` is 0, but must be >= 1"),
+        ({"training": {"lr_scaling": "cubic"}}, "The value of `training.lr_scaling` is 'cubic', but must be one of: none, linear, sqrt."),
+        ({"training": {"warmup_epochs": 20}}, "The value of `training.warmup_epochs` is 20, but must be < `asha.max_t` (10)."),
+        ({"storage": {"uri": "gs://bucket/x"}}, "the scheme `gs://` is not supported"),
+        ({"storage": {"uri": "s3:///x"}}, "it names no bucket"),
+        ({"storage": {"endpoint": "127.0.0.1:9000"}}, "The value of `storage.endpoint` is '127.0.0.1:9000', but must start with http:// or https://."),
+        ({"data": {"validation_fraction": 1.5}}, "The value of `data.validation_fraction` is 1.5, but must be > 0 and < 1."),
+        ({"checkpoint": {"num_to_keep": 0}}, "The value of `checkpoint.num_to_keep` is 0, but must be >= 1."),
+        ({"failure": {"controller_failure_limit": -1}}, "would retry forever"),
+        ({"name": "a/b"}, "The value of `name` is 'a/b'"),
+    ],
+)
+def test_bad_values_have_one_clear_line(raw, message):
+    found = problems(raw)
+    assert any(message in p for p in found), found
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems({"asha": {"grace_period": 0, "reduction_factor": 1}, "scaling": {"workers": 0}})
+    assert len(found) == 3
+
+
+def test_overrides_parse_yaml_values_and_reject_unknown_keys():
+    raw = apply_overrides({}, ["asha.max_t=5", "search.space.width={choice: [64, 128]}", "scaling.use_gpu=true"])
+    spec = build_spec(raw)
+    assert spec.asha.max_t == 5
+    assert spec.search.space["width"] == Dim("choice", (64, 128))
+    assert spec.scaling.use_gpu is True
+    for bad, message in [
+        ("asha.maxt=3", "Unknown key `asha.maxt`"),
+        ("nosuch.key=1", "Unknown key `nosuch.key`"),
+        ("search.space.colour=1", "Unknown hyperparameter `search.space.colour`"),
+        ("asha", "must look like `dotted.key=value`"),
+    ]:
+        with pytest.raises(SpecError) as e:
+            apply_overrides({}, [bad])
+        assert message in e.value.problems[0]
+
+
+def test_load_raw_errors(tmp_path):
+    with pytest.raises(SpecError, match="neither a YAML file nor a preset"):
+        load_raw("nope")
+    with pytest.raises(SpecError, match="does not exist"):
+        load_raw(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("asha: [1, 2\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_raw(str(bad))
+
+
+def test_cli_flags_win_over_file(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: a\nstorage: {uri: /x}\n")
+    spec = load_spec(str(f), ["name=b"], **{"name": "c", "storage.uri": "/y"})
+    assert spec.name == "c" and spec.storage.uri == "/y"
+
+
+def test_train_needs_fixed_values():
+    assert require_fixed(load_spec("seed-baseline")) == []
+    found = require_fixed(load_spec("quick"))
+    assert any("--set search.space.learning_rate=VALUE" in p for p in found)
+
+
+def test_dataset_uri_default_follows_source_and_storage():
+    assert load_spec("quick").dataset_uri().endswith("datasets/mnist-subset")
+    spec = load_spec("mnist", **{"storage.uri": "s3://b/p"})
+    assert spec.dataset_uri() == "s3://b/p/datasets/mnist"

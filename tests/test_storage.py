@@ -1,0 +1,75 @@
+"""Storage URIs and the pre-flight check on local paths."""
+
+import os
+
+import pyarrow.fs as pafs
+import pytest
+
+from tuner import storage
+
+
+@pytest.mark.parametrize(
+    "uri, scheme, path",
+    [
+        ("s3://bucket/a/b", "s3", "bucket/a/b"),
+        ("s3://bucket/a/b/", "s3", "bucket/a/b"),
+        ("s3://bucket", "s3", "bucket"),
+        ("/tmp/x", "file", "/tmp/x"),
+    ],
+)
+def test_parse(uri, scheme, path):
+    loc = storage.parse(uri)
+    assert (loc.scheme, loc.path) == (scheme, path)
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [("gs://b/x", "not supported"), ("s3://", "names no bucket"), ("", "must be a local path"), ("http://h/x", "not supported")],
+)
+def test_bad_uris(uri, message):
+    assert message in storage.check_uri(uri)
+    with pytest.raises(storage.StorageError):
+        storage.parse(uri)
+
+
+def test_join_and_absolute(tmp_path, monkeypatch):
+    assert storage.join("s3://b/p/", "x", "/y/") == "s3://b/p/x/y"
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("rel") == str(tmp_path / "rel")
+    assert storage.absolute("s3://b/p") == "s3://b/p"
+
+
+def test_s3_filesystem_takes_endpoint_explicitly(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    fs, path = storage.filesystem("s3://bucket/prefix")
+    assert isinstance(fs, pafs.S3FileSystem) and path == "bucket/prefix"
+    settings = fs.__reduce__()[1][0]  # pyarrow exposes its settings only through pickling
+    assert (settings["endpoint_override"], settings["scheme"]) == ("127.0.0.1:9", "http")
+    assert (settings["access_key"], settings["force_virtual_addressing"]) == ("k", False)
+    env = storage.worker_env()
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and env["AWS_SECRET_ACCESS_KEY"] == "s"
+    assert env["AWS_REQUEST_CHECKSUM_CALCULATION"] == "when_required"
+
+
+def test_preflight_local(tmp_path):
+    storage.preflight(str(tmp_path / "new" / "dir"))
+    assert os.listdir(tmp_path / "new" / "dir") == []
+
+
+def test_preflight_unwritable(tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/tuner-cannot-write-here"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = str(tmp_path / "ro" / "x")
+    with pytest.raises(storage.StorageError, match="Cannot use storage"):
+        storage.preflight(target)
+
+
+def test_write_bytes_is_atomic_locally(tmp_path):
+    target = str(tmp_path / "a" / "f.json")
+    storage.write_json(target, {"x": 1})
+    assert storage.read_json(target) == {"x": 1}
+    assert os.listdir(tmp_path / "a") == ["f.json"]

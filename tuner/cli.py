@@ -1,0 +1,173 @@
+"""The ``tuner`` command: stage-data, tune, train, best.
+
+Everything that can be checked is checked before Ray starts; a problem is one line on
+stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tuner import data, storage
+from tuner.spec import SpecError, load_spec, preset_names, require_fixed
+
+EXIT_USAGE = 2
+
+
+class UsageError(RuntimeError):
+    """A problem the user can fix; printed as lines, exit 2."""
+
+    def __init__(self, *problems: str):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _spec_args(p: argparse.ArgumentParser, default_config: str | None) -> None:
+    p.add_argument("--config", default=default_config, required=default_config is None,
+                   help=f"YAML spec or preset ({', '.join(preset_names())})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set asha.max_t=5 (repeatable)")
+    p.add_argument("--name", help="experiment name (spec `name`)")
+    p.add_argument("--storage", help="storage URI: local path or s3://bucket/prefix (spec `storage.uri`)")
+    p.add_argument("--endpoint", help="S3 endpoint URL (spec `storage.endpoint`; default $AWS_ENDPOINT_URL)")
+    p.add_argument("--address", help="Ray address (default $RAY_ADDRESS, else an in-process local Ray)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuner", description="Distributed hyperparameter tuning on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tune", help="run ASHA over the spec's search space")
+    _spec_args(p, "quick")
+
+    p = sub.add_parser("train", help="train the spec's single configuration (no search)")
+    _spec_args(p, None)
+
+    p = sub.add_parser("stage-data", help="stage MNIST as Parquet under a storage URI")
+    p.add_argument("--source", default="builtin",
+                   help="builtin (shipped subset), a folder or s3:// prefix with the IDX .gz files, or download")
+    p.add_argument("--dest", required=True, help="dataset URI (local path or s3://bucket/prefix)")
+    p.add_argument("--validation-fraction", type=float, default=1 / 12)
+    p.add_argument("--endpoint", help="S3 endpoint URL (default $AWS_ENDPOINT_URL)")
+
+    p = sub.add_parser("best", help="print the best trial of a finished experiment")
+    p.add_argument("--storage", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--endpoint")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "stage-data":
+            return cmd_stage(args)
+        if args.command == "best":
+            return cmd_best(args)
+        return cmd_run(args, argv, search=args.command == "tune")
+    except (SpecError, UsageError) as e:
+        problems = e.problems
+    except (storage.StorageError, data.DataError) as e:
+        problems = [str(e)]
+    for line in problems:
+        print(f"tuner: error: {line}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_stage(args) -> int:
+    if not 0 < args.validation_fraction < 1:
+        raise UsageError(f"The value of `--validation-fraction` is {args.validation_fraction}, but must be > 0 and < 1.")
+    for flag, uri in (("--dest", args.dest), ("--source", None if args.source in ("builtin", "download") else args.source)):
+        problem = uri and storage.check_uri(uri)
+        if problem:
+            raise UsageError(f"The value of `{flag}` is {uri!r}: {problem}")
+    storage.preflight(args.dest, args.endpoint)
+    manifest = data.stage(data.source_for(args.source, args.endpoint), args.dest, args.validation_fraction, args.endpoint)
+    rows = ", ".join(f"{k} {v['rows']}" for k, v in manifest["splits"].items())
+    print(f"Staged MNIST ({manifest['source']}) at {args.dest}: {rows} rows.")
+    return 0
+
+
+def cmd_best(args) -> int:
+    try:
+        summary = __import__("tuner.results", fromlist=["read_summary"]).read_summary(args.storage, args.name, args.endpoint)
+    except FileNotFoundError:
+        raise UsageError(f"No summary at {storage.join(args.storage, args.name, 'summary.json')}; "
+                         "has `tuner tune` finished for that --name and --storage?") from None
+    print(json.dumps(summary["best"], indent=2))
+    return 0
+
+
+def ensure_dataset(spec) -> dict:
+    """The staged dataset's manifest, staging it first when it is not there yet."""
+    uri = spec.dataset_uri()
+    manifest = data.read_manifest(uri, spec.storage.endpoint)
+    if manifest is None:
+        print(f"Staging MNIST from {spec.data.source} to {uri} ...", flush=True)
+        manifest = data.stage(data.source_for(spec.data.source, spec.storage.endpoint), uri,
+                              spec.data.validation_fraction, spec.storage.endpoint)
+    return manifest
+
+
+def cmd_run(args, argv: list[str], search: bool) -> int:
+    from tuner import schedule
+    from tuner import tune as tuning
+
+    spec = load_spec(args.config, args.overrides, **{
+        "name": args.name, "storage.uri": args.storage, "storage.endpoint": args.endpoint,
+    }).with_absolute_paths()
+    if not search:
+        problems = require_fixed(spec)
+        if problems:
+            raise UsageError(*problems)
+
+    # Storage and data first: both are cheap, and a bad endpoint should not cost a Ray start.
+    storage.preflight(spec.storage.uri, spec.storage.endpoint)
+    if spec.data.uri:
+        storage.preflight(spec.data.uri, spec.storage.endpoint)
+    from tuner import results
+
+    if storage.exists(storage.join(results.experiment_uri(spec), results.SUMMARY), spec.storage.endpoint):
+        raise UsageError(f"The experiment `{spec.name}` already finished under {spec.storage.uri}; "
+                         "choose another --name (its results stay as they are).")
+    manifest = ensure_dataset(spec)
+    train_rows = manifest["splits"]["train"]["rows"]
+    problems = [p for b in tuning.batch_sizes(spec)
+                if (p := schedule.check_plan(schedule.BatchPlan(spec.scaling.workers, b, train_rows)))]
+    if problems:
+        raise UsageError(*sorted(set(problems)))
+
+    try:
+        cluster = tuning.connect(args.address, spec)
+        concurrent = tuning.concurrent_trials(tuning.TrialResources.of(spec), cluster, spec.scaling.max_concurrent_trials)
+    except tuning.ResourceError as e:
+        raise UsageError(str(e)) from None
+    print(f"Running up to {concurrent} trial(s) at once, each {tuning.TrialResources.of(spec).describe()}.", flush=True)
+
+    grid = tuning.run(spec, spec.dataset_uri(), concurrent, search=search)
+    trials = results.trials_from_grid(grid)
+    fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    summary = results.summarize(spec, ["tuner", *argv], trials, lambda p: storage.to_uri(fs, p))
+    results.write_results(spec, results.rows_from_results(trials))
+    results.export_best(spec, summary, spec.dataset_uri())
+    uri = results.write_summary(spec, summary)
+    best = summary["best"]
+    if best is None:
+        print(f"No trial finished an epoch; see {uri}.", file=sys.stderr)
+        return 1
+    print(
+        f"Best trial {best['trial_id']}: val_accuracy {best['val_accuracy']:.4f}, "
+        f"test_accuracy {best['test_accuracy']:.4f} (epoch {best['epoch']})\n"
+        f"  config: {json.dumps(best['config'], sort_keys=True)}\n"
+        f"  checkpoint: {best['checkpoint_uri']}\n  summary: {uri}"
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""What an experiment leaves behind under ``<storage>/<name>/``.
+
+- ``results.parquet``: one row per reported epoch of every trial;
+- ``summary.json``: the resolved spec, the command, the best trial (with its test
+  accuracy and checkpoint URI) and one entry per trial;
+- ``best_model.keras``: the best checkpoint's model.
+
+``rows_from_results`` and ``summarize`` are pure; ``export_best`` touches TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import posixpath
+import tempfile
+import time
+from pathlib import Path
+
+from tuner import storage
+from tuner.spec import HYPERPARAMETERS, Spec
+from tuner.tune import METRIC, TIME_ATTR
+
+SUMMARY = "summary.json"
+RESULTS = "results.parquet"
+BEST_MODEL = "best_model.keras"
+
+# Per-epoch metrics kept in results.parquet (plus the trial's hyperparameters).
+ROW_METRICS = (
+    "epoch", "val_accuracy", "val_loss", "loss", "accuracy", "learning_rate", "train_seconds",
+    "samples_per_second", "workers", "per_worker_batch", "global_batch", "steps_per_epoch",
+    "resumed_from_epoch", "startup_seconds", "checkpoint_save_seconds", "checkpoint_path",
+    "weights_sha256", "time_total_s", "timestamp",
+)
+
+
+def experiment_uri(spec: Spec) -> str:
+    return storage.join(spec.storage.uri, spec.name)
+
+
+def _clean(value):
+    """JSON/Parquet-friendly scalars (numpy -> Python, NaN -> None)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def rows_from_results(trials: list[dict]) -> list[dict]:
+    """Flatten per-trial records into per-epoch rows.
+
+    Args:
+        trials: ``{"trial_id", "config", "history": [metrics dict per epoch], ...}``.
+    """
+    rows = []
+    for t in trials:
+        for metrics in t["history"]:
+            row = {"trial_id": t["trial_id"]}
+            row.update({f"config/{k}": _clean(t["config"].get(k)) for k in HYPERPARAMETERS})
+            row.update({k: _clean(metrics.get(k)) for k in ROW_METRICS})
+            rows.append(row)
+    return rows
+
+
+def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri) -> dict:
+    """The summary without the test accuracy (added by ``export_best``).
+
+    Args:
+        trials: as for ``rows_from_results``, plus ``error`` (str or None).
+        storage_fs_uri: maps a checkpoint path inside the storage filesystem to a URI.
+    """
+    entries, best = [], None
+    for t in trials:
+        history = t["history"]
+        epochs = max((int(m["epoch"]) for m in history), default=0)
+        last = history[-1] if history else {}
+        finished = t["error"] is None
+        entry = {
+            "trial_id": t["trial_id"],
+            "config": t["config"],
+            "status": "error" if not finished else "terminated",
+            "error": t["error"],
+            "epochs": epochs,
+            "stopped_early": finished and epochs < spec.asha.max_t,
+            "workers": _clean(last.get("workers", spec.scaling.workers)),
+            "per_worker_batch": t["config"]["batch_size"],
+            "global_batch": t["config"]["batch_size"] * spec.scaling.workers,
+            "steps_per_epoch": _clean(last.get("steps_per_epoch")),
+            "best_val_accuracy": max((m[METRIC] for m in history), default=None),
+            "wall_seconds": _clean(last.get("time_total_s")),
+            "restarts": len({m.get("resumed_from_epoch") for m in history if m.get("resumed_from_epoch")}),
+        }
+        entries.append(entry)
+        for m in history:
+            if m.get("checkpoint_path") and (best is None or m[METRIC] > best["val_accuracy"]):
+                best = {
+                    "trial_id": t["trial_id"],
+                    "config": t["config"],
+                    "epoch": int(m[TIME_ATTR]),
+                    "val_accuracy": m[METRIC],
+                    "checkpoint_uri": storage_fs_uri(m["checkpoint_path"]),
+                }
+    return {
+        "name": spec.name,
+        "command": command,
+        "spec": spec.to_dict(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "epochs_spent": sum(e["epochs"] for e in entries),
+        "best": best,
+        "trials": entries,
+    }
+
+
+def trials_from_grid(grid) -> list[dict]:
+    """Per-trial records from Tune's ``ResultGrid``."""
+    trials = []
+    for result in grid:
+        df = result.metrics_dataframe
+        history = [] if df is None or df.empty else df.to_dict("records")
+        history = [h for h in history if h.get(TIME_ATTR) is not None and not _isnan(h.get(TIME_ATTR))]
+        trial_id = (result.metrics or {}).get("trial_id") or posixpath.basename(result.path)
+        error = None
+        if result.error is not None:
+            error = str(result.error).strip().splitlines()[-1][:500] if str(result.error).strip() else type(result.error).__name__
+        trials.append({"trial_id": trial_id, "config": dict(result.config), "history": history, "error": error})
+    trials.sort(key=lambda t: t["trial_id"])
+    return trials
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def write_results(spec: Spec, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    storage.write_bytes(storage.join(experiment_uri(spec), RESULTS), sink.getvalue(), spec.storage.endpoint)
+
+
+def export_best(spec: Spec, summary: dict, dataset_uri: str) -> None:
+    """Score the best checkpoint on the test split and store it as ``best_model.keras``."""
+    best = summary["best"]
+    if best is None:
+        return
+    import tf_keras
+
+    from tuner import data, model, worker
+
+    fs, path = storage.filesystem(best["checkpoint_uri"], spec.storage.endpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp, worker.MODEL_FILE)
+        with fs.open_input_stream(posixpath.join(path, worker.MODEL_FILE), compression=None) as f:
+            local.write_bytes(f.read())
+        net = tf_keras.models.load_model(local)
+        test_loss, test_accuracy = model.evaluate(net, *data.load_split(dataset_uri, "test", spec.storage.endpoint))
+        target = storage.join(experiment_uri(spec), BEST_MODEL)
+        storage.write_bytes(target, local.read_bytes(), spec.storage.endpoint)
+    best.update(test_accuracy=test_accuracy, test_loss=test_loss, model_uri=target)
+
+
+def write_summary(spec: Spec, summary: dict) -> str:
+    uri = storage.join(experiment_uri(spec), SUMMARY)
+    storage.write_json(uri, summary, spec.storage.endpoint)
+    return uri
+
+
+def read_summary(storage_uri: str, name: str, endpoint: str | None = None) -> dict:
+    return storage.read_json(storage.join(storage_uri, name, SUMMARY), endpoint)

@@ -1,0 +1,559 @@
+"""The experiment spec: one YAML file, typed and frozen, validated before Ray starts.
+
+A spec is built in three steps, all pure:
+
+1. ``load_raw`` reads a preset or a YAML file into plain dicts;
+2. ``apply_overrides`` applies ``--set dotted.key=value`` (unknown keys are errors);
+3. ``build_spec`` merges the result over the defaults and validates every field.
+   All problems are collected and raised together as one ``SpecError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from tuner import storage
+
+PRESET_PACKAGE = "tuner.presets"
+
+OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
+SCHEDULES = ("constant", "exponential")
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+ALGORITHMS = ("random", "grid")
+RANGE_KINDS = ("loguniform", "uniform")
+MAX_DEPTH = 3
+MAX_WIDTH = 4096
+
+
+class SpecError(ValueError):
+    """One or more problems in a spec; each is one line naming the field and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# --- the search space ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One hyperparameter's values: a fixed value, a range, or a list of choices.
+
+    YAML: ``0.001`` (fixed), ``{loguniform: [1e-4, 1e-2]}``, ``{uniform: [0.0, 0.5]}``,
+    or ``{choice: [64, 128, 256]}``.
+    """
+
+    kind: str  # "fixed", "loguniform", "uniform" or "choice"
+    values: tuple  # one value when fixed, (low, high) for a range, the choices otherwise
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.kind == "fixed"
+
+    def to_yaml(self) -> Any:
+        if self.is_fixed:
+            return self.values[0]
+        return {self.kind: list(self.values)}
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """What one hyperparameter may be: its type, bounds and a default."""
+
+    type: type
+    default: Any
+    low: float | None = None  # inclusive lower bound
+    high: float | None = None  # upper bound (inclusive unless high_open)
+    high_open: bool = False
+    low_open: bool = False
+    allowed: tuple | None = None  # the only values a string hyperparameter may take
+    doc: str = ""
+
+
+# The tunable knobs of one trial. Each trial's config holds exactly these keys.
+HYPERPARAMETERS: dict[str, Hyperparameter] = {
+    "learning_rate": Hyperparameter(
+        float, 1e-3, low=0.0, low_open=True, high=10.0, doc="peak learning rate at the reference batch"
+    ),
+    "schedule": Hyperparameter(str, "constant", allowed=SCHEDULES, doc="learning-rate schedule"),
+    "decay_epochs": Hyperparameter(
+        float, 1.0, low=0.0, low_open=True, high=1e6, doc="exponential schedule: epochs per decay step"
+    ),
+    "decay_rate": Hyperparameter(
+        float, 0.5, low=0.0, low_open=True, high=1.0, doc="exponential schedule: factor per decay step"
+    ),
+    "staircase": Hyperparameter(bool, True, doc="exponential schedule: decay in whole steps"),
+    "optimizer": Hyperparameter(str, "adam", allowed=OPTIMIZERS, doc="optimizer"),
+    "momentum": Hyperparameter(float, 0.9, low=0.0, high=1.0, high_open=True, doc="sgd momentum"),
+    "batch_size": Hyperparameter(int, 32, low=1, high=65536, doc="per-worker batch size"),
+    "dropout": Hyperparameter(float, 0.2, low=0.0, high=1.0, high_open=True, doc="dropout after each hidden layer"),
+    "width": Hyperparameter(int, 128, low=1, high=MAX_WIDTH, doc="units per hidden layer"),
+    "depth": Hyperparameter(int, 1, low=1, high=MAX_DEPTH, doc="hidden layers"),
+}
+
+
+def default_space() -> dict[str, Dim]:
+    return {name: Dim("fixed", (hp.default,)) for name, hp in HYPERPARAMETERS.items()}
+
+
+# --- the spec sections -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    # Where the MNIST IDX .gz files come from: "builtin" (the subset shipped in the
+    # package), a local folder, an s3://bucket/prefix, or "download" (public mirrors).
+    source: str = "builtin"
+    # Where the staged Parquet lives; default <storage.uri>/datasets/<mnist|mnist-subset>.
+    uri: str | None = None
+    # Share of the training images carved off, once, as the fixed validation split.
+    validation_fraction: float = 1 / 12
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    # Experiments, checkpoints and staged data: a local path or s3://bucket/prefix.
+    uri: str = "./tuner-results"
+    # S3 endpoint URL (MinIO, Ceph RGW, ...); default $AWS_ENDPOINT_URL, else AWS S3.
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    # "random" samples num_samples configs; "grid" runs every combination of the
+    # choices num_samples times (ranges are not allowed with grid).
+    algorithm: str = "random"
+    # Trials (random) or repeats of the grid (grid).
+    num_samples: int = 8
+    # Seeds the sampler and every trial's weight initialisation and shuffling.
+    seed: int = 0
+    # Hyperparameter -> fixed value, {loguniform|uniform: [low, high]} or {choice: [...]}.
+    space: Mapping[str, Dim] = field(default_factory=default_space)
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    # Scale the learning rate with the global batch: "none", "linear" or "sqrt".
+    lr_scaling: str = "none"
+    # The global batch at which search.space.learning_rate is meant.
+    reference_batch: int = 32
+    # Linear warmup from 0 to the peak learning rate, in epochs.
+    warmup_epochs: float = 0.0
+
+
+@dataclass(frozen=True)
+class AshaSpec:
+    # The epoch budget of every trial, whatever the number of workers.
+    max_t: int = 10
+    # Epochs every trial runs before ASHA may stop it.
+    grace_period: int = 1
+    # Keep the top 1/reduction_factor at each rung.
+    reduction_factor: int = 3
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    # Ray Train workers per trial (MultiWorkerMirroredStrategy replicas).
+    workers: int = 2
+    # Give each worker GPUs.
+    use_gpu: bool = False
+    # CPUs reserved per worker.
+    cpus_per_worker: float = 1.0
+    # GPUs reserved per worker when use_gpu is true.
+    gpus_per_worker: float = 1.0
+    # CPUs reserved by each trial's driver (the Tune function that runs the trainer).
+    driver_cpus: float = 1.0
+    # Trials running at once; default: as many as the cluster's CPUs/GPUs allow.
+    max_concurrent_trials: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    # Checkpoints kept per trial (the best by val_accuracy, plus always the latest).
+    num_to_keep: int = 2
+
+
+@dataclass(frozen=True)
+class FailureSpec:
+    # Restarts of a trial's worker group (from its latest checkpoint) before it fails.
+    max_failures: int = 1
+    # Times a trial's Train controller retries an unschedulable worker group.
+    controller_failure_limit: int = 3
+
+
+@dataclass(frozen=True)
+class Spec:
+    # Experiment name: the folder under storage.uri.
+    name: str = "mnist-asha"
+    data: DataSpec = field(default_factory=DataSpec)
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    asha: AshaSpec = field(default_factory=AshaSpec)
+    scaling: ScalingSpec = field(default_factory=ScalingSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    failure: FailureSpec = field(default_factory=FailureSpec)
+
+    def to_dict(self) -> dict:
+        """The resolved spec as plain YAML-able data (round-trips through build_spec)."""
+        out = dataclasses.asdict(self)
+        out["search"]["space"] = {k: d.to_yaml() for k, d in self.search.space.items()}
+        return out
+
+    def with_absolute_paths(self) -> "Spec":
+        """Local paths made absolute, so that Ray workers (other cwd) find the same files."""
+        return dataclasses.replace(
+            self,
+            storage=dataclasses.replace(self.storage, uri=storage.absolute(self.storage.uri)),
+            data=dataclasses.replace(
+                self.data,
+                uri=self.data.uri and storage.absolute(self.data.uri),
+                source=self.data.source if self.data.source in ("builtin", "download") else storage.absolute(self.data.source),
+            ),
+        )
+
+    def dataset_uri(self) -> str:
+        if self.data.uri:
+            return self.data.uri
+        folder = "mnist-subset" if self.data.source == "builtin" else "mnist"
+        return storage.join(self.storage.uri, "datasets", folder)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Spec) if f.name != "name"}
+
+
+# --- loading and overrides ---------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def load_raw(config: str) -> dict:
+    """Read a preset name or a YAML file path into a dict."""
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SpecError([f"The config file `{config}` does not exist; give a YAML file or a preset ({', '.join(preset_names())})."])
+        text = path.read_text()
+    elif config in preset_names():
+        text = resources.files(PRESET_PACKAGE).joinpath(f"{config}.yaml").read_text()
+    else:
+        raise SpecError([f"`{config}` is neither a YAML file nor a preset; presets: {', '.join(preset_names())}."])
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise SpecError([f"The config `{config}` is not valid YAML: {str(e).splitlines()[0]}."]) from None
+    if not isinstance(raw, dict):
+        raise SpecError([f"The config `{config}` must be a YAML mapping, not {type(raw).__name__}."])
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML (``1e-3``, ``[1, 2]``)."""
+    problems = []
+    out = _deep_copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"The override `{item}` must look like `dotted.key=value`.")
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        problem = _check_known_path(parts)
+        if problem:
+            problems.append(problem)
+            continue
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+def _check_known_path(parts: list[str]) -> str | None:
+    key = ".".join(parts)
+    if parts[0] == "name":
+        return None if len(parts) == 1 else f"Unknown key `{key}`: `name` is a plain value."
+    if parts[0] not in SECTIONS:
+        return f"Unknown key `{key}`; known sections: name, {', '.join(SECTIONS)}."
+    if len(parts) == 1:
+        return f"The key `{key}` is a section; set one of its fields, e.g. `{key}.{_field_names(parts[0])[0]}=...`."
+    fields = _field_names(parts[0])
+    if parts[1] not in fields:
+        return f"Unknown key `{key}`; known keys under `{parts[0]}`: {', '.join(fields)}."
+    if parts[:2] == ["search", "space"] and len(parts) >= 3 and parts[2] not in HYPERPARAMETERS:
+        return f"Unknown hyperparameter `{key}`; known: {', '.join(HYPERPARAMETERS)}."
+    return None
+
+
+def _field_names(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(SECTIONS[section]())]
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def load_spec(config: str, overrides: list[str] = (), **top_level: Any) -> Spec:
+    """Preset or file, then overrides, then validation. ``top_level`` keys such as
+    ``name`` or ``storage.uri`` come from CLI flags and win over both."""
+    raw = apply_overrides(load_raw(config), list(overrides))
+    raw = apply_overrides(raw, [f"{k}={v}" for k, v in top_level.items() if v is not None])
+    return build_spec(raw)
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def build_spec(raw: Mapping) -> Spec:
+    """Merge ``raw`` over the defaults, check every field, and return the frozen Spec."""
+    problems: list[str] = []
+    unknown = set(raw) - set(SECTIONS) - {"name"}
+    for key in sorted(unknown):
+        problems.append(f"Unknown key `{key}`; known sections: name, {', '.join(SECTIONS)}.")
+
+    sections = {}
+    for section, factory in SECTIONS.items():
+        given = raw.get(section) or {}
+        if not isinstance(given, Mapping):
+            problems.append(f"The value of `{section}` must be a mapping of its fields.")
+            given = {}
+        sections[section] = _build_section(section, factory(), given, problems)
+
+    name = raw.get("name", Spec.name)
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ ") or name in (".", ".."):
+        problems.append(f"The value of `name` is {name!r}, but must be a non-empty string without '/', '\\' or spaces.")
+        name = Spec.name
+    if problems:
+        raise SpecError(problems)
+    spec = Spec(name=name, **sections)
+    problems.extend(_check_spec(spec))
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def _build_section(section: str, default: Any, given: Mapping, problems: list[str]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(default)}
+    values = {}
+    for key, value in given.items():
+        if key not in fields:
+            problems.append(f"Unknown key `{section}.{key}`; known keys under `{section}`: {', '.join(fields)}.")
+            continue
+        if section == "search" and key == "space":
+            values[key] = _build_space(value, problems)
+            continue
+        current = getattr(default, key)
+        coerced = _coerce(f"{section}.{key}", value, current, fields[key].type, problems)
+        if coerced is not _INVALID:
+            values[key] = coerced
+    return dataclasses.replace(default, **values)
+
+
+_INVALID = object()
+
+
+def _coerce(key: str, value: Any, current: Any, annotation: str, problems: list[str]) -> Any:
+    """Check a scalar field against the type its default and annotation imply."""
+    optional = "None" in str(annotation)
+    if value is None:
+        if optional:
+            return None
+        problems.append(f"The value of `{key}` is empty, but must be set.")
+        return _INVALID
+    ann = str(annotation)
+    if ann.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        problems.append(f"The value of `{key}` is {value!r}, but must be true or false.")
+    elif ann.startswith("int"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"The value of `{key}` is {value!r}, but must be a whole number.")
+    elif ann.startswith("float"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        problems.append(f"The value of `{key}` is {value!r}, but must be a number.")
+    elif ann.startswith("str"):
+        if isinstance(value, str):
+            return value
+        problems.append(f"The value of `{key}` is {value!r}, but must be a string.")
+    else:  # pragma: no cover - every field has one of the types above
+        return value
+    return _INVALID
+
+
+def _build_space(given: Any, problems: list[str]) -> dict[str, Dim]:
+    space = default_space()
+    if not isinstance(given, Mapping):
+        problems.append("The value of `search.space` must be a mapping of hyperparameter -> value, range or choice.")
+        return space
+    for name, value in given.items():
+        key = f"search.space.{name}"
+        if name not in HYPERPARAMETERS:
+            problems.append(f"Unknown hyperparameter `{key}`; known: {', '.join(HYPERPARAMETERS)}.")
+            continue
+        dim = _parse_dim(key, value, problems)
+        if dim is not None:
+            space[name] = dim
+    return space
+
+
+def _parse_dim(key: str, value: Any, problems: list[str]) -> Dim | None:
+    hp = HYPERPARAMETERS[key.rsplit(".", 1)[1]]
+    if isinstance(value, Mapping):
+        if len(value) != 1:
+            problems.append(f"The value of `{key}` must have exactly one of: loguniform, uniform, choice.")
+            return None
+        ((kind, args),) = value.items()
+        if kind in RANGE_KINDS:
+            if hp.type not in (int, float):
+                problems.append(f"`{key}` takes no {kind} range; use `choice: [...]`.")
+                return None
+            if not (isinstance(args, list) and len(args) == 2):
+                problems.append(f"The value of `{key}.{kind}` must be [low, high].")
+                return None
+            low, high = (_check_value(f"{key}.{kind}", v, hp, problems) for v in args)
+            if low is _INVALID or high is _INVALID:
+                return None
+            if not low < high:
+                problems.append(f"The range of `{key}` is [{low}, {high}], but low must be < high.")
+                return None
+            if kind == "loguniform" and low <= 0:
+                problems.append(f"The range of `{key}` starts at {low}, but a loguniform range must start > 0.")
+                return None
+            return Dim(kind, (low, high))
+        if kind == "choice":
+            if not (isinstance(args, list) and args):
+                problems.append(f"The value of `{key}.choice` must be a non-empty list.")
+                return None
+            checked = [_check_value(f"{key}.choice", v, hp, problems) for v in args]
+            if any(v is _INVALID for v in checked):
+                return None
+            return Dim("choice", tuple(checked))
+        problems.append(f"`{key}` has `{kind}`, but must be a value or one of: loguniform, uniform, choice.")
+        return None
+    checked = _check_value(key, value, hp, problems)
+    return None if checked is _INVALID else Dim("fixed", (checked,))
+
+
+def _check_value(key: str, value: Any, hp: Hyperparameter, problems: list[str]) -> Any:
+    if hp.type is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"The value of `{key}` is {value!r}, but must be true or false.")
+        return _INVALID
+    if hp.type is str:
+        if value in hp.allowed:
+            return value
+        problems.append(f"The value of `{key}` is {value!r}, but must be one of: {', '.join(hp.allowed)}.")
+        return _INVALID
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        problems.append(f"The value of `{key}` is {value!r}, but must be a number.")
+        return _INVALID
+    if hp.type is int and value != int(value):
+        problems.append(f"The value of `{key}` is {value!r}, but must be a whole number.")
+        return _INVALID
+    value = hp.type(value)
+    lo_ok = value > hp.low if hp.low_open else value >= hp.low
+    hi_ok = value < hp.high if hp.high_open else value <= hp.high
+    if not (lo_ok and hi_ok):
+        lo = f"> {hp.low:g}" if hp.low_open else f">= {hp.low:g}"
+        hi = f"< {hp.high:g}" if hp.high_open else f"<= {hp.high:g}"
+        problems.append(f"The value of `{key}` is {value!r}, but must be {lo} and {hi}.")
+        return _INVALID
+    return value
+
+
+def _check_spec(spec: Spec) -> list[str]:
+    """Checks on scalar fields and across fields."""
+    p: list[str] = []
+
+    def need(ok: bool, key: str, value: Any, must: str) -> None:
+        if not ok:
+            p.append(f"The value of `{key}` is {value!r}, but must be {must}.")
+
+    d, s, se, t, a, sc, c, f = (
+        spec.data, spec.storage, spec.search, spec.training, spec.asha, spec.scaling, spec.checkpoint, spec.failure
+    )
+    need(0 < d.validation_fraction < 1, "data.validation_fraction", d.validation_fraction, "> 0 and < 1")
+    for key, uri in (("storage.uri", s.uri), ("data.uri", d.uri)):
+        if uri is not None:
+            problem = storage.check_uri(uri)
+            if problem:
+                p.append(f"The value of `{key}` is {uri!r}: {problem}")
+    if d.source not in ("builtin", "download"):
+        problem = storage.check_uri(d.source)
+        if problem:
+            p.append(f"The value of `data.source` is {d.source!r}: {problem} Or use `builtin` or `download`.")
+    if s.endpoint is not None and not s.endpoint.startswith(("http://", "https://")):
+        p.append(f"The value of `storage.endpoint` is {s.endpoint!r}, but must start with http:// or https://.")
+
+    need(se.algorithm in ALGORITHMS, "search.algorithm", se.algorithm, f"one of: {', '.join(ALGORITHMS)}")
+    need(se.num_samples >= 1, "search.num_samples", se.num_samples, ">= 1")
+    need(se.seed >= 0, "search.seed", se.seed, ">= 0")
+    if se.algorithm == "grid":
+        for name, dim in se.space.items():
+            if dim.kind in RANGE_KINDS:
+                p.append(f"`search.space.{name}` is a {dim.kind} range, but grid search needs `choice: [...]` or a fixed value.")
+
+    need(t.lr_scaling in LR_SCALING_RULES, "training.lr_scaling", t.lr_scaling, f"one of: {', '.join(LR_SCALING_RULES)}")
+    need(t.reference_batch >= 1, "training.reference_batch", t.reference_batch, ">= 1")
+    need(t.warmup_epochs >= 0, "training.warmup_epochs", t.warmup_epochs, ">= 0")
+    if t.warmup_epochs >= a.max_t:
+        p.append(f"The value of `training.warmup_epochs` is {t.warmup_epochs:g}, but must be < `asha.max_t` ({a.max_t}).")
+
+    need(a.max_t >= 1, "asha.max_t", a.max_t, ">= 1")
+    need(a.grace_period >= 1, "asha.grace_period", a.grace_period, ">= 1")
+    need(a.reduction_factor >= 2, "asha.reduction_factor", a.reduction_factor, ">= 2")
+    if a.grace_period >= 1 and a.max_t >= 1 and a.grace_period > a.max_t:
+        p.append(
+            f"The value of `asha.grace_period` is {a.grace_period}, but must be <= `asha.max_t` ({a.max_t}); "
+            "lower the grace period or raise max_t."
+        )
+
+    need(sc.workers >= 1, "scaling.workers", sc.workers, ">= 1")
+    need(sc.cpus_per_worker > 0, "scaling.cpus_per_worker", sc.cpus_per_worker, "> 0")
+    need(sc.driver_cpus > 0, "scaling.driver_cpus", sc.driver_cpus, "> 0")
+    if sc.use_gpu:
+        need(sc.gpus_per_worker > 0, "scaling.gpus_per_worker", sc.gpus_per_worker, "> 0 when `scaling.use_gpu` is true")
+    if sc.max_concurrent_trials is not None:
+        need(sc.max_concurrent_trials >= 1, "scaling.max_concurrent_trials", sc.max_concurrent_trials, ">= 1 or null (as many as fit)")
+
+    need(c.num_to_keep >= 1, "checkpoint.num_to_keep", c.num_to_keep, ">= 1")
+    need(f.max_failures >= 0, "failure.max_failures", f.max_failures, ">= 0")
+    need(f.controller_failure_limit >= 0, "failure.controller_failure_limit", f.controller_failure_limit, ">= 0 (-1 would retry forever)")
+    return p
+
+
+def require_fixed(spec: Spec) -> list[str]:
+    """Problems that stop ``tuner train`` (one configuration, no search)."""
+    return [
+        f"`search.space.{name}` is a {dim.kind}, but `tuner train` needs one value: "
+        f"--set search.space.{name}=VALUE."
+        for name, dim in spec.search.space.items()
+        if not dim.is_fixed
+    ]

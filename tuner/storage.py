@@ -1,0 +1,211 @@
+"""The one place that turns a storage URI into a pyarrow filesystem.
+
+A URI is a local path or ``s3://bucket/prefix``. S3 settings come from the standard
+``AWS_*`` variables, with the endpoint passed to pyarrow explicitly (pyarrow ignores
+``AWS_ENDPOINT_URL``). Everything else in the package asks this module for files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+# Variables that the workers need to reach S3; forwarded to them by the runtime env.
+AWS_ENV_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION",
+)
+
+
+class StorageError(RuntimeError):
+    """Storage is unusable (bad URI, endpoint unreachable, bucket missing, access denied)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed storage URI."""
+
+    scheme: str  # "s3" or "file"
+    bucket: str  # empty for local paths
+    path: str  # bucket/key for S3 (pyarrow's form), an absolute path locally
+
+    @property
+    def is_s3(self) -> bool:
+        return self.scheme == "s3"
+
+
+def check_uri(uri: str) -> str | None:
+    """Why ``uri`` is not a usable storage URI, or None."""
+    if not isinstance(uri, str) or not uri.strip():
+        return "it must be a local path or s3://bucket/prefix."
+    if "://" in uri:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3":
+            return f"the scheme `{parsed.scheme}://` is not supported; use a local path or s3://bucket/prefix."
+        if not parsed.netloc:
+            return "it names no bucket; use s3://bucket/prefix."
+    return None
+
+
+def parse(uri: str) -> Location:
+    problem = check_uri(uri)
+    if problem:
+        raise StorageError(f"The storage URI {uri!r} is not usable: {problem}")
+    if uri.startswith("s3://"):
+        parsed = urlparse(uri)
+        key = parsed.path.strip("/")
+        return Location("s3", parsed.netloc, posixpath.join(parsed.netloc, key) if key else parsed.netloc)
+    return Location("file", "", str(Path(uri).expanduser().resolve()))
+
+
+def absolute(uri: str) -> str:
+    """``uri`` with a local path made absolute; s3:// URIs unchanged."""
+    return uri if uri.startswith("s3://") else str(Path(uri).expanduser().resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or s3:// URI."""
+    if uri.startswith("s3://"):
+        return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(uri, *parts))
+
+
+def endpoint_from_env(endpoint: str | None = None) -> str | None:
+    return endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def filesystem(uri: str, endpoint: str | None = None, *, quick_fail: bool = False) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and in-filesystem path for ``uri``.
+
+    Args:
+        uri: a local path or s3://bucket/prefix.
+        endpoint: S3 endpoint URL; default ``$AWS_ENDPOINT_URL``, else AWS.
+        quick_fail: few retries and short timeouts, for the pre-flight check.
+    """
+    loc = parse(uri)
+    if not loc.is_s3:
+        return pafs.LocalFileSystem(), loc.path
+    return s3_filesystem(endpoint, quick_fail=quick_fail), loc.path
+
+
+def s3_filesystem(endpoint: str | None = None, *, quick_fail: bool = False) -> pafs.S3FileSystem:
+    # Non-AWS servers (Ceph RGW, older MinIO) reject the newer default checksums.
+    os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+    kwargs: dict = {
+        "region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2 if quick_fail else 10),
+        "connect_timeout": 5 if quick_fail else 30,
+        "request_timeout": 20 if quick_fail else 120,
+    }
+    endpoint = endpoint_from_env(endpoint)
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+        # Path-style addressing: the bucket is not a DNS name on MinIO/Ceph.
+        kwargs["force_virtual_addressing"] = False
+    access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if access and secret:
+        kwargs.update(access_key=access, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    return pafs.S3FileSystem(**kwargs)
+
+
+def worker_env(endpoint: str | None = None) -> dict[str, str]:
+    """The AWS_* variables to hand to Ray workers so they reach the same storage."""
+    env = {k: os.environ[k] for k in AWS_ENV_VARS if os.environ.get(k)}
+    endpoint = endpoint_from_env(endpoint)
+    if endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    env.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    env.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+    return env
+
+
+def preflight(uri: str, endpoint: str | None = None) -> None:
+    """Write, read back and delete a marker under ``uri``; raise StorageError with one line."""
+    loc = parse(uri)
+    where = uri if not loc.is_s3 else f"{uri} (endpoint {endpoint_from_env(endpoint) or 'AWS S3'})"
+    fs, path = filesystem(uri, endpoint, quick_fail=True)
+    marker = posixpath.join(path, f".tuner-preflight-{uuid.uuid4().hex}")
+    payload = b"tuner preflight"
+    try:
+        if not loc.is_s3:
+            fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(marker, compression=None) as f:
+            f.write(payload)
+        with fs.open_input_stream(marker, compression=None) as f:
+            back = f.read()
+        fs.delete_file(marker)
+    except (OSError, ValueError) as e:
+        raise StorageError(f"Cannot use storage {where}: {_explain(e)}") from None
+    if back != payload:
+        raise StorageError(f"Cannot use storage {where}: a marker written there read back different bytes.")
+
+
+def _explain(e: Exception) -> str:
+    text = str(e)
+    low = text.lower()
+    flat = low.replace("_", "").replace(" ", "")  # SDKs spell NoSuchBucket as NO_SUCH_BUCKET too
+    if "nosuchbucket" in flat or "bucketdoesnotexist" in flat:
+        return "the bucket does not exist; create it first (e.g. `aws s3 mb`)."
+    if any(s in flat for s in ("signaturedoesnotmatch", "invalidaccesskeyid", "accessdenied", "forbidden", "403")):
+        return "access denied; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+    if any(s in low for s in ("curl", "connect", "resolve", "timed out", "timeout", "network")):
+        return "the endpoint is unreachable; check --endpoint / AWS_ENDPOINT_URL and that the server is up."
+    if isinstance(e, PermissionError) or "permission denied" in low:
+        return "permission denied; choose a writable folder."
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def exists(uri: str, endpoint: str | None = None) -> bool:
+    fs, path = filesystem(uri, endpoint)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str, endpoint: str | None = None) -> bytes:
+    fs, path = filesystem(uri, endpoint)
+    with fs.open_input_stream(path, compression=None) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes, endpoint: str | None = None) -> None:
+    """Write a file; written to a temporary name first locally so a crash leaves no half file."""
+    fs, path = filesystem(uri, endpoint)
+    parent = posixpath.dirname(path)
+    if not isinstance(fs, pafs.S3FileSystem):
+        fs.create_dir(parent, recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open_output_stream(tmp, compression=None) as f:
+            f.write(data)
+        fs.move(tmp, path)
+        return
+    # An S3 PUT is atomic: readers see the old object or the whole new one.
+    with fs.open_output_stream(path, compression=None) as f:
+        f.write(data)
+
+
+def read_json(uri: str, endpoint: str | None = None) -> dict:
+    return json.loads(read_bytes(uri, endpoint))
+
+
+def write_json(uri: str, data: dict, endpoint: str | None = None) -> None:
+    write_bytes(uri, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode(), endpoint)
+
+
+def to_uri(fs: pafs.FileSystem, path: str) -> str:
+    """The URI for a path inside ``fs`` (inverse of ``filesystem``)."""
+    return f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path

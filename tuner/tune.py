@@ -1,0 +1,260 @@
+"""Tune many trials: ASHA over a search space, each trial a multi-worker TensorflowTrainer.
+
+Ray Train V2 does not accept a Trainer inside ``Tuner``, so each trial is a Tune
+function (``TrialRunner``) that builds a ``TensorflowTrainer`` and calls ``fit()``;
+``TuneReportCallback`` forwards rank 0's per-epoch metrics to ASHA. ASHA is
+asynchronous successive halving (Li et al., MLSys 2020, https://arxiv.org/abs/1810.05934),
+with an explicit ``epoch`` metric as its time attribute.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import time
+from dataclasses import dataclass
+
+from tuner import storage
+from tuner.spec import HYPERPARAMETERS, RANGE_KINDS, Spec
+
+METRIC, MODE = "val_accuracy", "max"
+TIME_ATTR = "epoch"
+RUNS_DIR = "runs"  # <storage>/<name>/runs/<trial_id>/: each trial's Ray Train run
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) drowns the progress table.
+QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+class ResourceError(RuntimeError):
+    """A trial cannot fit on the cluster."""
+
+
+# --- pure parts -----------------------------------------------------------------------
+
+
+def param_space(spec: Spec) -> dict:
+    """The spec's search space as a Ray Tune ``param_space``."""
+    from ray import tune
+
+    out = {}
+    grid = spec.search.algorithm == "grid"
+    for name, dim in spec.search.space.items():
+        is_int = HYPERPARAMETERS[name].type is int
+        if dim.is_fixed:
+            out[name] = dim.values[0]
+        elif dim.kind == "choice":
+            out[name] = tune.grid_search(list(dim.values)) if grid else tune.choice(list(dim.values))
+        elif dim.kind == "loguniform":
+            low, high = dim.values
+            out[name] = tune.lograndint(int(low), int(high) + 1) if is_int else tune.loguniform(low, high)
+        elif dim.kind == "uniform":
+            low, high = dim.values
+            out[name] = tune.randint(int(low), int(high) + 1) if is_int else tune.uniform(low, high)
+        else:  # pragma: no cover - spec validation admits no other kind
+            raise ValueError(f"unknown dimension kind {dim.kind!r}")
+    assert set(out) == set(HYPERPARAMETERS)
+    return out
+
+
+def batch_sizes(spec: Spec) -> list[int]:
+    """Every per-worker batch size the space can produce (the extremes of a range)."""
+    dim = spec.search.space["batch_size"]
+    return [int(v) for v in dim.values]
+
+
+def uses_ranges(spec: Spec) -> bool:
+    return any(d.kind in RANGE_KINDS for d in spec.search.space.values())
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What one trial holds while it runs: its driver plus N worker bundles."""
+
+    driver_cpus: float
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+
+    @classmethod
+    def of(cls, spec: Spec) -> "TrialResources":
+        s = spec.scaling
+        return cls(s.driver_cpus, s.workers, s.cpus_per_worker, s.gpus_per_worker if s.use_gpu else 0.0)
+
+    @property
+    def cpus(self) -> float:
+        return self.driver_cpus + self.workers * self.cpus_per_worker
+
+    @property
+    def gpus(self) -> float:
+        return self.workers * self.gpus_per_worker
+
+    def describe(self) -> str:
+        text = f"{self.cpus:g} CPUs ({self.driver_cpus:g} driver + {self.workers} workers x {self.cpus_per_worker:g})"
+        if self.gpus:
+            text += f" and {self.gpus:g} GPUs ({self.workers} workers x {self.gpus_per_worker:g})"
+        return text
+
+
+def concurrent_trials(res: TrialResources, cluster: dict, requested: int | None) -> int:
+    """How many trials may run at once on ``cluster`` (Ray's resource dict).
+
+    Trials beyond this would hold their driver CPU while their worker group waits for
+    bundles that never come: a deadlock, not a queue.
+    """
+    fits = math.floor(cluster.get("CPU", 0) / res.cpus + 1e-9)
+    if res.gpus:
+        fits = min(fits, math.floor(cluster.get("GPU", 0) / res.gpus + 1e-9))
+    if fits < 1:
+        have = f"{cluster.get('CPU', 0):g} CPUs" + (f" and {cluster.get('GPU', 0):g} GPUs" if res.gpus else "")
+        raise ResourceError(
+            f"A trial needs {res.describe()}, but the Ray cluster has {have}; "
+            "lower `scaling.workers`, `scaling.cpus_per_worker` or `scaling.gpus_per_worker`, or add nodes."
+        )
+    if requested is not None and requested > fits:
+        raise ResourceError(
+            f"The value of `scaling.max_concurrent_trials` is {requested}, but only {fits} trials of "
+            f"{res.describe()} fit on the cluster; lower it or leave it unset."
+        )
+    return requested or fits
+
+
+def local_cpus(res: TrialResources) -> int:
+    """Logical CPUs for an in-process Ray: the machine's, or enough for one trial."""
+    return max(os.cpu_count() or 1, math.ceil(res.cpus))
+
+
+# --- the trial function ---------------------------------------------------------------
+
+
+def train_loop_config(spec: Spec, dataset_uri: str) -> dict:
+    """The static part of every worker's config (the trial adds ``params``)."""
+    return {
+        "dataset_uri": dataset_uri,
+        "endpoint": storage.endpoint_from_env(spec.storage.endpoint),
+        "max_t": spec.asha.max_t,
+        "seed": spec.search.seed,
+        "lr_scaling": spec.training.lr_scaling,
+        "reference_batch": spec.training.reference_batch,
+        "warmup_epochs": spec.training.warmup_epochs,
+        "threads": max(1, int(spec.scaling.cpus_per_worker)) if not spec.scaling.use_gpu else 0,
+    }
+
+
+class TrialRunner:
+    """One Tune trial: a Ray Train ``TensorflowTrainer`` with N workers.
+
+    Pickled to each trial's actor; holds only plain data.
+    """
+
+    def __init__(self, spec: Spec, dataset_uri: str):
+        self.spec_dict = spec.to_dict()
+        self.loop_config = train_loop_config(spec, dataset_uri)
+        self.__name__ = "trial"  # Tune names trials <__name__>_<id>
+
+    def __call__(self, params: dict) -> None:
+        trial_start = time.time()
+        from ray import tune
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.v2.tensorflow.tensorflow_trainer import TensorflowTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from tuner import worker
+        from tuner.spec import build_spec
+
+        spec = build_spec(self.spec_dict)
+        s = spec.scaling
+        resources = {"CPU": s.cpus_per_worker}
+        if s.use_gpu:
+            resources["GPU"] = s.gpus_per_worker
+        fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+        trainer = TensorflowTrainer(
+            worker.train_loop_per_worker,
+            train_loop_config={**self.loop_config, "params": dict(params), "trial_start": trial_start},
+            scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+            run_config=RunConfig(
+                # Unique per trial and stable across restarts, so a restarted trial
+                # finds its own run, and with it its latest checkpoint.
+                name=tune.get_context().get_trial_id(),
+                storage_path=posixpath.join(root, spec.name, RUNS_DIR),
+                storage_filesystem=fs,
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=spec.checkpoint.num_to_keep,
+                    checkpoint_score_attribute=METRIC,
+                    checkpoint_score_order=MODE,
+                ),
+                failure_config=FailureConfig(
+                    max_failures=spec.failure.max_failures,
+                    controller_failure_limit=spec.failure.controller_failure_limit,
+                ),
+                callbacks=[TuneReportCallback()],
+                worker_runtime_env={"env_vars": {**storage.worker_env(spec.storage.endpoint), **QUIET_TF}},
+            ),
+        )
+        trainer.fit()
+
+
+# --- the experiment -------------------------------------------------------------------
+
+
+def connect(address: str | None, spec: Spec) -> dict:
+    """Connect to Ray (``address``, ``$RAY_ADDRESS``, else a new in-process local Ray);
+    returns the cluster's resources."""
+    import ray
+
+    runtime_env = {"env_vars": {**storage.worker_env(spec.storage.endpoint), **QUIET_TF}}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        res = TrialResources.of(spec)
+        ray.init(
+            address="local",
+            num_cpus=local_cpus(res),
+            num_gpus=0,
+            # The dashboard hosts the state API that Ray Train uses to clean up
+            # worker placement groups after a trial ends; without it they leak.
+            include_dashboard=True,
+            runtime_env=runtime_env,
+        )
+    return ray.cluster_resources()
+
+
+def scheduler_for(spec: Spec, search: bool):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not search:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr=TIME_ATTR,
+        max_t=spec.asha.max_t,
+        grace_period=spec.asha.grace_period,
+        reduction_factor=spec.asha.reduction_factor,
+    )
+
+
+def run(spec: Spec, dataset_uri: str, max_concurrent: int, search: bool = True):
+    """Run the experiment on the connected Ray; returns Tune's ``ResultGrid``."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    trainable = tune.with_resources(TrialRunner(spec, dataset_uri), {"CPU": spec.scaling.driver_cpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            scheduler=scheduler_for(spec, search),
+            num_samples=spec.search.num_samples if search else 1,
+            # The generator's own limit: Tune ignores max_concurrent_trials for it.
+            search_alg=BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=max_concurrent),
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=root,
+            storage_filesystem=fs,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    return tuner.fit()

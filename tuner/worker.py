@@ -1,0 +1,176 @@
+"""The Ray Train function that runs on each of a trial's workers.
+
+It reads the Ray context, enters ``MultiWorkerMirroredStrategy``, builds (or restores)
+the model through ``tuner.model``, trains with ``model.fit`` and reports each epoch.
+Imports TensorFlow lazily: the module is imported by trial drivers that never train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+MODEL_FILE = "model.keras"
+STATE_FILE = "state.json"
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite; the trial fails alone."""
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}"
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """Train one trial's configuration on this worker.
+
+    Args:
+        cfg: ``params`` (the trial's hyperparameters), ``dataset_uri``, ``endpoint``,
+            ``max_t`` (epochs), ``seed``, ``lr_scaling``, ``reference_batch``,
+            ``warmup_epochs``, ``threads`` (TensorFlow intra-op threads, 0 = default),
+            ``trial_start`` (unix time the trial driver started, for overhead figures).
+    """
+    import ray.train
+    import tensorflow as tf
+    import tf_keras
+
+    from tuner import data, model, schedule
+
+    if cfg.get("threads"):
+        tf.config.threading.set_intra_op_parallelism_threads(cfg["threads"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Must come before any other TensorFlow op: it sets up the collective runtime.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    tf_keras.utils.set_random_seed(cfg["seed"])
+
+    params = cfg["params"]
+    x_train, y_train = data.load_split(cfg["dataset_uri"], "train", cfg["endpoint"])
+    x_val, y_val = data.load_split(cfg["dataset_uri"], "validation", cfg["endpoint"])
+    plan = schedule.BatchPlan(world, params["batch_size"], len(y_train))
+    lr_schedule = schedule.schedule_for(
+        params, plan, cfg["lr_scaling"], cfg["reference_batch"], cfg["warmup_epochs"]
+    )
+
+    def dataset_fn(input_context):
+        # One input pipeline per worker, each reading its own disjoint shard of the
+        # rows; sharded here, so tf.data's auto-sharding has nothing left to split.
+        i, n = input_context.input_pipeline_id, input_context.num_input_pipelines
+        xs, ys = x_train[i::n], y_train[i::n]
+        per_replica = input_context.get_per_replica_batch_size(plan.global_batch)
+        ds = tf.data.Dataset.from_tensor_slices((xs, ys))
+        ds = ds.shuffle(len(ys), seed=cfg["seed"] * 1009 + i, reshuffle_each_iteration=True).repeat()
+        ds = ds.batch(per_replica, drop_remainder=True)
+        ds = ds.map(lambda x, y: (model.normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    with strategy.scope():
+        if checkpoint:
+            with checkpoint.as_directory() as d:
+                net = tf_keras.models.load_model(Path(d) / MODEL_FILE)
+                start_epoch = json.loads((Path(d) / STATE_FILE).read_text())["epoch"]
+        else:
+            net = model.build_model(params)
+            optimizer = model.build_optimizer(
+                params, model.EpochSchedule.from_schedule(lr_schedule, plan.steps_per_epoch)
+            )
+            model.compile_model(net, optimizer)
+
+    reporter = _epoch_reporter(cfg, plan, lr_schedule, rank, world, net, (x_val, y_val), resumed_from=start_epoch)
+    net.fit(
+        tf_keras.utils.experimental.DatasetCreator(dataset_fn),
+        epochs=cfg["max_t"],
+        initial_epoch=start_epoch,
+        steps_per_epoch=plan.steps_per_epoch,
+        callbacks=[reporter],
+        verbose=0,
+    )
+
+
+def weights_digest(net) -> str:
+    """sha256 over every weight of ``net``: equal on all workers when replicas agree."""
+    h = hashlib.sha256()
+    for w in net.get_weights():
+        h.update(w.tobytes())
+    return h.hexdigest()
+
+
+def _epoch_reporter(*args, **kwargs):
+    """Builds the Keras callback; defined here so that importing this module stays free of TensorFlow."""
+    import tf_keras
+
+    class EpochReporter(tf_keras.callbacks.Callback):
+        """Scores the validation split, checkpoints on every rank, reports to Ray Train."""
+
+        def __init__(self, cfg, plan, lr_schedule, rank, world, net, validation, resumed_from):
+            super().__init__()
+            self.cfg, self.plan, self.lr_schedule, self.rank, self.world = cfg, plan, lr_schedule, rank, world
+            self.net = net
+            self.validation = validation
+            self.resumed_from = resumed_from
+            self.first_step_at = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.first_step_at is None:
+                self.first_step_at = time.time()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_start = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            import ray.train
+
+            logs = logs or {}
+            train_seconds = time.time() - self.epoch_start
+            loss = float(logs.get("loss", math.nan))
+            if not math.isfinite(loss):
+                raise DivergedError(f"training loss became {loss} in epoch {epoch + 1}")
+            from tuner import model
+
+            val_loss, val_accuracy = model.evaluate(self.net, *self.validation)
+            done = epoch + 1
+            metrics = {
+                "epoch": done,
+                "val_accuracy": val_accuracy,
+                "val_loss": val_loss,
+                "loss": loss,
+                "accuracy": float(logs.get("accuracy", math.nan)),
+                "learning_rate": self.lr_schedule(done),
+                "train_seconds": train_seconds,
+                "samples_per_second": self.plan.steps_per_epoch * self.plan.global_batch / train_seconds,
+                "workers": self.world,
+                "per_worker_batch": self.plan.per_worker_batch,
+                "global_batch": self.plan.global_batch,
+                "steps_per_epoch": self.plan.steps_per_epoch,
+                "resumed_from_epoch": self.resumed_from,
+            }
+            if self.first_step_at is not None:
+                metrics["startup_seconds"] = self.first_step_at - self.cfg["trial_start"]
+                self.first_step_at = math.inf  # reported once per worker-group start
+            digest = weights_digest(self.net)
+            metrics["weights_sha256"] = digest
+            with tempfile.TemporaryDirectory() as keep, tempfile.TemporaryDirectory() as scratch:
+                # Every rank saves (a save on rank 0 alone deadlocks under the strategy);
+                # only rank 0's model lands in the checkpoint, beside every rank's digest.
+                save_started = time.time()
+                self.net.save(Path(keep if self.rank == 0 else scratch) / MODEL_FILE)
+                Path(keep, f"weights-rank{self.rank}.sha256").write_text(digest + "\n")
+                if self.rank == 0:
+                    Path(keep, STATE_FILE).write_text(json.dumps({"epoch": done, "metrics": metrics}, indent=2))
+                metrics["checkpoint_save_seconds"] = time.time() - save_started
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(keep),
+                    checkpoint_dir_name=checkpoint_dir_name(done),
+                )
+
+    return EpochReporter(*args, **kwargs)
