@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import sys
 
-from tuner import data, storage
+import pyarrow.fs as pafs
+
+from tuner import data, results, storage, worker
 from tuner.spec import SpecError, load_spec, preset_names, require_fixed
 
 EXIT_USAGE = 2
@@ -95,7 +98,7 @@ def cmd_stage(args) -> int:
 
 def cmd_best(args) -> int:
     try:
-        summary = __import__("tuner.results", fromlist=["read_summary"]).read_summary(args.storage, args.name, args.endpoint)
+        summary = results.read_summary(args.storage, args.name, args.endpoint)
     except FileNotFoundError:
         raise UsageError(f"No summary at {storage.join(args.storage, args.name, 'summary.json')}; "
                          "has `tuner tune` finished for that --name and --storage?") from None
@@ -130,8 +133,6 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
     storage.preflight(spec.storage.uri, spec.storage.endpoint)
     if spec.data.uri:
         storage.preflight(spec.data.uri, spec.storage.endpoint)
-    from tuner import results
-
     if storage.exists(storage.join(results.experiment_uri(spec), results.SUMMARY), spec.storage.endpoint):
         raise UsageError(f"The experiment `{spec.name}` already finished under {spec.storage.uri}; "
                          "choose another --name (its results stay as they are).")
@@ -152,7 +153,11 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
     grid = tuning.run(spec, spec.dataset_uri(), concurrent, search=search)
     trials = results.trials_from_grid(grid)
     fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
-    summary = results.summarize(spec, ["tuner", *argv], trials, lambda p: storage.to_uri(fs, p))
+    summary = results.summarize(
+        spec, ["tuner", *argv], trials,
+        storage_fs_uri=lambda p: storage.to_uri(fs, p),
+        checkpoint_exists=lambda p: fs.get_file_info(posixpath.join(p, worker.MODEL_FILE)).type == pafs.FileType.File,
+    )
     results.write_results(spec, results.rows_from_results(trials))
     results.export_best(spec, summary, spec.dataset_uri())
     uri = results.write_summary(spec, summary)

@@ -78,11 +78,12 @@ def build_optimizer(params: dict, learning_rate) -> tf_keras.optimizers.Optimize
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def compile_model(model: tf_keras.Model, optimizer: tf_keras.optimizers.Optimizer) -> None:
+def compile_model(model: tf_keras.Model, optimizer: tf_keras.optimizers.Optimizer, steps_per_execution: int = 1) -> None:
     model.compile(
         optimizer=optimizer,
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
     )
 
 

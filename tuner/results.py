@@ -29,8 +29,8 @@ BEST_MODEL = "best_model.keras"
 ROW_METRICS = (
     "epoch", "val_accuracy", "val_loss", "loss", "accuracy", "learning_rate", "train_seconds",
     "samples_per_second", "workers", "per_worker_batch", "global_batch", "steps_per_epoch",
-    "resumed_from_epoch", "startup_seconds", "checkpoint_save_seconds", "checkpoint_path",
-    "weights_sha256", "time_total_s", "timestamp",
+    "resumed_from_epoch", "startup_seconds", "startup_worker_entered_seconds", "startup_ready_seconds", "checkpoint_save_seconds", "checkpoint_path",
+    "weights_sha256", "peak_rss_mb", "time_total_s", "timestamp",
 )
 
 
@@ -63,20 +63,22 @@ def rows_from_results(trials: list[dict]) -> list[dict]:
     return rows
 
 
-def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri) -> dict:
+def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri, checkpoint_exists) -> dict:
     """The summary without the test accuracy (added by ``export_best``).
 
     Args:
         trials: as for ``rows_from_results``, plus ``error`` (str or None).
         storage_fs_uri: maps a checkpoint path inside the storage filesystem to a URI.
+        checkpoint_exists: whether a checkpoint path is still in storage (retention
+            deletes all but the best few, and on ties it may keep a later epoch).
     """
-    entries, best = [], None
+    entries, candidates = [], []
     for t in trials:
         history = t["history"]
         epochs = max((int(m["epoch"]) for m in history), default=0)
         last = history[-1] if history else {}
         finished = t["error"] is None
-        entry = {
+        entries.append({
             "trial_id": t["trial_id"],
             "config": t["config"],
             "status": "error" if not finished else "terminated",
@@ -90,17 +92,20 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
             "best_val_accuracy": max((m[METRIC] for m in history), default=None),
             "wall_seconds": _clean(last.get("time_total_s")),
             "restarts": len({m.get("resumed_from_epoch") for m in history if m.get("resumed_from_epoch")}),
-        }
-        entries.append(entry)
-        for m in history:
-            if m.get("checkpoint_path") and (best is None or m[METRIC] > best["val_accuracy"]):
-                best = {
-                    "trial_id": t["trial_id"],
-                    "config": t["config"],
-                    "epoch": int(m[TIME_ATTR]),
-                    "val_accuracy": m[METRIC],
-                    "checkpoint_uri": storage_fs_uri(m["checkpoint_path"]),
-                }
+        })
+        candidates += [(m[METRIC], int(m[TIME_ATTR]), t, m) for m in history if m.get("checkpoint_path")]
+    best = None
+    # Highest validation accuracy first; on a tie the later epoch, the one retention keeps.
+    for val_accuracy, epoch, t, m in sorted(candidates, key=lambda c: (c[0], c[1]), reverse=True):
+        if checkpoint_exists(m["checkpoint_path"]):
+            best = {
+                "trial_id": t["trial_id"],
+                "config": t["config"],
+                "epoch": epoch,
+                "val_accuracy": val_accuracy,
+                "checkpoint_uri": storage_fs_uri(m["checkpoint_path"]),
+            }
+            break
     return {
         "name": spec.name,
         "command": command,

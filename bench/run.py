@@ -1,0 +1,231 @@
+"""Benchmarks of the tuning job, each a ratio against a baseline measured in the same run.
+
+    python bench/run.py b1 --mnist ../shared/data/mnist   # throughput: 1-worker trial vs bare model.fit
+    python bench/run.py b2                                # fixed overhead per trial (start -> first step)
+    python bench/run.py b3 --mnist ../shared/data/mnist   # seed-baseline vs the plain Keras tutorial
+    python bench/run.py tuned --mnist ../shared/data/mnist # the `mnist` preset's best test accuracy (~10 min)
+    python bench/run.py all --mnist ../shared/data/mnist
+    python bench/run.py b1 --smoke                        # tiny and quick, on the shipped subset
+
+Each run prints its figures as JSON and appends them, with the date, the machine and the
+command, to docs/benchmarks.md (not with --smoke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "benchmarks.md"
+# Experiment names unique per run, so a reused --work folder never refuses a rerun.
+NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned")}
+
+
+def tuner(args: list[str], cwd: Path) -> dict:
+    """Run the real CLI; returns its exit code and the driver's peak RSS (MiB)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    log = open(cwd / "tuner.log", "a")
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    peak = [0]
+
+    def poll():
+        # VmHWM is the kernel's own peak-RSS mark for the process (Linux).
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+            except OSError:
+                break
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    started = time.time()
+    watcher.start()
+    code = proc.wait()
+    watcher.join()
+    log.close()
+    if code != 0:
+        raise SystemExit(f"tuner {' '.join(args)} failed ({code}); see {cwd / 'tuner.log'}")
+    return {"seconds": time.time() - started, "driver_peak_rss_mb": peak[0] / 2**20}
+
+
+def experiment(storage: Path, name: str) -> tuple[dict, list[dict]]:
+    import pyarrow.parquet as pq
+
+    summary = json.loads((storage / name / "summary.json").read_text())
+    rows = pq.read_table(storage / name / "results.parquet").to_pylist()
+    return summary, rows
+
+
+def stage(work: Path, mnist: str | None) -> str:
+    dest = work / "datasets" / ("mnist" if mnist else "mnist-subset")
+    if not (dest / "manifest.json").exists():
+        tuner(["stage-data", "--source", mnist or "builtin", "--dest", str(dest)], work)
+    return str(dest)
+
+
+BARE = r'''
+import json, sys, time
+import numpy as np, tensorflow as tf, tf_keras
+from tuner import data, model
+cfg = json.loads(sys.argv[1])
+tf_keras.utils.set_random_seed(0)
+x, y = data.load_split(cfg["dataset"], "train")
+if cfg.get("full_train"):  # the tutorial trains on all 60,000 images
+    xv, yv = data.load_split(cfg["dataset"], "validation")
+    x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
+xt, yt = data.load_split(cfg["dataset"], "test")
+x, xt = x.astype("float32") / 255.0, xt.astype("float32") / 255.0
+net = model.build_model({"width": 128, "depth": 1, "dropout": 0.2})
+lr = cfg["lr"]
+if cfg.get("decay_steps"):
+    lr = tf_keras.optimizers.schedules.ExponentialDecay(lr, cfg["decay_steps"], 0.5, staircase=True)
+net.compile(tf_keras.optimizers.Adam(lr), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+times = []
+class T(tf_keras.callbacks.Callback):
+    def on_epoch_begin(self, e, logs=None): self.t = time.time()
+    def on_epoch_end(self, e, logs=None): times.append(time.time() - self.t)
+net.fit(x, y, batch_size=cfg["batch"], epochs=cfg["epochs"], verbose=0, callbacks=[T()])
+_, acc = net.evaluate(xt, yt, verbose=0)
+print(json.dumps({"epoch_seconds": times, "rows": len(y), "test_accuracy": acc}))
+'''
+
+
+def bare_fit(cfg: dict) -> dict:
+    """A plain single-process tf_keras ``model.fit`` in a fresh process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", BARE, json.dumps(cfg)], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def b1(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """Steady-state samples/s: a 1-worker trial vs bare model.fit, same model, batch and data."""
+    dataset, batch, epochs = stage(work, mnist), 128, 2 if smoke else 3
+    bare = bare_fit({"dataset": dataset, "batch": batch, "epochs": epochs, "lr": 1e-3})
+    bare_sps = bare["rows"] / min(bare["epoch_seconds"][1:])
+    run = tuner(["train", "--config", "seed-baseline", "--name", NAME["b1"], "--storage", str(work / "store"),
+                 "--set", f"data.uri={dataset}", "--set", f"asha.max_t={epochs}", "--set", f"asha.grace_period={epochs}",
+                 "--set", "search.space.schedule=constant", "--set", f"search.space.batch_size={batch}",
+                 "--set", "scaling.cpus_per_worker=2"], work)
+    _, rows = experiment(work / "store", NAME["b1"])
+    # Steps x global batch = ceil(rows / batch) * batch: the trial's epoch is a hair
+    # longer than the bare one (the last batch is full), which favours the bare run.
+    trial_sps = max(r["samples_per_second"] for r in rows if r["epoch"] > 1)
+    return {
+        "batch": batch, "epochs": epochs, "bare_samples_per_second": round(bare_sps),
+        "trial_samples_per_second": round(trial_sps), "ratio": round(trial_sps / bare_sps, 3),
+        "worker_peak_rss_mb": round(max(r["peak_rss_mb"] for r in rows)),
+        "driver_peak_rss_mb": round(run["driver_peak_rss_mb"]),
+    }
+
+
+def b2(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """Fixed overhead per trial: trial function start -> first training step, 2 workers."""
+    trials = 2 if smoke else 5
+    run = tuner(["tune", "--config", "quick", "--name", NAME["b2"], "--storage", str(work / "store"),
+                 "--set", f"search.num_samples={trials}", "--set", "asha.max_t=1", "--set", "asha.grace_period=1",
+                 "--set", "scaling.max_concurrent_trials=1"], work)
+    _, rows = experiment(work / "store", NAME["b2"])
+    firsts = [r for r in rows if r["startup_seconds"] is not None]
+
+    def median(key):
+        return round(statistics.median(r[key] for r in firsts), 2)
+
+    return {
+        "trials": trials, "workers": 2,
+        "startup_seconds": sorted(round(r["startup_seconds"], 2) for r in firsts),
+        "median_startup_seconds": median("startup_seconds"),
+        # Where it goes: driver start -> worker function entered -> model ready -> first step.
+        "median_worker_entered_seconds": median("startup_worker_entered_seconds"),
+        "median_ready_seconds": median("startup_ready_seconds"),
+        "experiment_seconds": round(run["seconds"], 1),
+        "worker_peak_rss_mb": round(max(r["peak_rss_mb"] for r in rows)),
+        "driver_peak_rss_mb": round(run["driver_peak_rss_mb"]),
+    }
+
+
+def b3(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """seed-baseline through tuner vs the plain Keras tutorial, both on full MNIST."""
+    dataset = stage(work, mnist)
+    epochs = 1 if smoke else 10
+    bare = bare_fit({"dataset": dataset, "batch": 32, "epochs": epochs, "lr": 1e-3, "decay_steps": 1000, "full_train": True})
+    run = tuner(["train", "--config", "seed-baseline", "--name", NAME["b3"], "--storage", str(work / "store"),
+                 "--set", f"data.uri={dataset}", "--set", f"asha.max_t={epochs}", "--set", f"asha.grace_period={epochs}",
+                 "--set", "scaling.cpus_per_worker=2"], work)
+    summary, _ = experiment(work / "store", NAME["b3"])
+    ours = summary["best"]["test_accuracy"]
+    return {
+        "epochs": epochs, "tutorial_test_accuracy": round(bare["test_accuracy"], 4),
+        "tuner_seed_baseline_test_accuracy": round(ours, 4),
+        "difference_pt": round(100 * (ours - bare["test_accuracy"]), 2),
+        "tuner_seconds": round(run["seconds"], 1), "tutorial_seconds": round(sum(bare["epoch_seconds"]), 1),
+    }
+
+
+def tuned(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """The default tuning preset (`mnist`) on full MNIST with a 10-epoch budget."""
+    dataset = stage(work, mnist)
+    extra = ["--set", "search.num_samples=2", "--set", "asha.max_t=1"] if smoke else []
+    run = tuner(["tune", "--config", "mnist", "--name", NAME["tuned"], "--storage", str(work / "store"),
+                 "--set", f"data.uri={dataset}", *extra], work)
+    summary, rows = experiment(work / "store", NAME["tuned"])
+    best = summary["best"]
+    return {
+        "trials": len(summary["trials"]), "epochs_spent": summary["epochs_spent"],
+        "full_budget_epochs": len(summary["trials"]) * summary["spec"]["asha"]["max_t"],
+        "best_test_accuracy": round(best["test_accuracy"], 4), "best_val_accuracy": round(best["val_accuracy"], 4),
+        "best_epoch": best["epoch"], "best_config": best["config"],
+        "search_space": summary["spec"]["search"]["space"],
+        "wall_seconds": round(run["seconds"], 1),
+        "worker_peak_rss_mb": round(max(r["peak_rss_mb"] for r in rows)),
+        "driver_peak_rss_mb": round(run["driver_peak_rss_mb"]),
+    }
+
+
+BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned}
+
+
+def record(command: str, results: dict) -> None:
+    DOC.parent.mkdir(exist_ok=True)
+    if not DOC.exists():
+        DOC.write_text("# Benchmarks\n\nAppended by `bench/run.py`; each figure is measured against a baseline in the same run.\n")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    with DOC.open("a") as f:
+        f.write(f"\n### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `{command}`\n\n")
+        f.write(f"Machine: {machine}.\n\n```json\n{json.dumps(results, indent=2)}\n```\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=[*BENCHES, "all"])
+    parser.add_argument("--mnist", help="folder with the four original MNIST .gz files (default: the shipped subset)")
+    parser.add_argument("--smoke", action="store_true", help="tiny run to keep the code working; not recorded")
+    parser.add_argument("--work", help="working folder (default: a temporary one)")
+    args = parser.parse_args()
+    names = list(BENCHES) if args.which == "all" else [args.which]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        results = {}
+        for name in names:
+            results[name] = BENCHES[name](work, None if args.smoke else args.mnist, args.smoke)
+            print(json.dumps({name: results[name]}), flush=True)
+    if not args.smoke:
+        record("python bench/run.py " + " ".join(sys.argv[1:]), results)
+
+
+if __name__ == "__main__":
+    main()
