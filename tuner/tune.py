@@ -167,14 +167,17 @@ class TrialRunner:
         if s.use_gpu:
             resources["GPU"] = s.gpus_per_worker
         fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+        trial_id = tune.get_context().get_trial_id()
+        run_uri = storage.join(spec.storage.uri, spec.name, RUNS_DIR, trial_id)
         trainer = TensorflowTrainer(
             worker.train_loop_per_worker,
-            train_loop_config={**self.loop_config, "params": dict(params), "trial_start": trial_start},
+            train_loop_config={**self.loop_config, "params": dict(params), "trial_start": trial_start,
+                               "run_uri": run_uri},
             scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu, resources_per_worker=resources),
             run_config=RunConfig(
                 # Unique per trial and stable across restarts, so a restarted trial
                 # finds its own run, and with it its latest checkpoint.
-                name=tune.get_context().get_trial_id(),
+                name=trial_id,
                 storage_path=posixpath.join(root, spec.name, RUNS_DIR),
                 storage_filesystem=fs,
                 checkpoint_config=CheckpointConfig(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import posixpath
 import resource
 import tempfile
 import time
@@ -35,6 +36,7 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     Args:
         cfg: ``params`` (the trial's hyperparameters), ``dataset_uri``, ``endpoint``,
+            ``run_uri`` (this trial's Ray Train run folder, where its checkpoints are),
             ``max_t`` (epochs), ``seed``, ``lr_scaling``, ``reference_batch``,
             ``warmup_epochs``, ``threads`` (TensorFlow intra-op threads, 0 = default),
             ``trial_start`` (unix time the trial driver started, for overhead figures).
@@ -76,14 +78,12 @@ def train_loop_per_worker(cfg: dict) -> None:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
     with strategy.scope():
-        if checkpoint:
-            with checkpoint.as_directory() as d:
-                net = tf_keras.models.load_model(Path(d) / MODEL_FILE)
-                start_epoch = json.loads((Path(d) / STATE_FILE).read_text())["epoch"]
+        restored = restore_latest(cfg["run_uri"], cfg["endpoint"])
+        if restored:
+            net, start_epoch = restored
         else:
+            start_epoch = 0
             net = model.build_model(params)
             optimizer = model.build_optimizer(
                 params, model.EpochSchedule.from_schedule(lr_schedule, plan.steps_per_epoch)
@@ -102,6 +102,50 @@ def train_loop_per_worker(cfg: dict) -> None:
         callbacks=[reporter],
         verbose=0,
     )
+
+
+def stored_epochs(run_uri: str, endpoint: str | None) -> list[int]:
+    """Epochs with a checkpoint folder under the trial's run, newest first."""
+    import pyarrow.fs as pafs
+
+    from tuner import storage
+
+    fs, root = storage.filesystem(run_uri, endpoint)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    epochs = []
+    for info in infos:
+        name = posixpath.basename(info.path)
+        if info.type == pafs.FileType.Directory and name.startswith("epoch-") and name[6:].isdigit():
+            epochs.append(int(name[6:]))
+    return sorted(epochs, reverse=True)
+
+
+def restore_latest(run_uri: str, endpoint: str | None):
+    """(model, epoch) from the newest checkpoint in storage that loads whole, or None.
+
+    Read from storage rather than from ``ray.train.get_checkpoint()``: the controller
+    registers a reported checkpoint only when it next polls the workers, so after a worker
+    dies it may not know the newest checkpoints that are already safely stored. A folder
+    torn by the crash fails to load and the one before it is used. Storage does not change
+    while the new worker group starts, so every rank picks the same epoch.
+    """
+    import tf_keras
+
+    from tuner import storage
+
+    for epoch in stored_epochs(run_uri, endpoint):
+        folder = storage.join(run_uri, checkpoint_dir_name(epoch))
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp, MODEL_FILE)
+                local.write_bytes(storage.read_bytes(storage.join(folder, MODEL_FILE), endpoint))
+                state = json.loads(storage.read_bytes(storage.join(folder, STATE_FILE), endpoint))
+                net = tf_keras.models.load_model(local)
+            if state["epoch"] == epoch:
+                return net, epoch
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped alike
+            print(f"tuner: skipping checkpoint {folder}: {type(e).__name__}: {e}", flush=True)
+    return None
 
 
 def weights_digest(net) -> str:
