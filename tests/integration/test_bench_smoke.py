@@ -1,0 +1,28 @@
+"""`bench/run.py all --smoke`: the benchmark code keeps working (figures are not checked)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_smoke(tmp_path):
+    doc = REPO / "docs" / "benchmarks.md"
+    before = doc.read_text() if doc.exists() else None
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "all", "--smoke", "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            results.update(json.loads(line))
+    assert set(results) == {"b1", "b2", "b3", "tuned"}
+    assert results["b1"]["ratio"] > 0 and results["b2"]["median_startup_seconds"] > 0
+    assert 0 < results["tuned"]["best_test_accuracy"] <= 1
+    # A smoke run records nothing.
+    assert (doc.read_text() if doc.exists() else None) == before
