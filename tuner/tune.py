@@ -155,10 +155,11 @@ class TrialRunner:
         trial_start = time.time()
         from ray import tune
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+        from tuner import raytf, worker  # raytf first: keeps TensorFlow out of this process
+
         from ray.train.v2.tensorflow.tensorflow_trainer import TensorflowTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
-
-        from tuner import worker
         from tuner.spec import build_spec
 
         spec = build_spec(self.spec_dict)
@@ -173,6 +174,7 @@ class TrialRunner:
             worker.train_loop_per_worker,
             train_loop_config={**self.loop_config, "params": dict(params), "trial_start": trial_start,
                                "run_uri": run_uri},
+            tensorflow_config=raytf.Config(),
             scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu, resources_per_worker=resources),
             run_config=RunConfig(
                 # Unique per trial and stable across restarts, so a restarted trial
