@@ -29,8 +29,8 @@ BEST_MODEL = "best_model.keras"
 ROW_METRICS = (
     "epoch", "val_accuracy", "val_loss", "loss", "accuracy", "learning_rate", "train_seconds",
     "samples_per_second", "workers", "per_worker_batch", "global_batch", "steps_per_epoch",
-    "resumed_from_epoch", "startup_seconds", "startup_worker_entered_seconds", "startup_ready_seconds", "checkpoint_save_seconds", "checkpoint_path",
-    "weights_sha256", "peak_rss_mb", "time_total_s", "timestamp",
+    "resumed_from_epoch", "startup_seconds", "startup_worker_entered_seconds", "startup_ready_seconds",
+    "checkpoint_save_seconds", "checkpoint_path", "weights_sha256", "peak_rss_mb", "time_total_s", "timestamp",
 )
 
 
@@ -155,11 +155,9 @@ def export_best(spec: Spec, summary: dict, dataset_uri: str) -> None:
 
     from tuner import data, model, worker
 
-    fs, path = storage.filesystem(best["checkpoint_uri"], spec.storage.endpoint)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp, worker.MODEL_FILE)
-        with fs.open_input_stream(posixpath.join(path, worker.MODEL_FILE), compression=None) as f:
-            local.write_bytes(f.read())
+        local.write_bytes(storage.read_bytes(storage.join(best["checkpoint_uri"], worker.MODEL_FILE), spec.storage.endpoint))
         net = tf_keras.models.load_model(local)
         test_loss, test_accuracy = model.evaluate(net, *data.load_split(dataset_uri, "test", spec.storage.endpoint))
         target = storage.join(experiment_uri(spec), BEST_MODEL)
