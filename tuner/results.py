@@ -29,7 +29,8 @@ BEST_MODEL = "best_model.keras"
 ROW_METRICS = (
     "epoch", "val_accuracy", "val_loss", "loss", "accuracy", "learning_rate", "train_seconds",
     "samples_per_second", "workers", "per_worker_batch", "global_batch", "steps_per_epoch",
-    "resumed_from_epoch", "startup_seconds", "startup_worker_entered_seconds", "startup_ready_seconds",
+    "resumed_from_epoch", "startup_seconds", "startup_process_seconds", "startup_worker_entered_seconds",
+    "startup_imported_seconds", "startup_ready_seconds", "startup_cpu_seconds",
     "checkpoint_save_seconds", "checkpoint_path", "weights_sha256", "peak_rss_mb", "time_total_s", "timestamp",
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import posixpath
 import resource
 import tempfile
@@ -47,6 +48,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     import tf_keras
 
     from tuner import data, model, schedule
+
+    imported = time.time()
 
     if cfg.get("threads"):
         tf.config.threading.set_intra_op_parallelism_threads(cfg["threads"])
@@ -91,7 +94,9 @@ def train_loop_per_worker(cfg: dict) -> None:
             model.compile_model(net, optimizer, steps_per_execution=min(STEPS_PER_EXECUTION, plan.steps_per_epoch))
 
     # Where a trial's fixed start-up cost goes, in seconds since the trial driver started.
-    startup = {"startup_worker_entered_seconds": entered - cfg["trial_start"],
+    startup = {"startup_process_seconds": _process_started() - cfg["trial_start"],
+               "startup_worker_entered_seconds": entered - cfg["trial_start"],
+               "startup_imported_seconds": imported - cfg["trial_start"],
                "startup_ready_seconds": time.time() - cfg["trial_start"]}
     reporter = _epoch_reporter(cfg, plan, lr_schedule, rank, world, net, (x_val, y_val), start_epoch, startup)
     net.fit(
@@ -102,6 +107,16 @@ def train_loop_per_worker(cfg: dict) -> None:
         callbacks=[reporter],
         verbose=0,
     )
+
+
+def _process_started() -> float:
+    """Unix time this process started (Linux /proc), for start-up figures; NaN elsewhere."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return math.nan
 
 
 def stored_epochs(run_uri: str, endpoint: str | None) -> list[int]:
@@ -175,6 +190,8 @@ def _epoch_reporter(*args, **kwargs):
         def on_train_batch_begin(self, batch, logs=None):
             if self.first_step_at is None:
                 self.first_step_at = time.time()
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                self.startup_cpu = usage.ru_utime + usage.ru_stime
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_start = time.time()
@@ -209,7 +226,8 @@ def _epoch_reporter(*args, **kwargs):
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
             if self.startup:
-                metrics.update(self.startup, startup_seconds=self.first_step_at - self.cfg["trial_start"])
+                metrics.update(self.startup, startup_seconds=self.first_step_at - self.cfg["trial_start"],
+                               startup_cpu_seconds=self.startup_cpu)
                 self.startup = None
             digest = weights_digest(self.net)
             metrics["weights_sha256"] = digest

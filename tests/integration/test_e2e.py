@@ -3,6 +3,7 @@
 import io
 import json
 import math
+import zipfile
 
 import boto3
 import pyarrow.parquet as pq
@@ -92,6 +93,9 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
 
     local = tmp_path / "best.keras"
     local.write_bytes(get(client, f"{prefix}/best_model.keras"))
+    # The Keras v3 zip, not HDF5 under a .keras name (tf_keras falls back to HDF5 when
+    # its saving module was imported on another thread).
+    assert zipfile.is_zipfile(local)
     net = tf_keras.models.load_model(local)
     x, y = _test_split(tmp_path)
     _, accuracy = model.evaluate(net, x, y)
