@@ -3,7 +3,7 @@
 import pytest
 from ray import tune
 
-from tuner.spec import load_spec
+from tuner.spec import SpecError, load_spec
 from tuner.tune import ResourceError, TrialResources, concurrent_trials, param_space
 
 
@@ -48,3 +48,50 @@ def test_trial_that_cannot_fit_is_an_error():
         concurrent_trials(TrialResources(1, 2, 1, 1), {"CPU": 16, "GPU": 1}, None)
     with pytest.raises(ResourceError, match="only 2 trials"):
         concurrent_trials(TrialResources(1, 2, 1, 0), {"CPU": 6}, 3)
+
+
+def gpu_trial(*overrides: str) -> TrialResources:
+    return TrialResources.of(load_spec("quick", ["scaling.use_gpu=true", "scaling.gpus_per_worker=1", *overrides]))
+
+
+@pytest.mark.parametrize(
+    "overrides, cluster, expected",
+    [
+        # 2 CPUs a trial would allow 4; 2 GPUs a trial allow 2.
+        (["scaling.workers=2"], {"CPU": 8, "GPU": 4}, 2),
+        (["scaling.workers=4"], {"CPU": 8, "GPU": 4}, 1),
+        (["scaling.workers=2", "scaling.gpus_per_worker=0.5"], {"CPU": 8, "GPU": 4}, 4),
+        # Here the CPUs bind: 1 + 2 x 2 = 5 CPUs a trial.
+        (["scaling.workers=2", "scaling.cpus_per_worker=2"], {"CPU": 8, "GPU": 4}, 1),
+    ],
+)
+def test_concurrent_gpu_trials(overrides, cluster, expected):
+    assert concurrent_trials(gpu_trial(*overrides), cluster, None) == expected
+
+
+def test_gpu_trial_on_a_cluster_without_gpus_is_an_error():
+    with pytest.raises(ResourceError, match=r"needs 2 CPUs .* and 2 GPUs .* but the Ray cluster has 8 CPUs and 0 GPUs"):
+        concurrent_trials(gpu_trial("scaling.workers=2"), {"CPU": 8}, None)
+
+
+def test_driver_takes_no_gpu_and_workers_take_theirs():
+    res = gpu_trial("scaling.workers=2", "scaling.driver_cpus=0.5")
+    assert res.driver_bundle == {"CPU": 0.5}
+    assert res.worker_bundle == {"CPU": 0.5, "GPU": 1}
+    # Without use_gpu, gpus_per_worker (default 1) is ignored.
+    assert TrialResources.of(load_spec("quick")).worker_bundle == {"CPU": 0.5}
+
+
+def test_driver_resource_pins_drivers_and_bounds_concurrency():
+    res = gpu_trial("scaling.workers=2", "scaling.driver_resource=trial_driver")
+    assert res.driver_bundle == {"CPU": 1, "trial_driver": 1}
+    assert "trial_driver" not in res.worker_bundle
+    assert concurrent_trials(res, {"CPU": 24, "GPU": 8, "trial_driver": 3}, None) == 3
+    with pytest.raises(ResourceError, match=r"`scaling.driver_resource` is 'trial_driver', but no node"):
+        concurrent_trials(res, {"CPU": 24, "GPU": 8}, None)
+
+
+@pytest.mark.parametrize("name", ["GPU", "has space", "{}"])
+def test_driver_resource_must_be_a_custom_resource_name(name):
+    with pytest.raises(SpecError, match="scaling.driver_resource"):
+        load_spec("quick", [f"scaling.driver_resource={name}"])

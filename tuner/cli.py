@@ -158,6 +158,9 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
         storage_fs_uri=lambda p: storage.to_uri(fs, p),
         checkpoint_exists=lambda p: fs.get_file_info(posixpath.join(p, worker.MODEL_FILE)).type == pafs.FileType.File,
     )
+    summary["max_concurrent_trials"] = concurrent
+    summary["cluster_resources"] = {k: v for k, v in cluster.items() if k in ("CPU", "GPU") or
+                                    k == spec.scaling.driver_resource}
     results.write_results(spec, results.rows_from_results(trials))
     results.export_best(spec, summary, spec.dataset_uri())
     uri = results.write_summary(spec, summary)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -171,6 +172,10 @@ class ScalingSpec:
     gpus_per_worker: float = 1.0
     # CPUs reserved by each trial's driver (the Tune function that runs the trainer).
     driver_cpus: float = 1.0
+    # A custom Ray resource each trial driver takes one unit of, so drivers run only on
+    # the nodes that advertise it (e.g. a CPU head: `ray start --resources='{"trial_driver": 100}'`),
+    # never on GPU workers where they would take a Train worker's CPU. None: anywhere.
+    driver_resource: str | None = None
     # Trials running at once; default: as many as the cluster's CPUs/GPUs allow.
     max_concurrent_trials: int | None = None
 
@@ -538,6 +543,11 @@ def _check_spec(spec: Spec) -> list[str]:
     need(sc.workers >= 1, "scaling.workers", sc.workers, ">= 1")
     need(sc.cpus_per_worker > 0, "scaling.cpus_per_worker", sc.cpus_per_worker, "> 0")
     need(sc.driver_cpus > 0, "scaling.driver_cpus", sc.driver_cpus, "> 0")
+    if sc.driver_resource is not None:
+        need(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", sc.driver_resource))
+             and sc.driver_resource not in ("CPU", "GPU", "memory", "object_store_memory"),
+             "scaling.driver_resource", sc.driver_resource,
+             "the name of a custom Ray resource (letters, digits, _ and -), or null")
     if sc.use_gpu:
         need(sc.gpus_per_worker > 0, "scaling.gpus_per_worker", sc.gpus_per_worker, "> 0 when `scaling.use_gpu` is true")
     if sc.max_concurrent_trials is not None:

@@ -31,6 +31,7 @@ TF_ENV = {
 }
 
 
+LOCAL_DRIVER_SLOTS = 1000  # of `scaling.driver_resource` on an in-process Ray
 # ray.train.v2._internal.constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR (Ray 2.60).
 NO_PREEMPTION_WATCHER = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
@@ -84,11 +85,13 @@ class TrialResources:
     workers: int
     cpus_per_worker: float
     gpus_per_worker: float
+    driver_resource: str | None = None  # a custom resource the driver takes 1 of
 
     @classmethod
     def of(cls, spec: Spec) -> "TrialResources":
         s = spec.scaling
-        return cls(s.driver_cpus, s.workers, s.cpus_per_worker, s.gpus_per_worker if s.use_gpu else 0.0)
+        return cls(s.driver_cpus, s.workers, s.cpus_per_worker, s.gpus_per_worker if s.use_gpu else 0.0,
+                   s.driver_resource)
 
     @property
     def cpus(self) -> float:
@@ -97,6 +100,17 @@ class TrialResources:
     @property
     def gpus(self) -> float:
         return self.workers * self.gpus_per_worker
+
+    @property
+    def driver_bundle(self) -> dict:
+        """The trial driver's Tune resources: CPU (and the driver resource), never a GPU,
+        since it never trains."""
+        return {"CPU": self.driver_cpus, **({self.driver_resource: 1} if self.driver_resource else {})}
+
+    @property
+    def worker_bundle(self) -> dict:
+        """Each Ray Train worker's resources."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
 
     def describe(self) -> str:
         text = f"{self.cpus:g} CPUs ({self.driver_cpus:g} driver + {self.workers} workers x {self.cpus_per_worker:g})"
@@ -109,11 +123,19 @@ def concurrent_trials(res: TrialResources, cluster: dict, requested: int | None)
     """How many trials may run at once on ``cluster`` (Ray's resource dict).
 
     Trials beyond this would hold their driver CPU while their worker group waits for
-    bundles that never come: a deadlock, not a queue.
+    bundles that never come: a deadlock, not a queue. The driver holds no GPU, so GPUs
+    bound the count only through the workers' bundles.
     """
     fits = math.floor(cluster.get("CPU", 0) / res.cpus + 1e-9)
     if res.gpus:
         fits = min(fits, math.floor(cluster.get("GPU", 0) / res.gpus + 1e-9))
+    if res.driver_resource:
+        if cluster.get(res.driver_resource, 0) < 1:
+            raise ResourceError(
+                f"`scaling.driver_resource` is {res.driver_resource!r}, but no node of the Ray cluster advertises it; "
+                f"start the driver nodes with --resources='{{\"{res.driver_resource}\": 100}}' or set it to null."
+            )
+        fits = min(fits, math.floor(cluster[res.driver_resource] + 1e-9))
     if fits < 1:
         have = f"{cluster.get('CPU', 0):g} CPUs" + (f" and {cluster.get('GPU', 0):g} GPUs" if res.gpus else "")
         raise ResourceError(
@@ -163,6 +185,7 @@ class TrialRunner:
 
     def __call__(self, params: dict) -> None:
         trial_start = time.time()
+        import ray
         from ray import tune
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
@@ -173,18 +196,18 @@ class TrialRunner:
 
         spec = build_spec(self.spec_dict)
         s = spec.scaling
-        resources = {"CPU": s.cpus_per_worker}
-        if s.use_gpu:
-            resources["GPU"] = s.gpus_per_worker
+        # Reported by the workers: with use_gpu, shows that this driver's bundle has none.
+        driver_gpus = len(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
         fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
         trial_id = tune.get_context().get_trial_id()
         run_uri = storage.join(spec.storage.uri, spec.name, RUNS_DIR, trial_id)
         trainer = raytf.trainer(
             train_loop_per_worker=worker.train_loop_per_worker,
             train_loop_config={**self.loop_config, "params": dict(params), "trial_start": trial_start,
-                               "run_uri": run_uri},
+                               "run_uri": run_uri, "driver_gpus": driver_gpus},
             tensorflow_config=raytf.Config(),
-            scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+            scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu,
+                                         resources_per_worker=TrialResources.of(spec).worker_bundle),
             run_config=RunConfig(
                 # Unique per trial and stable across restarts, so a restarted trial
                 # finds its own run, and with it its latest checkpoint.
@@ -229,6 +252,8 @@ def connect(address: str | None, spec: Spec) -> dict:
             address="local",
             num_cpus=local_cpus(res),
             num_gpus=0,
+            # One node hosts everything, drivers included.
+            resources={res.driver_resource: LOCAL_DRIVER_SLOTS} if res.driver_resource else None,
             # The dashboard hosts the state API that Ray Train uses to clean up
             # worker placement groups after a trial ends; without it they leak.
             include_dashboard=True,
@@ -256,7 +281,7 @@ def run(spec: Spec, dataset_uri: str, max_concurrent: int, search: bool = True):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
-    trainable = tune.with_resources(TrialRunner(spec, dataset_uri), {"CPU": spec.scaling.driver_cpus})
+    trainable = tune.with_resources(TrialRunner(spec, dataset_uri), TrialResources.of(spec).driver_bundle)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space(spec),

@@ -40,7 +40,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             ``run_uri`` (this trial's Ray Train run folder, where its checkpoints are),
             ``max_t`` (epochs), ``seed``, ``lr_scaling``, ``reference_batch``,
             ``warmup_epochs``, ``threads`` (TensorFlow intra-op threads, 0 = default),
-            ``trial_start`` (unix time the trial driver started, for overhead figures).
+            ``trial_start`` (unix time the trial driver started, for overhead figures),
+            ``driver_gpus`` (GPUs Ray gave the trial driver, reported as is).
     """
     entered = time.time()
     import ray.train
@@ -224,6 +225,10 @@ def _epoch_reporter(*args, **kwargs):
                 "resumed_from_epoch": self.resumed_from,
                 # Peak resident memory of this worker process so far (Linux: KiB).
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                # GPUs Ray assigned to this worker (and to the trial driver): what was
+                # scheduled, whether or not TensorFlow could use them.
+                "gpus": len(ray.get_runtime_context().get_accelerator_ids().get("GPU", [])),
+                "driver_gpus": self.cfg.get("driver_gpus"),
             }
             if self.startup:
                 metrics.update(self.startup, startup_seconds=self.first_step_at - self.cfg["trial_start"],

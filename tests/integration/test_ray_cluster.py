@@ -1,8 +1,10 @@
-"""The same spec on a `ray start --head` cluster: `ray job submit` and `--address`.
+"""The same spec on a `ray start --head` cluster: `ray job submit`, `--address`, and
+GPU scheduling.
 
 The test starts its own cluster (own temp dir and ports) and stops exactly the processes
 that cluster started, found by their temp dir; never `ray stop`, which would stop every
-Ray on the machine.
+Ray on the machine. The cluster advertises 4 GPUs it does not have: Ray schedules and
+assigns them like real ones, and TensorFlow, finding no CUDA device, trains on the CPU.
 """
 
 import json
@@ -14,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, free_port, missing
@@ -44,7 +47,9 @@ def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     started = subprocess.run(
-        [ray, "start", "--head", "--num-cpus", "4", "--temp-dir", temp_dir, "--port", str(gcs),
+        # Fake GPUs and the Kubernetes head's driver resource, for the scheduling test.
+        [ray, "start", "--head", "--num-cpus", "4", "--num-gpus", "4", "--resources", '{"trial_driver": 100}',
+         "--temp-dir", temp_dir, "--port", str(gcs),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
          "--ray-client-server-port", str(client), "--disable-usage-stats"],
         capture_output=True, text=True, env=env, timeout=180,
@@ -99,3 +104,45 @@ def test_address_of_a_running_cluster(ray_head, tmp_path, unique_name):
     # 4 CPUs, trials of 1 driver + 2 x 0.5: two at a time.
     assert "Running up to 2 trial(s) at once" in proc.stdout
     check_summary(tmp_path, unique_name)
+
+
+def max_overlap(windows: list[tuple[float, float]]) -> int:
+    """Most of the (start, end) windows that share one instant."""
+    edges = sorted([(start, 1) for start, _ in windows] + [(end, -1) for _, end in windows])
+    running = most = 0
+    for _, step in edges:  # at equal times the end (-1) sorts first: touching is no overlap
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_gpu_trials_on_fake_gpus(ray_head, tmp_path, unique_name):
+    # Trials of 0.5 driver CPU + 2 workers x (0.25 CPU, 1 GPU): the 4 CPUs allow 4 at
+    # once, the 4 GPUs only 2, so the GPUs bind.
+    gpu = ["--set", "scaling.use_gpu=true", "--set", "scaling.gpus_per_worker=1", "--set", "scaling.workers=2",
+           "--set", "scaling.cpus_per_worker=0.25", "--set", "scaling.driver_cpus=0.5",
+           # What the Kubernetes head advertises: drivers go only where it is.
+           "--set", "scaling.driver_resource=trial_driver"]
+    proc = subprocess.run(
+        ["python", "-m", "tuner", "tune", *QUICK, "--set", "search.num_samples=3", *gpu,
+         "--address", ray_head["gcs"], "--storage", str(tmp_path), "--name", unique_name],
+        capture_output=True, text=True, env=ray_head["env"], timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ("Running up to 2 trial(s) at once, each 1 CPUs (0.5 driver + 2 workers x 0.25) "
+            "and 2 GPUs (2 workers x 1)") in proc.stdout
+
+    summary = json.loads((tmp_path / unique_name / "summary.json").read_text())
+    assert summary["max_concurrent_trials"] == 2
+    assert summary["cluster_resources"] == {"CPU": 4, "GPU": 4, "trial_driver": 100}
+    assert [(t["status"], t["epochs"], t["workers"]) for t in summary["trials"]] == [("terminated", 1, 2)] * 3
+    assert summary["best"]["test_accuracy"] > 0.3  # TensorFlow trained, on the CPU
+
+    rows = pq.read_table(tmp_path / unique_name / "results.parquet").to_pylist()
+    assert len(rows) == 3
+    # Each row is rank 0's report: Ray gave that worker one (fake) GPU and its trial driver none.
+    assert [(r["gpus"], r["driver_gpus"]) for r in rows] == [(1, 0)] * 3
+    # Each trial from its first Tune iteration to its report; `timestamp` is whole seconds
+    # (rounded down), so the start moves 1 s later to keep each window inside the trial.
+    windows = [(r["timestamp"] - r["time_total_s"] + 1, r["timestamp"]) for r in rows]
+    assert max_overlap(windows) == 2, windows

@@ -1,0 +1,135 @@
+{{/* Names and labels. */}}
+{{- define "tuner.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tuner.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "tuner.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tuner.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tuner.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end -}}
+
+{{/* The S3 endpoint: the values' one, else the dev MinIO's service when it is on. */}}
+{{- define "tuner.endpoint" -}}
+{{- if .Values.storage.endpoint -}}
+{{- .Values.storage.endpoint -}}
+{{- else if .Values.minio.enabled -}}
+{{- printf "http://%s-minio:9000" (include "tuner.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* S3 settings for every Ray container: endpoint and region from values, credentials
+     only from the existing Secret. */}}
+{{- define "tuner.s3Env" -}}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.storage.credentialsSecret.name }}
+      key: {{ .Values.storage.credentialsSecret.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.storage.credentialsSecret.name }}
+      key: {{ .Values.storage.credentialsSecret.secretAccessKeyKey }}
+{{- with (include "tuner.endpoint" .) }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+# Non-AWS servers (MinIO, Ceph) reject the newer default checksums.
+- name: AWS_REQUEST_CHECKSUM_CALCULATION
+  value: when_required
+- name: AWS_RESPONSE_CHECKSUM_VALIDATION
+  value: when_required
+{{- end }}
+{{- with .Values.storage.region }}
+- name: AWS_DEFAULT_REGION
+  value: {{ . | quote }}
+{{- end }}
+- name: TF_CPP_MIN_LOG_LEVEL
+  value: "2"
+{{- end -}}
+
+{{/* Writable paths under a read-only root filesystem. */}}
+{{- define "tuner.scratchVolumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shmSize | default "1Gi" }}
+{{- end -}}
+
+{{- define "tuner.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: dshm
+  mountPath: /dev/shm
+{{- end -}}
+
+{{- define "tuner.podCommon" -}}
+serviceAccountName: {{ include "tuner.serviceAccountName" . }}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Every values problem at once, one line each; rendering stops if there is any. */}}
+{{- define "tuner.validate" -}}
+{{- $problems := list -}}
+{{- $spec := .Values.experiment.spec -}}
+{{- $scaling := default dict $spec.scaling -}}
+{{- $workers := int (default 2 $scaling.workers) -}}
+{{- $useGpu := default false $scaling.use_gpu -}}
+{{- $gpusPerWorker := float64 (default 1 $scaling.gpus_per_worker) -}}
+{{- $totalGpus := 0.0 -}}
+{{- $names := dict -}}
+{{- range $i, $g := .Values.workerGroups -}}
+{{- if hasKey $names $g.name -}}
+{{- $problems = append $problems (printf "workerGroups[%d].name %q is used twice; group names must be unique." $i $g.name) -}}
+{{- end -}}
+{{- $_ := set $names $g.name true -}}
+{{- if or (lt (int $g.replicas) (int $g.minReplicas)) (gt (int $g.replicas) (int $g.maxReplicas)) -}}
+{{- $problems = append $problems (printf "workerGroups[%d] (%s): replicas is %d, but must be between minReplicas (%d) and maxReplicas (%d)." $i $g.name (int $g.replicas) (int $g.minReplicas) (int $g.maxReplicas)) -}}
+{{- end -}}
+{{- $totalGpus = addf $totalGpus (mulf (float64 $g.gpus) (float64 $g.maxReplicas)) -}}
+{{- end -}}
+{{- if and $useGpu (lt $totalGpus (mulf $gpusPerWorker (float64 $workers))) -}}
+{{- $problems = append $problems (printf "experiment.spec.scaling asks for %d workers x %v GPUs per trial, but the worker groups have %v GPUs in all; add GPU workers or set use_gpu: false." $workers $gpusPerWorker $totalGpus) -}}
+{{- end -}}
+{{- if and (not $useGpu) (gt $totalGpus 0.0) -}}
+{{- $problems = append $problems (printf "The worker groups have %v GPUs, but experiment.spec.scaling.use_gpu is false, so trials would not use them; set use_gpu: true or gpus: 0." $totalGpus) -}}
+{{- end -}}
+{{- if and .Values.minio.enabled (not (hasPrefix (printf "s3://%s" .Values.minio.bucket) .Values.storage.uri)) -}}
+{{- $problems = append $problems (printf "storage.uri is %q, but with minio.enabled it must be in the dev bucket: s3://%s/..." .Values.storage.uri .Values.minio.bucket) -}}
+{{- end -}}
+{{- if and .Values.minio.enabled .Values.storage.endpoint -}}
+{{- $problems = append $problems "storage.endpoint is set and minio.enabled is true; the job would not use the dev MinIO. Leave storage.endpoint empty or disable minio." -}}
+{{- end -}}
+{{- if gt (float64 (default 1 $scaling.driver_cpus)) (float64 .Values.head.rayCPUs) -}}
+{{- $problems = append $problems (printf "head.rayCPUs is %v, less than one trial driver's experiment.spec.scaling.driver_cpus (%v)." .Values.head.rayCPUs $scaling.driver_cpus) -}}
+{{- end -}}
+{{- if $problems -}}
+{{- fail (printf "\n%s" (join "\n" $problems)) -}}
+{{- end -}}
+{{- end -}}
