@@ -15,9 +15,10 @@ import sys
 import pyarrow.fs as pafs
 
 from tuner import data, results, storage, worker
-from tuner.spec import SpecError, load_spec, preset_names, require_fixed
+from tuner.spec import SpecError, differences, load_spec, preset_names, require_fixed
 
 EXIT_USAGE = 2
+SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
 
 
 class UsageError(RuntimeError):
@@ -117,6 +118,38 @@ def ensure_dataset(spec) -> dict:
     return manifest
 
 
+def spec_json(spec) -> dict:
+    """The spec as it is stored (JSON types: lists, not tuples)."""
+    return json.loads(json.dumps(spec.to_dict()))
+
+
+def experiment_state(spec) -> str:
+    """``new``, ``interrupted`` (started, no summary yet) or ``finished``, for this spec.
+
+    Running the same command again is safe, which is what a Kubernetes RayJob retry on a
+    new cluster does: an interrupted experiment resumes, a finished one is reported.
+    The same name with a different spec is refused, so nothing stored is mixed or lost.
+    """
+    exp = results.experiment_uri(spec)
+    endpoint = spec.storage.endpoint
+    summary_uri, spec_uri = storage.join(exp, results.SUMMARY), storage.join(exp, SPEC_FILE)
+    if storage.exists(summary_uri, endpoint):
+        state, stored = "finished", storage.read_json(summary_uri, endpoint).get("spec")
+    elif storage.exists(spec_uri, endpoint):
+        state, stored = "interrupted", storage.read_json(spec_uri, endpoint)
+    else:
+        return "new"
+    changed = differences(stored, spec_json(spec)) if stored is not None else []
+    if changed:
+        shown = ", ".join(f"`{k}`" for k in changed[:3]) + (" ..." if len(changed) > 3 else "")
+        raise UsageError(
+            f"The experiment `{spec.name}` under {spec.storage.uri} was {'run' if state == 'finished' else 'started'} "
+            f"with a different spec ({shown} differ); run it with the same spec to "
+            f"{'see its results' if state == 'finished' else 'resume it'}, or choose another --name."
+        )
+    return state
+
+
 def cmd_run(args, argv: list[str], search: bool) -> int:
     from tuner import schedule
     from tuner import tune as tuning
@@ -133,9 +166,12 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
     storage.preflight(spec.storage.uri, spec.storage.endpoint)
     if spec.data.uri:
         storage.preflight(spec.data.uri, spec.storage.endpoint)
-    if storage.exists(storage.join(results.experiment_uri(spec), results.SUMMARY), spec.storage.endpoint):
-        raise UsageError(f"The experiment `{spec.name}` already finished under {spec.storage.uri}; "
-                         "choose another --name (its results stay as they are).")
+    state = experiment_state(spec)
+    if state == "finished":
+        uri = storage.join(results.experiment_uri(spec), results.SUMMARY)
+        print(f"The experiment `{spec.name}` already finished with this spec; its summary: {uri}")
+        print(json.dumps(results.read_summary(spec.storage.uri, spec.name, spec.storage.endpoint)["best"], indent=2))
+        return 0
     manifest = ensure_dataset(spec)
     train_rows = manifest["splits"]["train"]["rows"]
     problems = [p for b in tuning.batch_sizes(spec)
@@ -150,7 +186,13 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
         raise UsageError(str(e)) from None
     print(f"Running up to {concurrent} trial(s) at once, each {tuning.TrialResources.of(spec).describe()}.", flush=True)
 
-    grid = tuning.run(spec, spec.dataset_uri(), concurrent, search=search)
+    resume = state == "interrupted" and tuning.can_resume(spec)
+    if resume:
+        print(f"Resuming the interrupted experiment `{spec.name}` from {results.experiment_uri(spec)}: "
+              "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
+    else:
+        storage.write_json(storage.join(results.experiment_uri(spec), SPEC_FILE), spec_json(spec), spec.storage.endpoint)
+    grid = tuning.run(spec, spec.dataset_uri(), concurrent, search=search, resume=resume)
     trials = results.trials_from_grid(grid)
     fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
     summary = results.summarize(

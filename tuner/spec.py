@@ -192,6 +192,9 @@ class FailureSpec:
     max_failures: int = 1
     # Times a trial's Train controller retries an unschedulable worker group.
     controller_failure_limit: int = 3
+    # When an interrupted experiment is run again: give trials that had failed another
+    # go, from their latest checkpoint (finished trials never run again).
+    retry_errored_on_resume: bool = True
 
 
 @dataclass(frozen=True)
@@ -557,6 +560,14 @@ def _check_spec(spec: Spec) -> list[str]:
     need(f.max_failures >= 0, "failure.max_failures", f.max_failures, ">= 0")
     need(f.controller_failure_limit >= 0, "failure.controller_failure_limit", f.controller_failure_limit, ">= 0 (-1 would retry forever)")
     return p
+
+
+def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two ``Spec.to_dict()`` results (as JSON)."""
+    if isinstance(stored, Mapping) and isinstance(current, Mapping):
+        keys = sorted(set(stored) | set(current))
+        return [d for k in keys for d in differences(stored.get(k), current.get(k), f"{prefix}{k}.")]
+    return [] if stored == current else [prefix.rstrip(".")]
 
 
 def require_fixed(spec: Spec) -> list[str]:

@@ -275,13 +275,43 @@ def scheduler_for(spec: Spec, search: bool):
     )
 
 
-def run(spec: Spec, dataset_uri: str, max_concurrent: int, search: bool = True):
-    """Run the experiment on the connected Ray; returns Tune's ``ResultGrid``."""
+def experiment_path(spec: Spec):
+    """(filesystem, path) of the Tune experiment: ``<storage>/<name>``."""
+    fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    return fs, posixpath.join(root, spec.name)
+
+
+def can_resume(spec: Spec) -> bool:
+    """Whether storage holds the Tune state of this experiment (it started before)."""
+    from ray import tune
+
+    fs, path = experiment_path(spec)
+    return tune.Tuner.can_restore(path, storage_filesystem=fs)
+
+
+def run(spec: Spec, dataset_uri: str, max_concurrent: int, search: bool = True, resume: bool = False):
+    """Run the experiment on the connected Ray; returns Tune's ``ResultGrid``.
+
+    ``resume``: continue the interrupted experiment stored under ``<storage>/<name>``.
+    Tune keeps finished trials and ASHA's rungs (its time attribute is the reported
+    ``epoch``, which restarts do not reset); unfinished trials run their function again
+    and each resumes from its newest checkpoint in storage (``worker.restore_latest``).
+    """
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    # Tune saves the experiment state (which trials finished, ASHA's rungs) every 10 s or
+    # more by default; a driver lost in between forgets trials that finished since and a
+    # re-run trains them again. The state is a few KB: save it every 2 s.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
     trainable = tune.with_resources(TrialRunner(spec, dataset_uri), TrialResources.of(spec).driver_bundle)
+    if resume:
+        _, path = experiment_path(spec)
+        return tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=spec.failure.retry_errored_on_resume,
+            storage_filesystem=fs,
+        ).fit()
     tuner = tune.Tuner(
         trainable,
         param_space=param_space(spec),

@@ -94,6 +94,13 @@ def train_loop_per_worker(cfg: dict) -> None:
             )
             model.compile_model(net, optimizer, steps_per_execution=min(STEPS_PER_EXECUTION, plan.steps_per_epoch))
 
+    if start_epoch >= cfg["max_t"]:
+        # The trial had trained to its budget when its driver was lost, before Tune took
+        # in the last epochs (e.g. `tuner tune` re-run after a crash). Nothing is left to
+        # train: report the stored last epoch again, so Tune and ASHA end where it did.
+        _report_stored_epoch(cfg["run_uri"], cfg["endpoint"], start_epoch)
+        return
+
     # Where a trial's fixed start-up cost goes, in seconds since the trial driver started.
     startup = {"startup_process_seconds": _process_started() - cfg["trial_start"],
                "startup_worker_entered_seconds": entered - cfg["trial_start"],
@@ -162,6 +169,18 @@ def restore_latest(run_uri: str, endpoint: str | None):
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped alike
             print(f"tuner: skipping checkpoint {folder}: {type(e).__name__}: {e}", flush=True)
     return None
+
+
+def _report_stored_epoch(run_uri: str, endpoint: str | None, epoch: int) -> None:
+    """Report a stored checkpoint's metrics (every rank: a report is a barrier)."""
+    import ray.train
+
+    from tuner import storage
+
+    folder = storage.join(run_uri, checkpoint_dir_name(epoch))
+    metrics = json.loads(storage.read_bytes(storage.join(folder, STATE_FILE), endpoint))["metrics"]
+    metrics.update(resumed_from_epoch=epoch, checkpoint_path=storage.filesystem(folder, endpoint)[1])
+    ray.train.report(metrics)
 
 
 def weights_digest(net) -> str:

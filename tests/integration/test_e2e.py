@@ -105,9 +105,14 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
     shown = run_tuner(["best", "--storage", "s3://tuner/exp", "--name", unique_name], env=moto_s3)
     assert shown.returncode == 0 and json.loads(shown.stdout)["trial_id"] == best["trial_id"]
 
-    # Running the finished experiment again is refused and loses nothing.
+    # The same command again (a RayJob retry, say) reports the finished experiment and
+    # runs nothing; with another spec under the same name it is refused. Nothing changes.
     again = run_tuner(["tune", *E2E_ARGS, "--name", unique_name, "--storage", "s3://tuner/exp"], env=moto_s3, cwd=tmp_path)
-    assert again.returncode == 2 and "already finished" in again.stderr
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
+    assert json.loads(again.stdout[again.stdout.index("{"):])["trial_id"] == best["trial_id"]
+    other = run_tuner(["tune", *E2E_ARGS, "--set", "asha.max_t=2", "--name", unique_name, "--storage", "s3://tuner/exp"],
+                      env=moto_s3, cwd=tmp_path)
+    assert other.returncode == 2 and "with a different spec (`asha.max_t` differ)" in other.stderr, other.stderr
     assert json.loads(get(client, f"{prefix}/summary.json")) == summary
 
 
