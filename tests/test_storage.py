@@ -73,3 +73,16 @@ def test_write_bytes_is_atomic_locally(tmp_path):
     storage.write_json(target, {"x": 1})
     assert storage.read_json(target) == {"x": 1}
     assert os.listdir(tmp_path / "a") == ["f.json"]
+
+
+def test_worker_env_forwards_credentials_unless_told_not_to(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3.local:9000")
+    env = storage.worker_env()
+    assert env["AWS_ACCESS_KEY_ID"] == "id" and env["AWS_SECRET_ACCESS_KEY"] == "secret"
+    # Where every node has the Secret (Kubernetes), keep credentials out of Ray's runtime env.
+    monkeypatch.setenv("TUNER_FORWARD_CREDENTIALS", "0")
+    env = storage.worker_env()
+    assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    assert env["AWS_ENDPOINT_URL"] == "http://s3.local:9000"

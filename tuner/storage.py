@@ -28,6 +28,7 @@ AWS_ENV_VARS = (
     "AWS_REQUEST_CHECKSUM_CALCULATION",
     "AWS_RESPONSE_CHECKSUM_VALIDATION",
 )
+CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 class StorageError(RuntimeError):
@@ -125,8 +126,14 @@ def s3_filesystem(endpoint: str | None = None, *, quick_fail: bool = False) -> p
 
 
 def worker_env(endpoint: str | None = None) -> dict[str, str]:
-    """The AWS_* variables to hand to Ray workers so they reach the same storage."""
-    env = {k: os.environ[k] for k in AWS_ENV_VARS if os.environ.get(k)}
+    """The AWS_* variables to hand to Ray workers so they reach the same storage.
+
+    Credentials are included unless ``TUNER_FORWARD_CREDENTIALS=0``: set it where every
+    node has them already (the Kubernetes manifests do), since Ray keeps a job's
+    runtime environment in its job table, logs and dashboard.
+    """
+    forward = os.environ.get("TUNER_FORWARD_CREDENTIALS", "1").lower() not in ("0", "false", "no")
+    env = {k: os.environ[k] for k in AWS_ENV_VARS if os.environ.get(k) and (forward or k not in CREDENTIAL_VARS)}
     endpoint = endpoint_from_env(endpoint)
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint

@@ -158,15 +158,13 @@ def check_no_credentials(obj: dict) -> None:
 
 
 def ray_start_resources(group: dict) -> dict:
-    """The custom resources a group's `ray start --resources=...` advertises.
-
-    KubeRay pastes the value into a shell command line, so it is a shell-quoted JSON object.
-    """
+    """The custom resources a group's `ray start --resources=...` advertises, parsed the
+    way KubeRay parses them: surrounding quotes trimmed, then JSON (KubeRay's own format
+    is `'{"name": 1}'`; a value it cannot parse only logs an error there)."""
     import json
-    import shlex
 
     value = group.get("rayStartParams", {}).get("resources")
-    return json.loads(shlex.split(value)[0]) if value else {}
+    return json.loads(value.strip("'\"")) if value else {}
 
 
 def check_driver_placement(job: dict) -> None:

@@ -27,23 +27,33 @@ GPU_PROFILE = {
          "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}}},
     ],
     "experiment": {"name": "gpu-run", "overrides": ["asha.max_t=5", "search.num_samples=9"],
-                   "spec": {"scaling": {"workers": 4, "use_gpu": True, "gpus_per_worker": 1, "cpus_per_worker": 2}}},
+                   "specYaml": "search:\n  space:\n    learning_rate: {choice: [0.001, 0.003]}\n"
+                               "scaling: {workers: 4, use_gpu: true, gpus_per_worker: 1, cpus_per_worker: 2}\n"},
     "head": {"rayCPUs": 4, "resources": {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
              "nodeSelector": {"node-role/cpu": "true"}},
 }
 CPU_DEV = {
     "minio": {"enabled": True},
     "storage": {"uri": "s3://tuner/dev"},
-    "experiment": {"name": "dev", "spec": {"data": {"source": "builtin"},
-                                           "scaling": {"workers": 2, "use_gpu": False, "cpus_per_worker": 1}}},
+    "experiment": {"name": "dev", "specYaml": "data: {source: builtin}\n"
+                                              "scaling: {workers: 2, use_gpu: false, cpus_per_worker: 1}\n"},
     "workerGroups": [{"name": "cpu", "replicas": 2, "minReplicas": 2, "maxReplicas": 2, "gpus": 0, "rayCPUs": 2,
                       "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}}],
 }
 
 
-def render(values=None) -> list[dict]:
+STORAGE = {"storage": {"uri": "s3://tuner/experiments"}}
+
+
+def with_storage(values):
+    values = dict(values or {})
+    values["storage"] = {**STORAGE["storage"], **values.get("storage", {})}
+    return values
+
+
+def render(values=None, name="demo") -> list[dict]:
     chart = helm.Chart.load(CHART)
-    out = chart.render(values or {}, name="demo", namespace="ml", is_install=True)
+    out = chart.render(with_storage(values), name=name, namespace="ml", is_install=True)
     return [d for path, text in sorted(out.items()) if not path.endswith("NOTES.txt") for d in documents(text)]
 
 
@@ -69,8 +79,10 @@ def test_rayjob_defaults():
     (job,) = by_kind(render(), "RayJob")
     spec = job["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
-    assert spec["ttlSecondsAfterFinished"] > 0 and spec["activeDeadlineSeconds"] > 0
-    assert spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] > 0
+    assert spec["backoffLimit"] == 2  # a retry resumes the experiment from storage
+    assert spec["ttlSecondsAfterFinished"] <= 300  # the cluster's GPUs do not idle for long
+    assert spec["rayClusterSpec"]["authOptions"] == {"mode": "token"}
     assert spec["submitterPodTemplate"]["spec"]["containers"][0]["resources"]["limits"]
     cluster = spec["rayClusterSpec"]
     head = cluster["headGroupSpec"]
@@ -79,11 +91,17 @@ def test_rayjob_defaults():
     assert "nvidia.com/gpu" not in head_container["resources"]["limits"]
     mounts = {m["mountPath"] for m in head_container["volumeMounts"]}
     assert {"/tmp", "/dev/shm", "/etc/tuner"} <= mounts
+    # Ray's object store fits in /dev/shm (else Ray silently puts it on disk under /tmp).
+    shm = next(v for v in head["template"]["spec"]["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"]
+    assert int(head["rayStartParams"]["object-store-memory"]) < int(shm.removesuffix("Gi")) * 2**30
+    env = {e["name"]: e.get("value") for e in head_container["env"]}
+    assert env["TUNER_FORWARD_CREDENTIALS"] == "0" and env["HOME"] == "/tmp" and env["NVIDIA_VISIBLE_DEVICES"] == "void"
     check_driver_placement(job)
     (group,) = cluster["workerGroupSpecs"]
     worker = group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert group["rayStartParams"]["num-gpus"] == "1"
+    assert "NVIDIA_VISIBLE_DEVICES" not in {e["name"] for e in worker["env"]}
 
 
 def test_ray_version_matches_image_and_package():
@@ -120,6 +138,19 @@ def test_entrypoint_and_spec_are_what_tuner_accepts():
     spec = build_spec(apply_overrides(raw, [*args.overrides, f"name={args.name}", f"storage.uri={args.storage}"]))
     assert spec.scaling.use_gpu and spec.scaling.workers == 4 and spec.asha.max_t == 5
     assert spec.scaling.driver_resource == "trial_driver"
+    # The user's spec replaces the chart's example; nothing of the example is merged in.
+    assert spec.search.space["learning_rate"].values == (0.001, 0.003)
+    assert spec.search.num_samples == 9 and "width" not in raw.get("search", {}).get("space", {})
+
+
+def test_every_value_is_one_shell_word_in_the_entrypoint():
+    from tuner.cli import build_parser
+
+    override = "search.space.optimizer={choice: ['adam', 'sgd']}"
+    (job,) = by_kind(render({"experiment": {"name": "x", "specYaml": "{}", "overrides": [override]},
+                             "workerGroups": CPU_DEV["workerGroups"]}), "RayJob")
+    args = build_parser().parse_args(shlex.split(job["spec"]["entrypoint"])[1:])
+    assert args.overrides[-1] == override
 
 
 def test_gpu_profile_passes_scheduling_through():
@@ -135,7 +166,7 @@ def test_gpu_profile_passes_scheduling_through():
     assert pod["nodeSelector"] == GPU_PROFILE["workerGroups"][0]["nodeSelector"]
     assert pod["tolerations"] == GPU_PROFILE["workerGroups"][0]["tolerations"]
     assert pod["affinity"] == GPU_PROFILE["workerGroups"][0]["affinity"]
-    assert a100["rayStartParams"] == {"num-cpus": "16", "num-gpus": "4"}
+    assert a100["rayStartParams"] == {"num-cpus": "16", "num-gpus": "4", "object-store-memory": str(2 * 2**30)}
     assert t4["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
@@ -163,37 +194,54 @@ def _containers(obj):
 def test_every_values_problem_is_reported_at_once():
     bad = {
         "minio": {"enabled": True},
-        "storage": {"uri": "s3://other-bucket/x"},
-        "experiment": {"name": "x", "spec": {"scaling": {"workers": 8, "use_gpu": True, "gpus_per_worker": 1}}},
+        "storage": {"uri": "s3://tuner-prod/x"},
+        "experiment": {"name": "x", "specYaml": "scaling: {workers: 8, use_gpu: true, gpus_per_worker: 1, cpus_per_worker: 8}"},
         "workerGroups": [{"name": "gpu", "replicas": 9, "minReplicas": 1, "maxReplicas": 2, "gpus": 1, "rayCPUs": 4,
                           "resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "4"}}}],
     }
     with pytest.raises(Exception) as err:
-        render(bad)
+        render(bad, name="1st")
     message = str(err.value)
     assert "replicas is 9, but must be between minReplicas (1) and maxReplicas (2)" in message
-    assert "asks for 8 workers x 1 GPUs per trial, but the worker groups have 2 GPUs in all" in message
-    assert "with minio.enabled it must be in the dev bucket" in message
+    assert "asks for 8 workers x 1 GPUs per trial, but the worker groups' replicas have 9 GPUs" not in message
+    assert "No worker group's pod fits one Train worker (8 CPUs and 1 GPUs)" in message
+    assert "with minio.enabled it must be in the dev bucket: s3://tuner/..." in message
+    assert 'The release name makes the RayJob name "1st-tuner"' in message
+
+
+def test_gpus_are_counted_from_running_replicas_and_storage_is_required():
+    chart = helm.Chart.load(CHART)
+    groups = [{"name": "gpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 4, "gpus": 1, "rayCPUs": 4,
+               "resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "4"}}}]
+    with pytest.raises(Exception) as err:
+        chart.render({"workerGroups": groups}, name="demo", namespace="ml", is_install=True)
+    message = str(err.value)
+    assert "storage.uri is not set" in message
+    assert "asks for 2 workers x 1 GPUs per trial, but the worker groups' replicas have 1 GPUs in all" in message
 
 
 @pytest.mark.parametrize("values, field", [
     ({"storage": {"uri": "/local/path"}}, "uri"),
     ({"storage": {"uri": "s3://tuner/x", "accessKey": "AKIA..."}}, "accessKey"),
+    ({"storage": {"uri": "s3://tuner/a b;echo pwned"}}, "uri"),
+    ({"experiment": {"name": "x", "specYaml": "{}", "overrides": ["asha.max_t=$(id)"]}}, "overrides"),
     ({"job": {"backoffLimit": -1}}, "backoffLimit"),
     ({"experiment": {"name": "x", "spec": {"storage": {"uri": "s3://a/b"}}}}, "spec"),
+    ({"experiment": {"name": "x", "specYaml": "storage: {uri: s3://a/b}"}}, "specYaml sets `name` or `storage`"),
     ({"workerGroups": [{"name": "Bad_Name", "replicas": 1, "minReplicas": 1, "maxReplicas": 1, "gpus": 0,
                         "rayCPUs": 1, "resources": {"requests": {"cpu": 1}, "limits": {"cpu": 1}}}]}, "name"),
 ])
 def test_schema_rejects_bad_values(values, field):
     chart = helm.Chart.load(CHART)
     with pytest.raises(Exception) as err:
-        chart.render(values, name="demo", namespace="ml", is_install=True)
+        chart.render(with_storage(values) if "storage" not in values else values, name="demo", namespace="ml",
+                     is_install=True)
     assert field in str(err.value)
 
 
 def test_notes_tell_how_to_follow_and_where_results_are():
     chart = helm.Chart.load(CHART)
-    notes = chart.render({}, name="demo", namespace="ml", is_install=True)["tuner/templates/NOTES.txt"]
+    notes = chart.render(with_storage({}), name="demo", namespace="ml", is_install=True)["tuner/templates/NOTES.txt"]
     assert "kubectl get rayjob demo-tuner -n ml" in notes
     assert "ray job logs" in notes
     assert "s3://tuner/experiments/mnist-asha/" in notes
@@ -228,6 +276,6 @@ def test_the_checks_catch_what_they_are_for():
 
 
 def test_helm_lint_strict_is_clean():
-    report = helm.lint(CHART, strict=True, kube_version="v1.32.0")
+    report = helm.lint(CHART, with_storage({}), strict=True, kube_version="v1.32.0")
     assert not report["errors"]
     assert [m for m in report["messages"] if m["severity"] >= 2] == []

@@ -65,7 +65,7 @@ def test_entrypoint_spec_and_references_fit_together(path):
         assert {e["configMapRef"]["name"] for e in c["envFrom"]} == {"tuner-storage"}
     assert job["spec"]["submitterPodTemplate"]["spec"]["serviceAccountName"] == one(objs, "ServiceAccount")["metadata"]["name"]
     # The spec's GPU wish matches the worker pods.
-    gpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) * g["maxReplicas"]
+    gpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) * g["replicas"]
                for g in cluster["workerGroupSpecs"])
     if spec.scaling.use_gpu:
         assert gpus >= spec.scaling.workers * spec.scaling.gpus_per_worker
@@ -82,6 +82,9 @@ def test_gpu_overlay_sizes_a_gpu_worker_group():
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert group["rayStartParams"]["num-gpus"] == "1"
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "NVIDIA_VISIBLE_DEVICES" not in {e["name"] for e in pod["containers"][0]["env"]}
+    head_env = {e["name"] for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "NVIDIA_VISIBLE_DEVICES" in head_env
     assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
 
 
@@ -97,9 +100,42 @@ def test_dev_overlay_is_self_contained():
     assert yaml.safe_load(one(objs, "ConfigMap", "tuner-spec")["data"]["spec.yaml"])["data"]["source"] == "builtin"
 
 
-def test_kustomize_and_helm_agree_on_the_ray_version_and_the_gpu_spec():
+def test_kustomize_and_helm_agree():
+    """The gpu overlay and the chart's defaults describe the same job."""
+    import helm_python as helm
+
     values = yaml.safe_load((K8S / "helm" / "tuner" / "values.yaml").read_text())
+    rendered = helm.Chart.load(K8S / "helm" / "tuner").render(
+        {"storage": {"uri": "s3://my-bucket/tuner"}}, name="tuner", namespace="default", is_install=True)
+    chart_job = yaml.safe_load(rendered["tuner/templates/rayjob.yaml"])
     objs = kustomize("overlays/gpu")
-    assert one(objs, "RayJob")["spec"]["rayClusterSpec"]["rayVersion"] == values["rayVersion"]
+    job = one(objs, "RayJob")
+    for key in ("shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit"):
+        assert job["spec"][key] == chart_job["spec"][key], key
+    ours, theirs = job["spec"]["rayClusterSpec"], chart_job["spec"]["rayClusterSpec"]
+    assert ours["rayVersion"] == theirs["rayVersion"] == values["rayVersion"]
+    assert ours["authOptions"] == theirs["authOptions"]
+    assert ours["headGroupSpec"]["rayStartParams"]["resources"] == theirs["headGroupSpec"]["rayStartParams"]["resources"]
+    assert shlex.split(job["spec"]["entrypoint"]) == shlex.split(chart_job["spec"]["entrypoint"])
+
+    def env_names(cluster):
+        return sorted(e["name"] for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"])
+
+    # The chart spells the S3 settings out; kustomize takes them from a ConfigMap.
+    assert set(env_names(ours)) <= set(env_names(theirs))
+    for a, b in ((ours["headGroupSpec"], theirs["headGroupSpec"]),
+                 (ours["workerGroupSpecs"][0], theirs["workerGroupSpecs"][0])):
+        pa, pb = a["template"]["spec"], b["template"]["spec"]
+        assert pa["securityContext"] == pb["securityContext"]
+        assert pa["containers"][0]["securityContext"] == pb["containers"][0]["securityContext"]
     gpu_spec = yaml.safe_load(one(objs, "ConfigMap", "tuner-spec")["data"]["spec.yaml"])
-    assert gpu_spec == values["experiment"]["spec"]
+    assert gpu_spec == yaml.safe_load(values["experiment"]["specYaml"])
+
+
+@pytest.mark.parametrize("path", sorted(OVERLAYS))
+def test_object_store_fits_in_dev_shm(path):
+    job = one(kustomize(path), "RayJob")
+    cluster = job["spec"]["rayClusterSpec"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        shm = next(v for v in group["template"]["spec"]["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"]
+        assert int(group["rayStartParams"]["object-store-memory"]) < int(shm.removesuffix("Gi")) * 2**30

@@ -23,6 +23,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
+{{/* One shell word: KubeRay runs the entrypoint through a shell. */}}
+{{- define "tuner.shq" -}}
+'{{ replace "'" "'\\''" . }}'
+{{- end -}}
+
 {{- define "tuner.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag }}
 {{- end -}}
@@ -64,16 +69,24 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 - name: TF_CPP_MIN_LOG_LEVEL
   value: "2"
+# Every pod has the credentials from the Secret: tuner need not copy them into Ray's
+# runtime environment (where the dashboard would show them).
+- name: TUNER_FORWARD_CREDENTIALS
+  value: "0"
+# The image's home is read-only; Ray, TensorFlow and CUDA caches go to /tmp.
+- name: HOME
+  value: /tmp
 {{- end -}}
 
-{{/* Writable paths under a read-only root filesystem. */}}
+{{/* Writable paths under a read-only root filesystem; /dev/shm holds Ray's object
+     store (objectStoreGi) plus 1 GiB. */}}
 {{- define "tuner.scratchVolumes" -}}
 - name: tmp
   emptyDir: {}
 - name: dshm
   emptyDir:
     medium: Memory
-    sizeLimit: {{ .shmSize | default "1Gi" }}
+    sizeLimit: {{ printf "%dGi" (add1 (int .objectStoreGi)) }}
 {{- end -}}
 
 {{- define "tuner.scratchMounts" -}}
@@ -97,12 +110,30 @@ imagePullSecrets:
 {{/* Every values problem at once, one line each; rendering stops if there is any. */}}
 {{- define "tuner.validate" -}}
 {{- $problems := list -}}
-{{- $spec := .Values.experiment.spec -}}
+{{- $spec := dict -}}
+{{- $parsed := fromYaml (default "{}" .Values.experiment.specYaml) -}}
+{{- if hasKey $parsed "Error" -}}
+{{- $problems = append $problems (printf "experiment.specYaml is not valid YAML: %s" (get $parsed "Error")) -}}
+{{- else -}}
+{{- $spec = $parsed -}}
+{{- end -}}
+{{- if or (hasKey $spec "name") (hasKey $spec "storage") -}}
+{{- $problems = append $problems "experiment.specYaml sets `name` or `storage`; set them with experiment.name and storage.uri instead." -}}
+{{- end -}}
 {{- $scaling := default dict $spec.scaling -}}
 {{- $workers := int (default 2 $scaling.workers) -}}
 {{- $useGpu := default false $scaling.use_gpu -}}
 {{- $gpusPerWorker := float64 (default 1 $scaling.gpus_per_worker) -}}
+{{- $cpusPerWorker := float64 (default 1 $scaling.cpus_per_worker) -}}
+{{- $fullname := include "tuner.fullname" . -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $fullname) -}}
+{{- $problems = append $problems (printf "The release name makes the RayJob name %q, which KubeRay rejects (it must start with a letter: lower-case letters, digits and '-'); choose another release name." $fullname) -}}
+{{- end -}}
+{{- if not .Values.storage.uri -}}
+{{- $problems = append $problems "storage.uri is not set; set it to s3://bucket/prefix (--set storage.uri=...)." -}}
+{{- end -}}
 {{- $totalGpus := 0.0 -}}
+{{- $fits := false -}}
 {{- $names := dict -}}
 {{- range $i, $g := .Values.workerGroups -}}
 {{- if hasKey $names $g.name -}}
@@ -112,22 +143,29 @@ imagePullSecrets:
 {{- if or (lt (int $g.replicas) (int $g.minReplicas)) (gt (int $g.replicas) (int $g.maxReplicas)) -}}
 {{- $problems = append $problems (printf "workerGroups[%d] (%s): replicas is %d, but must be between minReplicas (%d) and maxReplicas (%d)." $i $g.name (int $g.replicas) (int $g.minReplicas) (int $g.maxReplicas)) -}}
 {{- end -}}
-{{- $totalGpus = addf $totalGpus (mulf (float64 $g.gpus) (float64 $g.maxReplicas)) -}}
+{{- $totalGpus = addf $totalGpus (mulf (float64 $g.gpus) (float64 $g.replicas)) -}}
+{{- if and (ge (float64 $g.rayCPUs) $cpusPerWorker) (or (not $useGpu) (ge (float64 $g.gpus) $gpusPerWorker)) (gt (int $g.replicas) 0) -}}
+{{- $fits = true -}}
+{{- end -}}
+{{- end -}}
+{{- if not $fits -}}
+{{- $problems = append $problems (printf "No worker group's pod fits one Train worker (%v CPUs%s); raise a group's rayCPUs/gpus or lower experiment scaling." $cpusPerWorker (ternary (printf " and %v GPUs" $gpusPerWorker) "" $useGpu)) -}}
 {{- end -}}
 {{- if and $useGpu (lt $totalGpus (mulf $gpusPerWorker (float64 $workers))) -}}
-{{- $problems = append $problems (printf "experiment.spec.scaling asks for %d workers x %v GPUs per trial, but the worker groups have %v GPUs in all; add GPU workers or set use_gpu: false." $workers $gpusPerWorker $totalGpus) -}}
+{{- $problems = append $problems (printf "The spec asks for %d workers x %v GPUs per trial, but the worker groups' replicas have %v GPUs in all; add GPU workers or set use_gpu: false." $workers $gpusPerWorker $totalGpus) -}}
 {{- end -}}
 {{- if and (not $useGpu) (gt $totalGpus 0.0) -}}
-{{- $problems = append $problems (printf "The worker groups have %v GPUs, but experiment.spec.scaling.use_gpu is false, so trials would not use them; set use_gpu: true or gpus: 0." $totalGpus) -}}
+{{- $problems = append $problems (printf "The worker groups have %v GPUs, but the spec's scaling.use_gpu is false, so trials would not use them; set use_gpu: true or gpus: 0." $totalGpus) -}}
 {{- end -}}
-{{- if and .Values.minio.enabled (not (hasPrefix (printf "s3://%s" .Values.minio.bucket) .Values.storage.uri)) -}}
-{{- $problems = append $problems (printf "storage.uri is %q, but with minio.enabled it must be in the dev bucket: s3://%s/..." .Values.storage.uri .Values.minio.bucket) -}}
+{{- $bucket := printf "s3://%s" .Values.minio.bucket -}}
+{{- if and .Values.minio.enabled .Values.storage.uri (ne .Values.storage.uri $bucket) (not (hasPrefix (printf "%s/" $bucket) .Values.storage.uri)) -}}
+{{- $problems = append $problems (printf "storage.uri is %q, but with minio.enabled it must be in the dev bucket: %s/..." .Values.storage.uri $bucket) -}}
 {{- end -}}
 {{- if and .Values.minio.enabled .Values.storage.endpoint -}}
 {{- $problems = append $problems "storage.endpoint is set and minio.enabled is true; the job would not use the dev MinIO. Leave storage.endpoint empty or disable minio." -}}
 {{- end -}}
 {{- if gt (float64 (default 1 $scaling.driver_cpus)) (float64 .Values.head.rayCPUs) -}}
-{{- $problems = append $problems (printf "head.rayCPUs is %v, less than one trial driver's experiment.spec.scaling.driver_cpus (%v)." .Values.head.rayCPUs $scaling.driver_cpus) -}}
+{{- $problems = append $problems (printf "head.rayCPUs is %v, less than one trial driver's scaling.driver_cpus (%v)." .Values.head.rayCPUs $scaling.driver_cpus) -}}
 {{- end -}}
 {{- if $problems -}}
 {{- fail (printf "\n%s" (join "\n" $problems)) -}}
