@@ -5,6 +5,7 @@
     python bench/run.py b3 --mnist ../shared/data/mnist   # seed-baseline vs the plain Keras tutorial
     python bench/run.py tuned --mnist ../shared/data/mnist # the `mnist` preset's best test accuracy (~10 min)
     python bench/run.py all --mnist ../shared/data/mnist
+    python bench/run.py reliability                       # faults: worker, driver, 30 s S3 outage (~5 min)
     python bench/run.py b1 --smoke                        # tiny and quick, on the shipped subset
 
 Each run prints its figures as JSON and appends them, with the date, the machine and the
@@ -209,7 +210,10 @@ def tuned(work: Path, mnist: str | None, smoke: bool) -> dict:
     }
 
 
-BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned}
+from reliability import reliability  # noqa: E402 - bench/ is the script's folder
+
+BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "reliability": reliability}
+ALL = ["b1", "b2", "b3", "tuned"]  # `all`; reliability runs on its own (~5 min, Ceph)
 
 
 def record(command: str, results: dict) -> None:
@@ -229,7 +233,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny run to keep the code working; not recorded")
     parser.add_argument("--work", help="working folder (default: a temporary one)")
     args = parser.parse_args()
-    names = list(BENCHES) if args.which == "all" else [args.which]
+    names = ALL if args.which == "all" else [args.which]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """The summary and per-epoch rows from plain trial records (no cluster)."""
 
-from tuner.results import rows_from_results, summarize
+import math
+
+from tuner.results import rows_from_results, summarize, worker_group_starts
 from tuner.spec import load_spec
 
 CONFIG = {"learning_rate": 1e-3, "schedule": "constant", "decay_epochs": 1.0, "decay_rate": 0.5, "staircase": True,
@@ -44,3 +46,50 @@ def test_rows_one_per_epoch():
     rows = rows_from_results(trials())
     assert [r["trial_id"] for r in rows] == ["a", "a", "a", "b"]
     assert rows[0]["config/learning_rate"] == 1e-3 and rows[0]["epoch"] == 1
+
+
+def run(first, last, lost_first=False):
+    """Epochs ``first``..``last`` of one worker-group start, as Tune's rows have them:
+    start-up figures on the start's first epoch only, NaN where a row lacks a metric."""
+    rows = []
+    for e in range(first, last + 1):
+        row = {**epoch(e, 0.5 + e / 100), "resumed_from_epoch": first - 1,
+               "startup_seconds": 7.5 if e == first else math.nan}
+        rows.append(row)
+    return rows[1:] if lost_first else rows
+
+
+def test_restarts_from_the_rows_of_each_worker_group_start():
+    spec = load_spec("quick")
+    records = [
+        {"trial_id": "fresh", "config": CONFIG, "error": None, "history": run(1, 3)},
+        {"trial_id": "resumed", "config": CONFIG, "error": None, "history": run(1, 3) + run(4, 5)},
+        {"trial_id": "twice", "config": CONFIG, "error": None, "history": run(1, 2) + run(3, 4) + run(5, 5)},
+        # A worker killed right after epoch 2: the controller had collected neither report.
+        {"trial_id": "lost", "config": CONFIG, "error": None, "history": run(3, 5)},
+        {"trial_id": "diverged", "config": CONFIG, "history": run(1, 2),
+         "error": "DivergedError: training loss became nan in epoch 3"},
+        {"trial_id": "never", "config": CONFIG, "error": "RuntimeError: no worker started", "history": []},
+    ]
+    by_id = {t["trial_id"]: t for t in summarize(spec, [], records, str, lambda p: True)["trials"]}
+    assert (by_id["fresh"]["restarts"], by_id["fresh"]["resumed_from_epochs"]) == (0, [])
+    assert (by_id["resumed"]["restarts"], by_id["resumed"]["resumed_from_epochs"]) == (1, [3])
+    assert (by_id["twice"]["restarts"], by_id["twice"]["resumed_from_epochs"]) == (2, [2, 4])
+    assert (by_id["lost"]["restarts"], by_id["lost"]["resumed_from_epochs"]) == (1, [2])
+    diverged = by_id["diverged"]
+    assert diverged["status"] == "error" and diverged["epochs"] == 2 and diverged["restarts"] == 0
+    assert diverged["error"] == "DivergedError: training loss became nan in epoch 3"
+    assert by_id["never"]["status"] == "error" and by_id["never"]["restarts"] == 0
+    assert by_id["never"]["resumed_from_epochs"] == [] and by_id["never"]["error"] == "RuntimeError: no worker started"
+
+
+def test_a_start_whose_reports_were_lost_counts_by_its_resumed_epoch():
+    # A restart from 0 (no checkpoint yet) differs from the fresh start only by its
+    # start-up figures; a start whose first report never reached Tune, by its new
+    # resumed_from_epoch. A start that died before its first epoch leaves no row at all.
+    assert worker_group_starts(run(1, 1) + run(1, 2)) == [0, 0]
+    assert worker_group_starts(run(1, 3) + run(4, 6, lost_first=True)) == [0, 3]
+    # Every report of the first start lost when its worker died: its checkpoint shows it.
+    assert worker_group_starts(run(3, 5)) == [0, 2]
+    # Rows without the metric (written before it existed) count as no start.
+    assert worker_group_starts([epoch(1, 0.5)]) == []

@@ -124,7 +124,8 @@ def spec_json(spec) -> dict:
 
 
 def experiment_state(spec) -> str:
-    """``new``, ``interrupted`` (started, no summary yet) or ``finished``, for this spec.
+    """``new``, ``interrupted`` (started, no summary yet), ``failed-trials`` (finished with
+    trials that failed, to be retried) or ``finished``, for this spec.
 
     Running the same command again is safe, which is what a Kubernetes RayJob retry on a
     new cluster does: an interrupted experiment resumes, a finished one is reported.
@@ -134,7 +135,10 @@ def experiment_state(spec) -> str:
     endpoint = spec.storage.endpoint
     summary_uri, spec_uri = storage.join(exp, results.SUMMARY), storage.join(exp, SPEC_FILE)
     if storage.exists(summary_uri, endpoint):
-        state, stored = "finished", storage.read_json(summary_uri, endpoint).get("spec")
+        summary = storage.read_json(summary_uri, endpoint)
+        state, stored = "finished", summary.get("spec")
+        if spec.failure.retry_errored_on_resume and any(t["status"] == "error" for t in summary.get("trials", [])):
+            state = "failed-trials"  # finished, but some trials failed: retry those
     elif storage.exists(spec_uri, endpoint):
         state, stored = "interrupted", storage.read_json(spec_uri, endpoint)
     else:
@@ -143,9 +147,9 @@ def experiment_state(spec) -> str:
     if changed:
         shown = ", ".join(f"`{k}`" for k in changed[:3]) + (" ..." if len(changed) > 3 else "")
         raise UsageError(
-            f"The experiment `{spec.name}` under {spec.storage.uri} was {'run' if state == 'finished' else 'started'} "
+            f"The experiment `{spec.name}` under {spec.storage.uri} was {'started' if state == 'interrupted' else 'run'} "
             f"with a different spec ({shown} differ); run it with the same spec to "
-            f"{'see its results' if state == 'finished' else 'resume it'}, or choose another --name."
+            f"{'resume it' if state == 'interrupted' else 'see its results'}, or choose another --name."
         )
     return state
 
@@ -186,9 +190,10 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
         raise UsageError(str(e)) from None
     print(f"Running up to {concurrent} trial(s) at once, each {tuning.TrialResources.of(spec).describe()}.", flush=True)
 
-    resume = state == "interrupted" and tuning.can_resume(spec)
+    resume = state in ("interrupted", "failed-trials") and tuning.can_resume(spec)
     if resume:
-        print(f"Resuming the interrupted experiment `{spec.name}` from {results.experiment_uri(spec)}: "
+        what = "interrupted experiment" if state == "interrupted" else "failed trials of the experiment"
+        print(f"Resuming the {what} `{spec.name}` from {results.experiment_uri(spec)}: "
               "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
     else:
         storage.write_json(storage.join(results.experiment_uri(spec), SPEC_FILE), spec_json(spec), spec.storage.endpoint)
@@ -207,6 +212,11 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
     results.export_best(spec, summary, spec.dataset_uri())
     uri = results.write_summary(spec, summary)
     best = summary["best"]
+    failed = [t for t in summary["trials"] if t["status"] == "error"]
+    if failed:
+        print(f"{len(failed)} of {len(summary['trials'])} trial(s) failed (listed in {uri}):", file=sys.stderr)
+        for t in failed:
+            print(f"  {t['trial_id']}: {t.get('error')}", file=sys.stderr)
     if best is None:
         print(f"No trial finished an epoch; see {uri}.", file=sys.stderr)
         return 1

@@ -65,6 +65,32 @@ def rows_from_results(trials: list[dict]) -> list[dict]:
     return rows
 
 
+def worker_group_starts(history: list[dict]) -> list[int]:
+    """The epoch each start of the trial's worker group resumed from (0: fresh), in order.
+
+    A start shows in the rows by its first epoch, which carries the start-up figures (each
+    run of the train function reports them once), or, should that report have been lost
+    with its worker group, by a new ``resumed_from_epoch``. A worker group that dies loses
+    the reports its Train controller had not yet collected, possibly all of them; if the
+    first start seen resumed from a checkpoint, an earlier start wrote it. So a start
+    counts only if it reported an epoch or left a checkpoint that a later one resumed
+    from: one that died in its first epoch leaves no trace here. (Ray Train counts
+    worker-group failures only inside the trial's Train controller.)
+    """
+    starts, previous = [], None
+    for m in history:
+        resumed = _clean(m.get("resumed_from_epoch"))
+        if resumed is None:
+            continue
+        resumed = int(resumed)
+        if _clean(m.get("startup_seconds")) is not None or resumed != previous:
+            starts.append(resumed)
+        previous = resumed
+    if starts and starts[0] > 0:
+        starts.insert(0, 0)
+    return starts
+
+
 def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri, checkpoint_exists) -> dict:
     """The summary without the test accuracy (added by ``export_best``).
 
@@ -80,6 +106,7 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
         epochs = max((int(m["epoch"]) for m in history), default=0)
         last = history[-1] if history else {}
         finished = t["error"] is None
+        starts = worker_group_starts(history)
         entries.append({
             "trial_id": t["trial_id"],
             "config": t["config"],
@@ -93,7 +120,8 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
             "steps_per_epoch": _clean(last.get("steps_per_epoch")),
             "best_val_accuracy": max((m[METRIC] for m in history), default=None),
             "wall_seconds": _clean(last.get("time_total_s")),
-            "restarts": len({m.get("resumed_from_epoch") for m in history if m.get("resumed_from_epoch")}),
+            "restarts": len(starts) - 1 if starts else 0,
+            "resumed_from_epochs": starts[1:],
         })
         candidates += [(m[METRIC], int(m[TIME_ATTR]), t, m) for m in history if m.get("checkpoint_path")]
     best = None

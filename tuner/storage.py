@@ -7,6 +7,7 @@ A URI is a local path or ``s3://bucket/prefix``. S3 settings come from the stand
 
 from __future__ import annotations
 
+import copyreg
 import json
 import os
 import posixpath
@@ -28,6 +29,7 @@ AWS_ENV_VARS = (
     "AWS_REQUEST_CHECKSUM_CALCULATION",
     "AWS_RESPONSE_CHECKSUM_VALIDATION",
 )
+RETRIES = 12  # per S3 request; see s3_filesystem
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
@@ -108,7 +110,11 @@ def s3_filesystem(endpoint: str | None = None, *, quick_fail: bool = False) -> p
     os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
     kwargs: dict = {
         "region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2 if quick_fail else 10),
+        # Exponential backoff, 25 ms x 2^n with no retry quota: 12 retries ride out an
+        # outage of up to ~100 s per request (checkpoint uploads, Tune's state) instead
+        # of failing the trial; the pre-flight check fails fast instead.
+        "retry_strategy": (pafs.AwsStandardS3RetryStrategy(max_attempts=2) if quick_fail
+                           else pafs.AwsDefaultS3RetryStrategy(max_attempts=RETRIES)),
         "connect_timeout": 5 if quick_fail else 30,
         "request_timeout": 20 if quick_fail else 120,
     }
@@ -123,6 +129,22 @@ def s3_filesystem(endpoint: str | None = None, *, quick_fail: bool = False) -> p
     if access and secret:
         kwargs.update(access_key=access, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"))
     return pafs.S3FileSystem(**kwargs)
+
+
+def _s3_from_settings(settings: dict) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(**settings, retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=RETRIES))
+
+
+def _reduce_s3(fs: pafs.S3FileSystem):
+    # pyarrow pickles an S3FileSystem without its retry strategy, so the copies Ray sends
+    # to the Train controller and workers (where checkpoints are uploaded) would fall
+    # back to 3 quick attempts; rebuild them with ours.
+    _, (settings,) = fs.__reduce__()
+    return _s3_from_settings, (settings,)
+
+
+# Registered wherever this module is imported, unpickling included (it names this module).
+copyreg.pickle(pafs.S3FileSystem, _reduce_s3)
 
 
 def worker_env(endpoint: str | None = None) -> dict[str, str]:

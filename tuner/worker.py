@@ -204,7 +204,9 @@ def _epoch_reporter(*args, **kwargs):
             self.net = net
             self.validation = validation
             self.resumed_from = resumed_from
-            self.startup = startup  # reported with the first epoch only
+            # Reported with this worker-group start's first epoch only: it marks each
+            # start in the results (results.worker_group_starts counts the restarts).
+            self.startup = startup
             self.first_step_at = None
 
         def on_train_batch_begin(self, batch, logs=None):

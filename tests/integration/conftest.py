@@ -106,7 +106,8 @@ def ceph_s3(tmp_path_factory):
                 env[key] = value.strip("'\"")
         env = {**s3_env(env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])}
         make_bucket(env, "tuner")
-        yield env
+        # For outage tests (`ceph_rgw.sh stop-rgw/start-rgw DIR`); tuner ignores it.
+        yield {**env, "TUNER_TEST_CEPH_DIR": str(data_dir)}
     finally:
         subprocess.run(["bash", str(CEPH_SCRIPT), "stop", str(data_dir)], timeout=60)
 
