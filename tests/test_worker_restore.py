@@ -1,0 +1,35 @@
+"""A checkpoint torn by a crash is never the one a trial resumes from."""
+
+import json
+
+import pytest
+
+from tuner import worker
+
+
+def _save(folder, epoch, net):
+    folder.mkdir(parents=True)
+    net.save(folder / worker.MODEL_FILE)
+    (folder / worker.STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": {"epoch": epoch}}))
+
+
+@pytest.mark.parametrize("tear", ["truncated model", "no state", "no model"])
+def test_restore_skips_a_torn_checkpoint(tmp_path, tear):
+    tf_keras = pytest.importorskip("tf_keras")
+    from tuner import model
+
+    net = model.build_model({"width": 8, "depth": 1, "dropout": 0.0})
+    model.compile_model(net, tf_keras.optimizers.SGD(0.1))
+    run = tmp_path / "run"
+    _save(run / worker.checkpoint_dir_name(1), 1, net)
+    torn = run / worker.checkpoint_dir_name(2)
+    _save(torn, 2, net)
+    if tear == "truncated model":
+        data = (torn / worker.MODEL_FILE).read_bytes()
+        (torn / worker.MODEL_FILE).write_bytes(data[: len(data) // 2])
+    else:
+        (torn / (worker.STATE_FILE if tear == "no state" else worker.MODEL_FILE)).unlink()
+
+    restored = worker.restore_latest(str(run), None)
+    assert restored is not None and restored[1] == 1
+    assert worker.stored_epochs(str(run), None) == [2, 1]
