@@ -1,4 +1,4 @@
-"""The ``tuner`` command: stage-data, tune, train, best.
+"""The ``tuner`` command: stage-data, tune, train, best, report.
 
 Everything that can be checked is checked before Ray starts; a problem is one line on
 stderr and exit code 2, with nothing written.
@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=1 / 12)
     p.add_argument("--endpoint", help="S3 endpoint URL (default $AWS_ENDPOINT_URL)")
 
+    p = sub.add_parser("report", help="write an HTML report of a finished experiment into its folder")
+    p.add_argument("--storage", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--endpoint")
+
     p = sub.add_parser("best", help="print the best trial of a finished experiment")
     p.add_argument("--storage", required=True)
     p.add_argument("--name", required=True)
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_stage(args)
         if args.command == "best":
             return cmd_best(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_run(args, argv, search=args.command == "tune")
     except (SpecError, UsageError) as e:
         problems = e.problems
@@ -94,6 +101,16 @@ def cmd_stage(args) -> int:
     manifest = data.stage(data.source_for(args.source, args.endpoint), args.dest, args.validation_fraction, args.endpoint)
     rows = ", ".join(f"{k} {v['rows']}" for k, v in manifest["splits"].items())
     print(f"Staged MNIST ({manifest['source']}) at {args.dest}: {rows} rows.")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tuner import report
+
+    if not storage.exists(storage.join(args.storage, args.name, results.SUMMARY), args.endpoint):
+        raise UsageError(f"No summary at {storage.join(args.storage, args.name, results.SUMMARY)}; "
+                         "has `tuner tune` finished for that --name and --storage?")
+    print(report.write_report(args.storage, args.name, args.endpoint))
     return 0
 
 

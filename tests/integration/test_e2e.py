@@ -101,6 +101,11 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
     _, accuracy = model.evaluate(net, x, y)
     assert accuracy == pytest.approx(best["test_accuracy"], abs=1e-9)
 
+    # `tuner report` writes its page next to the results, in S3.
+    page = run_tuner(["report", "--storage", "s3://tuner/exp", "--name", unique_name], env=moto_s3)
+    assert page.returncode == 0 and page.stdout.strip() == f"s3://tuner/exp/{unique_name}/report/report.html", page.stderr
+    assert get(client, f"{prefix}/report/report.html").count(b"data:image/png;base64,") == 4
+
     # `tuner best` prints the same best trial.
     shown = run_tuner(["best", "--storage", "s3://tuner/exp", "--name", unique_name], env=moto_s3)
     assert shown.returncode == 0 and json.loads(shown.stdout)["trial_id"] == best["trial_id"]

@@ -1,0 +1,75 @@
+"""`tuner report` on a small synthetic experiment: the analysis and the page."""
+
+import json
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tuner import report
+from tuner.cli import main
+from tuner.spec import load_spec
+
+pytest.importorskip("matplotlib")
+
+
+def make_experiment(root, name="exp"):
+    spec = load_spec("quick", ["search.num_samples=6", "asha.max_t=4", "asha.grace_period=1",
+                               "asha.reduction_factor=2"]).to_dict()
+    rng = random.Random(0)
+    trials, rows = [], []
+    for i, epochs in enumerate([1, 1, 1, 2, 4, 4]):
+        config = {"learning_rate": 10 ** rng.uniform(-4, -2), "optimizer": rng.choice(["adam", "sgd"]),
+                  "batch_size": 32, "dropout": rng.uniform(0, 0.4), "width": 128, "depth": 1}
+        if i == 5:
+            config["learning_rate"] = 0.0098  # the best, at the upper edge of [1e-4, 1e-2]
+        tid = f"t_{i:05d}"
+        curve = [0.5 + 0.08 * e + 0.01 * i for e in range(1, epochs + 1)]
+        rows += [{"trial_id": tid, "epoch": e, "val_accuracy": a, "train_seconds": 2.0, "workers": 2, **config}
+                 for e, a in zip(range(1, epochs + 1), curve)]
+        trials.append({"trial_id": tid, "config": config, "status": "terminated", "epochs": epochs,
+                       "best_val_accuracy": max(curve), "restarts": 0})
+    best = trials[-1]
+    summary = {"name": name, "command": ["tuner", "tune", "--config", "quick", "--set", "asha.max_t=4"],
+               "spec": spec, "finished": "2026-11-26T00:00:00Z", "epochs_spent": 13,
+               "best": {"trial_id": best["trial_id"], "config": best["config"], "epoch": 4,
+                        "val_accuracy": best["best_val_accuracy"], "test_accuracy": 0.91,
+                        "checkpoint_uri": f"{root}/{name}/runs/{best['trial_id']}/epoch-0004"},
+               "trials": trials}
+    (root / name).mkdir(parents=True)
+    (root / name / "summary.json").write_text(json.dumps(summary))
+    pq.write_table(pa.Table.from_pylist(rows), root / name / "results.parquet")
+    return summary, rows
+
+
+def test_rungs_ladder_ledger_and_edges(tmp_path):
+    summary, rows = make_experiment(tmp_path)
+    milestones = report.rungs(summary["spec"]["asha"])
+    assert milestones == [1, 2, 4]
+    assert report.rung_ladder(summary["trials"], milestones) == [
+        {"rung": 1, "trials": 6}, {"rung": 2, "trials": 3}, {"rung": 4, "trials": 2}]
+    ledger = report.cost_ledger(summary, rows)
+    assert (ledger["epochs_spent"], ledger["epochs_full_budget"]) == (13, 24)
+    assert ledger["training_worker_seconds"] == pytest.approx(13 * 2.0 * 2)
+    warnings = report.edge_warnings(summary["spec"]["search"]["space"], summary["best"]["config"])
+    assert len(warnings) == 1 and "`learning_rate`" in warnings[0] and "upper edge" in warnings[0]
+
+
+def test_report_command_writes_a_self_contained_page(tmp_path, capsys):
+    make_experiment(tmp_path)
+    assert main(["report", "--storage", str(tmp_path), "--name", "exp"]) == 0
+    page = tmp_path / "exp" / "report" / "report.html"
+    assert capsys.readouterr().out.strip() == str(page)
+    text = page.read_text()
+    assert text.count('src="data:image/png;base64,') == 4  # curves, rungs, hyperparameters, parallel
+    for png in ("curves", "rungs", "hyperparameters", "parallel"):
+        assert (tmp_path / "exp" / "report" / f"{png}.png").stat().st_size > 5000
+    assert "upper edge" in text and "13</td><td>24 (54% spent)" in text
+    assert "tuner tune --config quick --set asha.max_t=4" in text and "0.9100" in text
+
+
+def test_report_of_a_missing_experiment_is_one_line(tmp_path, capsys):
+    assert main(["report", "--storage", str(tmp_path), "--name", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No summary at" in err[0]

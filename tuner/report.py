@@ -1,0 +1,262 @@
+"""``tuner report``: one self-contained HTML page (plus its PNGs) for a finished experiment.
+
+Reads ``summary.json`` and ``results.parquet`` from ``<storage>/<name>/`` and writes
+``report/report.html`` and ``report/*.png`` beside them. The analysis (rungs, edge
+warnings, cost ledger) is pure; only ``figures`` touches matplotlib.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import shlex
+
+REPORT_DIR = "report"
+# A best value within this fraction of its range's width (in log space for log ranges)
+# from an edge: the optimum may lie outside the range (Deep Learning Tuning Playbook).
+EDGE_FRACTION = 0.1
+
+
+# --- pure analysis --------------------------------------------------------------------------
+
+
+def rungs(asha: dict) -> list[int]:
+    """ASHA's milestones in epochs: grace_period x reduction_factor^k, up to max_t."""
+    out, r = [], asha["grace_period"]
+    while r < asha["max_t"]:
+        out.append(int(r))
+        r *= asha["reduction_factor"]
+    return [*out, asha["max_t"]]
+
+
+def rung_ladder(trials: list[dict], milestones: list[int]) -> list[dict]:
+    """How many trials reached each rung (and were therefore promoted past the one before)."""
+    return [{"rung": m, "trials": sum(1 for t in trials if t["epochs"] >= m)} for m in milestones]
+
+
+def last_rung(epochs: int, milestones: list[int]) -> int:
+    reached = [m for m in milestones if epochs >= m]
+    return reached[-1] if reached else 0
+
+
+def edge_warnings(space: dict, best_config: dict) -> list[str]:
+    """Ranged hyperparameters whose best value sits at the edge of the searched range."""
+    warnings = []
+    for name, dim in space.items():
+        if not isinstance(dim, dict) or len(dim) != 1:
+            continue
+        (kind, bounds), = dim.items()
+        if kind not in ("loguniform", "uniform") or name not in best_config:
+            continue
+        lo, hi, value = float(bounds[0]), float(bounds[1]), float(best_config[name])
+        if kind == "loguniform":
+            lo, hi, value = math.log10(lo), math.log10(hi), math.log10(value)
+        width = hi - lo
+        for edge, where in ((lo, "lower"), (hi, "upper")):
+            if width > 0 and abs(value - edge) <= EDGE_FRACTION * width:
+                warnings.append(
+                    f"The best `{name}` ({best_config[name]:.4g}) is at the {where} edge of its range "
+                    f"{bounds}: the optimum may lie outside it; widen the range and search again."
+                )
+    return warnings
+
+
+def cost_ledger(summary: dict, rows: list[dict]) -> dict:
+    """Epochs and worker-seconds spent versus the full budget for every trial."""
+    max_t = summary["spec"]["asha"]["max_t"]
+    full = len(summary["trials"]) * max_t
+    spent = sum(t["epochs"] for t in summary["trials"])
+    worker_seconds = sum((r.get("train_seconds") or 0) * (r.get("workers") or 1) for r in rows)
+    per_epoch = worker_seconds / spent if spent else 0.0
+    return {
+        "trials": len(summary["trials"]),
+        "epochs_spent": spent,
+        "epochs_full_budget": full,
+        "epoch_fraction": spent / full if full else 0.0,
+        "training_worker_seconds": worker_seconds,
+        "worker_seconds_full_budget_estimate": per_epoch * full,
+    }
+
+
+def reproduce_command(summary: dict) -> str:
+    return shlex.join(summary["command"])
+
+
+# --- figures (matplotlib) ------------------------------------------------------------------
+
+
+def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
+    """name -> PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    milestones = rungs(summary["spec"]["asha"])
+    colours = dict(zip(milestones, plt.get_cmap("viridis")(
+        [i / max(1, len(milestones) - 1) for i in range(len(milestones))])))
+    by_trial: dict[str, list[dict]] = {}
+    for r in rows:
+        by_trial.setdefault(r["trial_id"], []).append(r)
+    out = {}
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for t in summary["trials"]:
+        hist = sorted(by_trial.get(t["trial_id"], []), key=lambda r: r["epoch"])
+        if hist:
+            rung = last_rung(t["epochs"], milestones)
+            ax.plot([r["epoch"] for r in hist], [r["val_accuracy"] for r in hist], marker="o", ms=3,
+                    color=colours.get(rung, "grey"), alpha=0.8)
+    for rung, colour in colours.items():
+        ax.plot([], [], color=colour, label=f"stopped at rung {rung}" if rung != milestones[-1] else f"full budget ({rung})")
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Learning curves, by the rung where ASHA stopped each trial")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    out["curves"] = _png(fig)
+
+    ladder = rung_ladder(summary["trials"], milestones)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([str(x["rung"]) for x in ladder], [x["trials"] for x in ladder], color=[colours[x["rung"]] for x in ladder])
+    for i, x in enumerate(ladder):
+        ax.text(i, x["trials"], str(x["trials"]), ha="center", va="bottom")
+    ax.set(xlabel="rung (epochs)", ylabel="trials that reached it", title="Rung ladder")
+    out["rungs"] = _png(fig)
+
+    space = summary["spec"]["search"]["space"]
+    searched = [n for n, d in space.items() if isinstance(d, dict)]
+    scores = {t["trial_id"]: t["best_val_accuracy"] for t in summary["trials"] if t["best_val_accuracy"] is not None}
+    trials = [t for t in summary["trials"] if t["trial_id"] in scores]
+    if searched and trials:
+        cols = 3
+        nrows = math.ceil(len(searched) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+        for ax, name in zip(axes.flat, searched):
+            kind = next(iter(space[name]))
+            have = [t for t in trials if t["config"].get(name) is not None]
+            values = [t["config"][name] for t in have]
+            ys = [scores[t["trial_id"]] for t in have]
+            if kind == "choice":
+                labels = [str(c) for c in space[name]["choice"]]
+                xs = [labels.index(str(v)) if str(v) in labels else -1 for v in values]
+                ax.set_xticks(range(len(labels)), labels, fontsize=8)
+                ax.set_xlim(-0.5, len(labels) - 0.5)
+            else:
+                xs = values
+                if kind == "loguniform":
+                    ax.set_xscale("log")
+            ax.scatter(xs, ys, s=18, alpha=0.8)
+            ax.set(title=name, ylabel="best val accuracy")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(searched):]:
+            ax.axis("off")
+        fig.suptitle("Accuracy against each hyperparameter")
+        fig.tight_layout()
+        out["hyperparameters"] = _png(fig)
+
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(searched)), 4))
+        cmap = plt.get_cmap("plasma")
+        lo_s, hi_s = min(scores.values()), max(scores.values())
+        for t in trials:
+            ys = [_unit(space[n], t["config"].get(n)) for n in searched]
+            ax.plot(range(len(searched)), ys, color=cmap((scores[t["trial_id"]] - lo_s) / ((hi_s - lo_s) or 1)), alpha=0.8)
+        ax.set_xticks(range(len(searched)), searched, rotation=20, fontsize=8)
+        ax.set(ylabel="position in range (0 = low)", title="Parallel coordinates (colour: best val accuracy, bright = high)")
+        ax.grid(alpha=0.3)
+        out["parallel"] = _png(fig)
+    return out
+
+
+def _unit(dim: dict, value) -> float:
+    kind, arg = next(iter(dim.items()))
+    if value is None:
+        return 0.5
+    if kind == "choice":
+        labels = [str(c) for c in arg]
+        return labels.index(str(value)) / max(1, len(labels) - 1) if str(value) in labels else 0.5
+    lo, hi, v = float(arg[0]), float(arg[1]), float(value)
+    if kind == "loguniform":
+        lo, hi, v = math.log10(lo), math.log10(hi), math.log10(v)
+    return (v - lo) / ((hi - lo) or 1)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# --- the page -------------------------------------------------------------------------------
+
+
+def render_html(summary: dict, rows: list[dict], pngs: dict[str, bytes]) -> str:
+    best = summary.get("best") or {}
+    ledger = cost_ledger(summary, rows)
+    warnings = edge_warnings(summary["spec"]["search"]["space"], best.get("config", {}))
+    e = html.escape
+    img = "".join(
+        f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
+        for name, data in pngs.items()
+    )
+    failed = [t for t in summary["trials"] if t["status"] == "error"]
+    def trial_row(t):
+        score = "" if t["best_val_accuracy"] is None else f"{t['best_val_accuracy']:.4f}"
+        return (f"<tr><td>{e(t['trial_id'])}</td><td>{e(t['status'])}</td><td>{t['epochs']}</td><td>{score}</td>"
+                f"<td>{t.get('restarts', 0)}</td><td><code>{e(json.dumps(t['config'], sort_keys=True))}</code></td></tr>")
+
+    rows_html = "".join(trial_row(t) for t in sorted(summary["trials"], key=lambda t: -(t["best_val_accuracy"] or 0)))
+    best_html = "<p>No trial finished an epoch.</p>" if not best else (
+        f"<p>Trial <b>{e(best['trial_id'])}</b>, epoch {best['epoch']}: validation accuracy "
+        f"<b>{best['val_accuracy']:.4f}</b>, test accuracy <b>{best.get('test_accuracy', float('nan')):.4f}</b>.</p>"
+        f"<p>Checkpoint: <code>{e(best['checkpoint_uri'])}</code></p>"
+        f"<pre>{e(json.dumps(best['config'], indent=2, sort_keys=True))}</pre>"
+    )
+    warn_html = "".join(f'<p class="warn">{e(w)}</p>' for w in warnings) or "<p>No best value sits at the edge of its range.</p>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tuner report: {e(summary['name'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+figure {{ margin: 1rem 0; }} img {{ max-width: 100%; }}
+table {{ border-collapse: collapse; font-size: 0.85rem; }} td, th {{ border: 1px solid #ccc; padding: 0.2rem 0.5rem; }}
+.warn {{ background: #fff3cd; padding: 0.5rem; border-left: 4px solid #e0a800; }}
+code, pre {{ background: #f5f5f5; }}
+</style></head><body>
+<h1>{e(summary['name'])}</h1>
+<p>Finished {e(summary.get('finished', ''))}; {ledger['trials']} trials, {len(failed)} failed.</p>
+<h2>Best configuration</h2>{best_html}
+<h2>Reproduce</h2><pre>{e(reproduce_command(summary))}</pre>
+<h2>Cost</h2>
+<table><tr><th></th><th>spent</th><th>full budget for every trial</th></tr>
+<tr><td>epochs</td><td>{ledger['epochs_spent']}</td><td>{ledger['epochs_full_budget']} ({ledger['epoch_fraction']:.0%} spent)</td></tr>
+<tr><td>training worker-seconds</td><td>{ledger['training_worker_seconds']:.0f}</td>
+<td>~{ledger['worker_seconds_full_budget_estimate']:.0f}</td></tr></table>
+<h2>Range edges</h2>{warn_html}
+<h2>Figures</h2>{img}
+<h2>Trials</h2>
+<table><tr><th>trial</th><th>status</th><th>epochs</th><th>best val accuracy</th><th>restarts</th><th>config</th></tr>
+{rows_html}</table>
+</body></html>
+"""
+
+
+def write_report(storage_uri: str, name: str, endpoint: str | None = None) -> str:
+    """Write ``<storage>/<name>/report/report.html`` (and its PNGs); returns the page's URI."""
+    import pyarrow.parquet as pq
+
+    from tuner import results, storage
+
+    summary = results.read_summary(storage_uri, name, endpoint)
+    table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(storage_uri, name, results.RESULTS), endpoint)))
+    rows = table.to_pylist()
+    pngs = figures(summary, rows)
+    folder = storage.join(storage_uri, name, REPORT_DIR)
+    for fig_name, data in pngs.items():
+        storage.write_bytes(storage.join(folder, f"{fig_name}.png"), data, endpoint)
+    page = storage.join(folder, "report.html")
+    storage.write_bytes(page, render_html(summary, rows, pngs).encode(), endpoint)
+    return page
