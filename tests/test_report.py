@@ -73,3 +73,31 @@ def test_report_of_a_missing_experiment_is_one_line(tmp_path, capsys):
     assert main(["report", "--storage", str(tmp_path), "--name", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No summary at" in err[0]
+
+
+def test_report_page_loads_in_headless_chromium(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        if os.environ.get("TUNER_REQUIRE_SERVICES") == "1":
+            pytest.fail("chromium is required here (TUNER_REQUIRE_SERVICES=1): apt-get install chromium")
+        pytest.skip("chromium not installed (Debian package `chromium`)")
+    make_experiment(tmp_path)
+    assert main(["report", "--storage", str(tmp_path), "--name", "exp"]) == 0
+    url = (tmp_path / "exp" / "report" / "report.html").as_uri()
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120)
+    # The page's own load handler counts figures that loaded and decoded.
+    assert 'data-figures="4/4"' in dom.stdout, dom.stdout[:500] + dom.stderr[-2000:]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, "--window-size=1200,2400", f"--screenshot={shot}", url],
+                   capture_output=True, text=True, timeout=120, check=True)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (2400, 1200) and pixels.std() > 0.05  # not a blank page

@@ -240,6 +240,13 @@ code, pre {{ background: #f5f5f5; }}
 <h2>Trials</h2>
 <table><tr><th>trial</th><th>status</th><th>epochs</th><th>best val accuracy</th><th>restarts</th><th>config</th></tr>
 {rows_html}</table>
+<script>
+// Marks the page once every figure has loaded and decoded (checked by the tests).
+window.addEventListener("load", () => {{
+  const imgs = [...document.images];
+  document.body.dataset.figures = imgs.filter(i => i.complete && i.naturalWidth > 0).length + "/" + imgs.length;
+}});
+</script>
 </body></html>
 """
 
