@@ -94,6 +94,9 @@ def _outcome(run: Run, summary_reader, codes: list[int], at_fault: int | None, s
         (trial,) = summary["trials"]
     except Exception as e:  # noqa: BLE001
         return {"survived": False, "error": f"{type(e).__name__}: {e}", "exit_codes": codes}
+    if at_fault is None and baseline is not None:
+        return {"survived": None, "injected": False, "exit_codes": codes,
+                "error": "the fault was not injected (the run ended or never reached epoch 2)"}
     starts = [0, *trial.get("resumed_from_epochs", [])]
     lost = max(0, (at_fault or 0) - starts[-1]) if len(starts) > 1 else 0
     return {
@@ -101,7 +104,7 @@ def _outcome(run: Run, summary_reader, codes: list[int], at_fault: int | None, s
         "exit_codes": codes, "checkpoint_at_fault": at_fault, "resumed_from_epochs": starts[1:],
         "epochs_lost": lost, "wall_seconds": round(seconds, 1),
         "extra_seconds": round(seconds - baseline, 1) if baseline is not None else None,
-        "test_accuracy": round(summary["best"]["test_accuracy"], 4),
+        "test_accuracy": (summary.get("best") or {}).get("test_accuracy"),
     }
 
 
@@ -137,6 +140,8 @@ def reliability(work: Path, mnist: str | None, smoke: bool) -> dict:
                    if sid == proc.pid and cmd.startswith("ray::RayTrainWorker")]
         if workers:
             os.kill(max(workers), signal.SIGKILL)
+        else:
+            at = None  # nothing to kill: not injected
     code = proc.wait()
     out["worker_killed"] = _outcome(run, summary, [code], at, time.time() - t, base)
 

@@ -49,3 +49,30 @@ def test_stage_data_builtin(tmp_path, capsys):
 def test_best_without_summary(tmp_path, capsys):
     assert main(["best", "--storage", str(tmp_path), "--name", "none"]) == 2
     assert "No summary at" in capsys.readouterr().err
+
+
+def test_experiment_state_and_what_a_rerun_may_change(tmp_path):
+    import json
+
+    from tuner import cli
+    from tuner.spec import load_spec
+
+    spec = load_spec("quick", name="exp", **{"storage.uri": str(tmp_path)}).with_absolute_paths()
+    assert cli.experiment_state(spec) == "new"
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / cli.SPEC_FILE).write_text(json.dumps(cli.spec_json(spec)))
+    assert cli.experiment_state(spec) == "interrupted"
+    # How to run may change between runs; what to run may not.
+    relaxed = load_spec("quick", ["failure.max_failures=3", "scaling.max_concurrent_trials=1"], name="exp",
+                        **{"storage.uri": str(tmp_path)}).with_absolute_paths()
+    assert cli.experiment_state(relaxed) == "interrupted"
+    other = load_spec("quick", ["asha.max_t=5"], name="exp", **{"storage.uri": str(tmp_path)}).with_absolute_paths()
+    with pytest.raises(cli.UsageError, match=r"different spec \(`asha.max_t` differ\)"):
+        cli.experiment_state(other)
+    summary = {"spec": cli.spec_json(spec), "best": None,
+               "trials": [{"trial_id": "a", "status": "error"}]}
+    (tmp_path / "exp" / "summary.json").write_text(json.dumps(summary))
+    assert cli.experiment_state(spec) == "failed-trials"
+    no_retry = load_spec("quick", ["failure.retry_errored_on_resume=false"], name="exp",
+                         **{"storage.uri": str(tmp_path)}).with_absolute_paths()
+    assert cli.experiment_state(no_retry) == "finished"

@@ -86,3 +86,17 @@ def test_worker_env_forwards_credentials_unless_told_not_to(monkeypatch):
     env = storage.worker_env()
     assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     assert env["AWS_ENDPOINT_URL"] == "http://s3.local:9000"
+
+
+def test_pickled_s3_filesystem_keeps_retries_and_drops_credentials(monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE12")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    fs = storage.s3_filesystem("http://127.0.0.1:9")
+    blob = pickle.dumps(fs)
+    # Ray ships these pickles to its actors and Tune stores one in the results bucket.
+    assert b"very-secret-value" not in blob and b"AKIAEXAMPLE" not in blob
+    rebuild, (settings,) = storage._reduce_s3(fs)
+    assert rebuild is storage._s3_from_settings and settings["endpoint_override"] == "127.0.0.1:9"
+    assert isinstance(pickle.loads(blob), pafs.S3FileSystem)

@@ -19,6 +19,8 @@ from tuner.spec import SpecError, differences, load_spec, preset_names, require_
 
 EXIT_USAGE = 2
 SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
+# Fields that say how to run, not what: a re-run may change them.
+RUN_SETTINGS = ("failure.", "scaling.max_concurrent_trials")
 
 
 class UsageError(RuntimeError):
@@ -160,7 +162,8 @@ def experiment_state(spec) -> str:
         state, stored = "interrupted", storage.read_json(spec_uri, endpoint)
     else:
         return "new"
-    changed = differences(stored, spec_json(spec)) if stored is not None else []
+    changed = [k for k in (differences(stored, spec_json(spec)) if stored is not None else [])
+               if not k.startswith(RUN_SETTINGS)]
     if changed:
         shown = ", ".join(f"`{k}`" for k in changed[:3]) + (" ..." if len(changed) > 3 else "")
         raise UsageError(
@@ -188,11 +191,14 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
     if spec.data.uri:
         storage.preflight(spec.data.uri, spec.storage.endpoint)
     state = experiment_state(spec)
+    if state == "failed-trials" and not tuning.can_resume(spec):
+        state = "finished"  # no Tune state to retry from: never start it over under its name
     if state == "finished":
         uri = storage.join(results.experiment_uri(spec), results.SUMMARY)
+        best = results.read_summary(spec.storage.uri, spec.name, spec.storage.endpoint)["best"]
         print(f"The experiment `{spec.name}` already finished with this spec; its summary: {uri}")
-        print(json.dumps(results.read_summary(spec.storage.uri, spec.name, spec.storage.endpoint)["best"], indent=2))
-        return 0
+        print(json.dumps(best, indent=2))
+        return 0 if best is not None else 1
     manifest = ensure_dataset(spec)
     train_rows = manifest["splits"]["train"]["rows"]
     problems = [p for b in tuning.batch_sizes(spec)

@@ -132,14 +132,17 @@ def s3_filesystem(endpoint: str | None = None, *, quick_fail: bool = False) -> p
 
 
 def _s3_from_settings(settings: dict) -> pafs.S3FileSystem:
-    return pafs.S3FileSystem(**settings, retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=RETRIES))
+    return pafs.S3FileSystem(**{**settings, "retry_strategy": pafs.AwsDefaultS3RetryStrategy(max_attempts=RETRIES)})
 
 
 def _reduce_s3(fs: pafs.S3FileSystem):
     # pyarrow pickles an S3FileSystem without its retry strategy, so the copies Ray sends
     # to the Train controller and workers (where checkpoints are uploaded) would fall
-    # back to 3 quick attempts; rebuild them with ours.
+    # back to 3 quick attempts; rebuild them with ours. Without the credentials, too:
+    # pickles travel in actor arguments and Tune stores one in <storage>/<name>/tuner.pkl;
+    # the receiving process takes them from its own environment (forwarded, or the pod's).
     _, (settings,) = fs.__reduce__()
+    settings = {k: v for k, v in settings.items() if k not in ("access_key", "secret_key", "session_token")}
     return _s3_from_settings, (settings,)
 
 
@@ -154,7 +157,7 @@ def worker_env(endpoint: str | None = None) -> dict[str, str]:
     node has them already (the Kubernetes manifests do), since Ray keeps a job's
     runtime environment in its job table, logs and dashboard.
     """
-    forward = os.environ.get("TUNER_FORWARD_CREDENTIALS", "1").lower() not in ("0", "false", "no")
+    forward = os.environ.get("TUNER_FORWARD_CREDENTIALS", "1").strip().lower() not in ("0", "false", "no", "off", "n")
     env = {k: os.environ[k] for k in AWS_ENV_VARS if os.environ.get(k) and (forward or k not in CREDENTIAL_VARS)}
     endpoint = endpoint_from_env(endpoint)
     if endpoint:
