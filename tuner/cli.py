@@ -191,7 +191,8 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
     if spec.data.uri:
         storage.preflight(spec.data.uri, spec.storage.endpoint)
     state = experiment_state(spec)
-    if state == "failed-trials" and not tuning.can_resume(spec):
+    resume = state in ("interrupted", "failed-trials") and tuning.can_resume(spec)
+    if state == "failed-trials" and not resume:
         state = "finished"  # no Tune state to retry from: never start it over under its name
     if state == "finished":
         uri = storage.join(results.experiment_uri(spec), results.SUMMARY)
@@ -213,7 +214,6 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
         raise UsageError(str(e)) from None
     print(f"Running up to {concurrent} trial(s) at once, each {tuning.TrialResources.of(spec).describe()}.", flush=True)
 
-    resume = state in ("interrupted", "failed-trials") and tuning.can_resume(spec)
     if resume:
         what = "interrupted experiment" if state == "interrupted" else "failed trials of the experiment"
         print(f"Resuming the {what} `{spec.name}` from {results.experiment_uri(spec)}: "
