@@ -24,7 +24,8 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, c
         # The resource check needs a cluster; give it a fake one instead of starting Ray.
         from tuner import tune
 
-        monkeypatch.setattr(tune, "connect", lambda address, spec: {"CPU": 2.0})
+        monkeypatch.setattr(tune, "connect", lambda address, spec: tune.concurrent_trials(
+            tune.TrialResources.of(spec), {"CPU": 2.0}, spec.scaling.max_concurrent_trials))
     code = main([*args, "--storage", str(tmp_path / "store")] if "--storage" not in args else args)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2

@@ -209,10 +209,9 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
 
     try:
         cluster = tuning.connect(args.address, spec)
-        concurrent = tuning.concurrent_trials(tuning.TrialResources.of(spec), cluster, spec.scaling.max_concurrent_trials)
     except tuning.ResourceError as e:
         raise UsageError(str(e)) from None
-    print(f"Running up to {concurrent} trial(s) at once, each {tuning.TrialResources.of(spec).describe()}.", flush=True)
+    print(f"Running up to {cluster.concurrent} trial(s) at once, each {cluster.trial.describe()}.", flush=True)
 
     if resume:
         what = "interrupted experiment" if state == "interrupted" else "failed trials of the experiment"
@@ -220,7 +219,7 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
               "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
     else:
         storage.write_json(storage.join(results.experiment_uri(spec), SPEC_FILE), spec_json(spec), spec.storage.endpoint)
-    grid = tuning.run(spec, spec.dataset_uri(), concurrent, search=search, resume=resume)
+    grid, rungs = tuning.run(spec, spec.dataset_uri(), cluster, search=search, resume=resume)
     trials = results.trials_from_grid(grid)
     fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
     summary = results.summarize(
@@ -228,9 +227,11 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
         storage_fs_uri=lambda p: storage.to_uri(fs, p),
         checkpoint_exists=lambda p: fs.get_file_info(posixpath.join(p, worker.MODEL_FILE)).type == pafs.FileType.File,
     )
-    summary["max_concurrent_trials"] = concurrent
-    summary["cluster_resources"] = {k: v for k, v in cluster.items() if k in ("CPU", "GPU") or
-                                    k == spec.scaling.driver_resource}
+    summary["max_concurrent_trials"] = cluster.concurrent
+    summary["cluster_resources"] = {k: v for k, v in cluster.resources.items() if k in ("CPU", "GPU") or
+                                    k == cluster.trial.driver_resource}
+    if rungs is not None:
+        summary["asha_rungs"] = results.asha_rungs(rungs)
     results.write_results(spec, results.rows_from_results(trials))
     results.export_best(spec, summary, spec.dataset_uri())
     uri = results.write_summary(spec, summary)

@@ -65,6 +65,20 @@ def rows_from_results(trials: list[dict]) -> list[dict]:
     return rows
 
 
+def asha_rungs(brackets: list[list[tuple[float, dict]]]) -> list[list[dict]]:
+    """ASHA's rungs for ``summary.json``: per bracket, lowest milestone first,
+    ``{"epoch": milestone, "recorded": {trial id: val_accuracy when it got there}}``.
+
+    Args:
+        brackets: ``ResumableASHA.rungs()`` (highest milestone first, as ASHA keeps them).
+    """
+    return [
+        [{"epoch": int(m) if float(m).is_integer() else m, "recorded": {t: _clean(v) for t, v in sorted(rec.items())}}
+         for m, rec in reversed(rungs)]
+        for rungs in brackets
+    ]
+
+
 def worker_group_starts(history: list[dict]) -> list[int]:
     """The epoch each start of the trial's worker group resumed from (0: fresh), in order.
 

@@ -13,7 +13,8 @@ import math
 import os
 import posixpath
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 
 from tuner import storage
 from tuner.spec import HYPERPARAMETERS, RANGE_KINDS, Spec
@@ -31,7 +32,10 @@ TF_ENV = {
 }
 
 
-LOCAL_DRIVER_SLOTS = 1000  # of `scaling.driver_resource` on an in-process Ray
+# On an in-process Ray, trial drivers take one of these, of which the node has exactly
+# `max_concurrent` trials' worth: Tune then starts no more drivers than that (a
+# driver waiting for a trial slot would hold a CPU the running trials' workers need).
+LOCAL_DRIVER_RESOURCE = "tuner_trial_driver"
 # ray.train.v2._internal.constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR (Ray 2.60).
 NO_PREEMPTION_WATCHER = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
@@ -178,9 +182,10 @@ class TrialRunner:
     Pickled to each trial's actor; holds only plain data.
     """
 
-    def __init__(self, spec: Spec, dataset_uri: str):
+    def __init__(self, spec: Spec, dataset_uri: str, slots_name: str):
         self.spec_dict = spec.to_dict()
         self.loop_config = train_loop_config(spec, dataset_uri)
+        self.slots_name = slots_name  # the run's `resume.Slots`
         self.__name__ = "trial"  # Tune names trials <__name__>_<id>
 
     def __call__(self, params: dict) -> None:
@@ -189,7 +194,7 @@ class TrialRunner:
         from ray import tune
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-        from tuner import raytf, worker  # raytf first: keeps TensorFlow out of this process
+        from tuner import raytf, resume, worker  # raytf first: keeps TensorFlow out of this process
 
         from ray.tune.integration.ray_train import TuneReportCallback
         from tuner.spec import build_spec
@@ -227,47 +232,72 @@ class TrialRunner:
                 worker_runtime_env={"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}},
             ),
         )
-        trainer.fit()
+        # At most `max_concurrent` trials ask for workers at once, resumed ones included.
+        resume.acquire_slot(self.slots_name, trial_id)
+        try:
+            trainer.fit()
+        finally:
+            resume.release_slot(self.slots_name, trial_id)
 
 
 # --- the experiment -------------------------------------------------------------------
 
 
-def connect(address: str | None, spec: Spec) -> dict:
-    """Connect to Ray (``address``, ``$RAY_ADDRESS``, else a new in-process local Ray);
-    returns the cluster's resources."""
+@dataclass(frozen=True)
+class Cluster:
+    """The Ray cluster this run uses, and how trials fit on it."""
+
+    resources: dict  # Ray's cluster resources
+    trial: TrialResources  # what each trial asks for here
+    concurrent: int  # trials at once
+
+
+def connect(address: str | None, spec: Spec) -> Cluster:
+    """Connect to Ray (``address``, ``$RAY_ADDRESS``, else a new in-process local Ray).
+
+    Raises:
+        ResourceError: a trial cannot fit, or not ``scaling.max_concurrent_trials`` of them.
+    """
     import ray
 
     runtime_env = {"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}}
     address = address or os.environ.get("RAY_ADDRESS")
+    res = TrialResources.of(spec)
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-    else:
-        res = TrialResources.of(spec)
-        # One machine has no node to lose to preemption: Ray Train's preemption watcher
-        # (one more actor process per trial, booting while the workers start) has
-        # nothing to watch. Clusters keep it.
-        runtime_env["env_vars"][NO_PREEMPTION_WATCHER[0]] = NO_PREEMPTION_WATCHER[1]
-        ray.init(
-            address="local",
-            num_cpus=local_cpus(res),
-            num_gpus=0,
-            # One node hosts everything, drivers included.
-            resources={res.driver_resource: LOCAL_DRIVER_SLOTS} if res.driver_resource else None,
-            # The dashboard hosts the state API that Ray Train uses to clean up
-            # worker placement groups after a trial ends; without it they leak.
-            include_dashboard=True,
-            runtime_env=runtime_env,
-        )
-    return ray.cluster_resources()
+        resources = ray.cluster_resources()
+        return Cluster(resources, res, concurrent_trials(res, resources, spec.scaling.max_concurrent_trials))
+    # Sized before Ray starts: the node's driver resource is what limits the drivers.
+    cpus = local_cpus(res)
+    concurrent = concurrent_trials(replace(res, driver_resource=None), {"CPU": cpus, "GPU": 0},
+                                   spec.scaling.max_concurrent_trials)
+    res = replace(res, driver_resource=res.driver_resource or LOCAL_DRIVER_RESOURCE)
+    # One machine has no node to lose to preemption: Ray Train's preemption watcher
+    # (one more actor process per trial, booting while the workers start) has
+    # nothing to watch. Clusters keep it.
+    runtime_env["env_vars"][NO_PREEMPTION_WATCHER[0]] = NO_PREEMPTION_WATCHER[1]
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        num_gpus=0,
+        resources={res.driver_resource: concurrent},
+        # The dashboard hosts the state API that Ray Train uses to clean up
+        # worker placement groups after a trial ends; without it they leak.
+        include_dashboard=True,
+        runtime_env=runtime_env,
+    )
+    return Cluster(ray.cluster_resources(), res, concurrent)
 
 
 def scheduler_for(spec: Spec, search: bool):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """ASHA (resumable) for a search, FIFO for a single training run."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tuner.resume import ResumableASHA
 
     if not search:
         return FIFOScheduler()
-    return ASHAScheduler(
+    return ResumableASHA(
         time_attr=TIME_ATTR,
         max_t=spec.asha.max_t,
         grace_period=spec.asha.grace_period,
@@ -289,45 +319,61 @@ def can_resume(spec: Spec) -> bool:
     return tune.Tuner.can_restore(path, storage_filesystem=fs)
 
 
-def run(spec: Spec, dataset_uri: str, max_concurrent: int, search: bool = True, resume: bool = False):
-    """Run the experiment on the connected Ray; returns Tune's ``ResultGrid``.
+def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, resume: bool = False):
+    """Run the experiment on the connected Ray; returns Tune's ``ResultGrid`` and ASHA's
+    rungs (``ResumableASHA.rungs()``, None without ASHA).
 
     ``resume``: continue the interrupted experiment stored under ``<storage>/<name>``.
-    Tune keeps finished trials and ASHA's rungs (its time attribute is the reported
-    ``epoch``, which restarts do not reset); unfinished trials run their function again
-    and each resumes from its newest checkpoint in storage (``worker.restore_latest``).
+    Tune keeps finished trials; ``resume.Keeper`` restores ASHA's rungs (its time
+    attribute is the reported ``epoch``, which restarts do not reset) and this run's
+    concurrency; unfinished trials run their function again and each resumes from its
+    newest checkpoint in storage (``worker.restore_latest``).
     """
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from tuner import resume as keep
 
     # Tune saves the experiment state (which trials finished, ASHA's rungs) every 10 s or
     # more by default; a driver lost in between forgets trials that finished since and a
     # re-run trains them again. The state is a few KB: save it every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
-    trainable = tune.with_resources(TrialRunner(spec, dataset_uri), TrialResources.of(spec).driver_bundle)
+    slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
+    slots = keep.start_slots(slots_name, cluster.concurrent)  # noqa: F841 (alive until fit returns)
+    driver_bundle = cluster.trial.driver_bundle
+    trainable = tune.with_resources(TrialRunner(spec, dataset_uri, slots_name), driver_bundle)
     if resume:
         _, path = experiment_path(spec)
-        return tune.Tuner.restore(
+        tuner = tune.Tuner.restore(
             path, trainable, resume_unfinished=True, resume_errored=spec.failure.retry_errored_on_resume,
             storage_filesystem=fs,
-        ).fit()
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space(spec),
-        tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode=MODE,
-            scheduler=scheduler_for(spec, search),
-            num_samples=spec.search.num_samples if search else 1,
-            # The generator's own limit: Tune ignores max_concurrent_trials for it.
-            search_alg=BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=max_concurrent),
-        ),
-        run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=root,
-            storage_filesystem=fs,
-            failure_config=tune.FailureConfig(max_failures=0),
-        ),
-    )
-    return tuner.fit()
+        )
+        keeper = keep.restored_keeper(tuner, cluster.concurrent, slots_name, driver_bundle)
+    else:
+        scheduler = scheduler_for(spec, search)
+        # The generator's own limit: Tune ignores max_concurrent_trials for it.
+        searcher = BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=cluster.concurrent)
+        keeper = keep.Keeper(scheduler if isinstance(scheduler, keep.ResumableASHA) else None, searcher,
+                             cluster.concurrent, slots_name, driver_bundle)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode=MODE,
+                scheduler=scheduler,
+                num_samples=spec.search.num_samples if search else 1,
+                search_alg=searcher,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=root,
+                storage_filesystem=fs,
+                failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[keeper],
+            ),
+        )
+    grid = tuner.fit()
+    del slots
+    return grid, keeper.scheduler.rungs() if keeper.scheduler is not None else None

@@ -72,6 +72,13 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
     for trial_id, t in by_trial.items():
         epochs = sorted(r["epoch"] for r in rows if r["trial_id"] == trial_id)
         assert epochs == list(range(1, t["epochs"] + 1))
+    # ASHA's rungs (max_t 3, reduction factor 2: rungs at epochs 1 and 2) hold every
+    # trial that got there, with its accuracy then.
+    (rungs,) = summary["asha_rungs"]
+    assert [r["epoch"] for r in rungs] == [1, 2]
+    for rung in rungs:
+        reached = {r["trial_id"]: r["val_accuracy"] for r in rows if r["epoch"] == rung["epoch"]}
+        assert rung["recorded"] == pytest.approx(reached)
     best = summary["best"]
     assert best["val_accuracy"] == max(r["val_accuracy"] for r in rows)
     assert best["val_accuracy"] > 0.7 and best["config"]["learning_rate"] == 0.003

@@ -1,0 +1,97 @@
+"""ASHA's rungs and this run's concurrency survive a restore (pure parts: no cluster)."""
+
+import pytest
+import ray.cloudpickle as pickle
+from ray.tune.callback import CallbackList
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from tuner.resume import Keeper, ResumableASHA
+
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+class FakeTrial:
+    def __init__(self, trial_id, status="PENDING", resources=None):
+        self.trial_id, self.status = trial_id, status
+        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+        self.placement_group_factory = resource_dict_to_pg_factory(resources or {"CPU": 1})
+
+    def update_resources(self, resources):
+        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+        self.placement_group_factory = resource_dict_to_pg_factory(resources)
+
+
+def asha():
+    return ResumableASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=9, grace_period=1,
+                         reduction_factor=3)
+
+
+def report(scheduler, trial, epoch, acc):
+    return scheduler.on_trial_result(None, trial, {"epoch": epoch, "val_accuracy": acc})
+
+
+def started_experiment():
+    """What Tune pickles into tuner.pkl when an experiment starts: scheduler, searcher
+    and callbacks in one pickle."""
+    scheduler, searcher = asha(), BasicVariantGenerator(max_concurrent=2)
+    keeper = Keeper(scheduler, searcher, 2, "slots-1", {"CPU": 1, "tuner_trial_driver": 1})
+    return scheduler, keeper, pickle.dumps({"scheduler": scheduler, "searcher": searcher, "callbacks": [keeper]})
+
+
+def test_rungs_survive_a_restore_and_decide_as_before(tmp_path):
+    scheduler, keeper, tuner_pkl = started_experiment()
+    trials = {name: FakeTrial(name) for name in "abcd"}
+    for t in trials.values():
+        scheduler.on_trial_add(None, t)
+    for name, acc in zip("abc", (0.9, 0.8, 0.7)):
+        report(scheduler, trials[name], 1, acc)
+    for name in "ab":
+        for epoch in (2, 3):
+            report(scheduler, trials[name], epoch, 0.95)
+    CallbackList([keeper]).save_to_dir(str(tmp_path), session_str="s")  # Tune's experiment checkpoint
+
+    # A new driver restores: the pickle, then the callback state, then re-adds the trials.
+    restored = pickle.loads(tuner_pkl)
+    keeper2 = restored["callbacks"][0]
+    assert keeper2.scheduler is restored["scheduler"] and keeper2.searcher is restored["searcher"]
+    keeper2.this_run(4, "slots-2", {"CPU": 1})
+    CallbackList([keeper2]).restore_from_dir(str(tmp_path))
+    scheduler2 = restored["scheduler"]
+    for t in trials.values():
+        scheduler2.on_trial_add(None, t)
+    assert scheduler2.rungs() == scheduler.rungs()
+    assert restored["searcher"].max_concurrent == 4
+
+    # Trial d reaches rung 1 after the restore with the worst accuracy so far: ASHA
+    # stops it, as the uninterrupted run does. A restore without the rungs promotes it.
+    assert report(scheduler2, trials["d"], 1, 0.5) == report(scheduler, trials["d"], 1, 0.5) == STOP
+    forgetful = pickle.loads(tuner_pkl)["scheduler"]
+    forgetful.on_trial_add(None, trials["d"])
+    assert report(forgetful, trials["d"], 1, 0.5) == CONTINUE
+    # Trial c resumes at epoch 3: judged against a and b's rung-3 records.
+    assert report(scheduler2, trials["c"], 3, 0.6) == report(scheduler, trials["c"], 3, 0.6) == STOP
+
+
+def test_rungs_of_another_shape_are_refused():
+    other = ResumableASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=27, grace_period=1,
+                          reduction_factor=3)
+    with pytest.raises(ValueError, match="do not match"):
+        other.load(asha().state())
+
+
+def test_restored_trials_ask_for_this_runs_driver_bundle():
+    keeper = Keeper(None, None, 2, "slots", {"CPU": 1, "trial_driver": 1})
+    pending = FakeTrial("p", resources={"CPU": 1, "tuner_trial_driver": 1})
+    done = FakeTrial("d", status="TERMINATED", resources={"CPU": 1, "tuner_trial_driver": 1})
+    keeper.on_step_begin(iteration=0, trials=[pending, done])
+    assert pending.placement_group_factory.required_resources == {"CPU": 1, "trial_driver": 1}
+    assert done.placement_group_factory.required_resources == {"CPU": 1, "tuner_trial_driver": 1}
+
+
+def test_keeper_pickles_without_its_actor_handle():
+    keeper = Keeper(None, None, 1, "slots", {"CPU": 1})
+    keeper._slots = object()  # a live handle: must not travel with tuner.pkl
+    assert pickle.loads(pickle.dumps(keeper))._slots is None
