@@ -6,6 +6,9 @@
     python bench/run.py tuned --mnist ../shared/data/mnist # the `mnist` preset's best test accuracy (~10 min)
     python bench/run.py all --mnist ../shared/data/mnist
     python bench/run.py reliability                       # faults: worker, driver, 30 s S3 outage (~5 min)
+    python bench/run.py economy --mnist ../shared/data/mnist  # ASHA vs full-budget FIFO, same 27 configs (~20 min)
+    python bench/run.py scaling --mnist ../shared/data/mnist  # 1/2/4 workers, with and without the linear rule
+    python bench/run.py ckpt --mnist ../shared/data/mnist     # checkpoint save + upload to S3 vs epoch time
     python bench/run.py b1 --smoke                        # tiny and quick, on the shipped subset
 
 Each run prints its figures as JSON and appends them, with the date, the machine and the
@@ -29,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
 # Experiment names unique per run, so a reused --work folder never refuses a rerun.
-NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned")}
+NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt")}
 
 
 def tuner(args: list[str], cwd: Path) -> dict:
@@ -101,7 +104,16 @@ class T(tf_keras.callbacks.Callback):
     def on_epoch_end(self, e, logs=None): times.append(time.time() - self.t)
 net.fit(x, y, batch_size=cfg["batch"], epochs=cfg["epochs"], verbose=0, callbacks=[T()])
 _, acc = net.evaluate(xt, yt, verbose=0)
-print(json.dumps({"epoch_seconds": times, "rows": len(y), "test_accuracy": acc}))
+peak = None
+if cfg.get("peak"):  # float32 matmul throughput of this process: the machine's practical peak
+    n = 2048
+    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+    mm = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    mm(a, b).numpy()
+    best = min(
+        (lambda t0: (mm(a, b).numpy(), time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(10))
+    peak = 2 * n**3 / best
+print(json.dumps({"epoch_seconds": times, "rows": len(y), "test_accuracy": acc, "peak_flops": peak}))
 '''
 
 
@@ -112,10 +124,18 @@ def bare_fit(cfg: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def mlp_train_flops(width: int, depth: int, inputs: int = 784, classes: int = 10) -> int:
+    """FLOPs to train one sample of the Dense MLP: ~6 per weight (forward 2 per
+    multiply-add, backward twice the forward); biases, ReLU and dropout are noise."""
+    weights = inputs * width + (depth - 1) * width * width + width * classes
+    return 6 * weights
+
+
 def b1(work: Path, mnist: str | None, smoke: bool) -> dict:
-    """Steady-state samples/s: a 1-worker trial vs bare model.fit, same model, batch and data."""
+    """Steady-state samples/s: a 1-worker trial vs bare model.fit, same model, batch and data;
+    and both against the machine's float32 matmul peak (the physical-limit ratio)."""
     dataset, batch, epochs = stage(work, mnist), 128, 2 if smoke else 3
-    bare = bare_fit({"dataset": dataset, "batch": batch, "epochs": epochs, "lr": 1e-3})
+    bare = bare_fit({"dataset": dataset, "batch": batch, "epochs": epochs, "lr": 1e-3, "peak": True})
     bare_sps = bare["rows"] / min(bare["epoch_seconds"][1:])
     run = tuner(["train", "--config", "seed-baseline", "--name", NAME["b1"], "--storage", str(work / "store"),
                  "--set", f"data.uri={dataset}", "--set", f"asha.max_t={epochs}", "--set", f"asha.grace_period={epochs}",
@@ -128,6 +148,11 @@ def b1(work: Path, mnist: str | None, smoke: bool) -> dict:
     return {
         "batch": batch, "epochs": epochs, "bare_samples_per_second": round(bare_sps),
         "trial_samples_per_second": round(trial_sps), "ratio": round(trial_sps / bare_sps, 3),
+        # The MLP-128 training math per second against a 2048^2 float32 matmul's.
+        "peak_gflops": round(bare["peak_flops"] / 1e9, 1),
+        "train_gflop_per_sample": mlp_train_flops(128, 1) / 1e9,
+        "bare_fraction_of_peak": round(bare_sps * mlp_train_flops(128, 1) / bare["peak_flops"], 3),
+        "trial_fraction_of_peak": round(trial_sps * mlp_train_flops(128, 1) / bare["peak_flops"], 3),
         "worker_peak_rss_mb": round(max(r["peak_rss_mb"] for r in rows)),
         "driver_peak_rss_mb": round(run["driver_peak_rss_mb"]),
     }
@@ -210,10 +235,138 @@ def tuned(work: Path, mnist: str | None, smoke: bool) -> dict:
     }
 
 
+# Economy: the `mnist` preset's space with narrower layers (27 x 9 full-budget epochs
+# on 2 cores), one batch size, so the two runs differ only in the scheduler.
+ECONOMY_SPACE = ["--set", "search.space.batch_size=128", "--set", "search.space.width={choice: [128, 256, 512]}",
+                 "--set", "search.space.depth={choice: [1, 2]}"]
+
+
+def economy(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """The same configurations (one seed) under ASHA and under full-budget FIFO (ASHA with
+    grace period = budget never stops a trial early)."""
+    dataset = stage(work, mnist)
+    samples, max_t = (3, 2) if smoke else (27, 9)
+    out = {}
+    for how, grace in (("asha", 1), ("fifo", max_t)):
+        name = f"{NAME['economy']}-{how}"
+        run = tuner(["tune", "--config", "mnist", "--name", name, "--storage", str(work / "store"),
+                     "--set", f"data.uri={dataset}", "--set", f"search.num_samples={samples}",
+                     "--set", f"asha.max_t={max_t}", "--set", f"asha.grace_period={grace}",
+                     "--set", "asha.reduction_factor=3", *ECONOMY_SPACE], work)
+        summary, rows = experiment(work / "store", name)
+        out[how] = {
+            "configs": sorted(json.dumps(t["config"], sort_keys=True) for t in summary["trials"]),
+            "trials": len(summary["trials"]),
+            "epochs_spent": summary["epochs_spent"],
+            # Worker processes held, start-up included: trial wall time x workers.
+            "worker_seconds": round(sum(t["wall_seconds"] * t["workers"] for t in summary["trials"]), 1),
+            "wall_seconds": round(run["seconds"], 1),
+            "best_test_accuracy": round(summary["best"]["test_accuracy"], 4),
+            "best_val_accuracy": round(summary["best"]["val_accuracy"], 4),
+            "best_epoch": summary["best"]["epoch"],
+        }
+    asha, fifo = out["asha"], out["fifo"]
+    if asha.pop("configs") != fifo.pop("configs"):
+        raise SystemExit("economy: ASHA and FIFO ran different configurations")
+    return {
+        "max_t": max_t, "reduction_factor": 3, "grace_period": 1, **out,
+        "epochs_ratio": round(asha["epochs_spent"] / fifo["epochs_spent"], 3),
+        "worker_seconds_ratio": round(asha["worker_seconds"] / fifo["worker_seconds"], 3),
+        "wall_ratio": round(asha["wall_seconds"] / fifo["wall_seconds"], 3),
+        "best_test_accuracy_difference_pt": round(100 * (asha["best_test_accuracy"] - fifo["best_test_accuracy"]), 2),
+    }
+
+
+def scaling(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """One configuration with 1, 2 and 4 workers (per-worker batch fixed, the global batch
+    grows), without and with the linear scaling rule plus one epoch of warmup. The two
+    cores are split evenly among the workers."""
+    dataset = stage(work, mnist)
+    epochs, counts = (2, (1, 2)) if smoke else (10, (1, 2, 4))
+    out = {}
+    for rule in ("none", "linear"):
+        runs = {}
+        for workers in counts:
+            name = f"{NAME['scaling']}-{rule}-w{workers}"
+            warmup = ["--set", "training.warmup_epochs=1"] if rule == "linear" else []
+            tuner(["train", "--config", "seed-baseline", "--name", name, "--storage", str(work / "store"),
+                   "--set", f"data.uri={dataset}", "--set", f"asha.max_t={epochs}", "--set", f"asha.grace_period={epochs}",
+                   "--set", "search.space.decay_epochs=3", "--set", "search.space.staircase=false",
+                   "--set", f"training.lr_scaling={rule}", "--set", "training.reference_batch=32", *warmup,
+                   "--set", f"scaling.workers={workers}", "--set", f"scaling.cpus_per_worker={2 / workers:g}"], work)
+            summary, rows = experiment(work / "store", name)
+            curve = sorted(rows, key=lambda r: r["epoch"])
+            runs[f"workers_{workers}"] = {
+                "global_batch": curve[-1]["global_batch"],
+                "test_accuracy": round(summary["best"]["test_accuracy"], 4),
+                "val_accuracy_per_epoch": [round(r["val_accuracy"], 4) for r in curve],
+                "learning_rate_per_epoch": [round(r["learning_rate"], 6) for r in curve],
+                "seconds_per_epoch": round(statistics.median(r["train_seconds"] for r in curve), 2),
+            }
+        accs = [r["test_accuracy"] for r in runs.values()]
+        out[rule] = {**runs, "spread_pt": round(100 * (max(accs) - min(accs)), 2)}
+    return {"epochs": epochs, "per_worker_batch": 32, **out}
+
+
+def ckpt(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """Checkpoint cost: every epoch each worker saves the model and rank 0's copy goes to
+    S3 (a moto server on 127.0.0.1) inside ``ray.train.report``; against the epoch's
+    training time, same run."""
+    import socket
+
+    import boto3
+
+    dataset = stage(work, mnist)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        for _ in range(100):
+            try:
+                boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                             aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
+                break
+            except Exception:
+                time.sleep(0.1)
+        epochs = 2 if smoke else 5
+        os.environ.update(env)
+        try:
+            tuner(["train", "--config", "seed-baseline", "--name", NAME["ckpt"], "--storage", "s3://bench/store",
+                   "--set", f"data.uri={dataset}", "--set", f"asha.max_t={epochs}", "--set", f"asha.grace_period={epochs}",
+                   "--set", "search.space.batch_size=128", "--set", "scaling.workers=2",
+                   "--set", "scaling.cpus_per_worker=1"], work)
+        finally:
+            for key in env:
+                os.environ.pop(key, None)
+        import pyarrow.fs as pafs
+        import pyarrow.parquet as pq
+
+        fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key="bench", secret_key="bench",
+                               region="us-east-1")
+        rows = sorted(pq.read_table(f"bench/store/{NAME['ckpt']}/results.parquet", filesystem=fs).to_pylist(),
+                      key=lambda r: r["epoch"])
+    finally:
+        server.terminate()
+        server.wait()
+    # Epoch k's upload time arrives with epoch k+1.
+    per_epoch = [{"epoch": r["epoch"], "train_seconds": round(r["train_seconds"], 3),
+                  "save_seconds": round(r["checkpoint_save_seconds"], 3),
+                  "report_seconds": round(nxt["previous_report_seconds"], 3)}
+                 for r, nxt in zip(rows, rows[1:])]
+    fractions = [(e["save_seconds"] + e["report_seconds"]) / e["train_seconds"] for e in per_epoch]
+    return {"workers": 2, "global_batch": 256, "storage": "moto S3 on 127.0.0.1", "per_epoch": per_epoch,
+            "median_fraction_of_epoch": round(statistics.median(fractions), 4)}
+
+
 from reliability import reliability  # noqa: E402 - bench/ is the script's folder
 
-BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "reliability": reliability}
-ALL = ["b1", "b2", "b3", "tuned"]  # `all`; reliability runs on its own (~5 min, Ceph)
+BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "reliability": reliability, "economy": economy,
+           "scaling": scaling, "ckpt": ckpt}
+ALL = ["b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt"]  # `all`; reliability runs on its own (~5 min, Ceph)
 
 
 def record(command: str, results: dict) -> None:

@@ -31,7 +31,7 @@ ROW_METRICS = (
     "samples_per_second", "workers", "per_worker_batch", "global_batch", "steps_per_epoch",
     "resumed_from_epoch", "startup_seconds", "startup_process_seconds", "startup_worker_entered_seconds",
     "startup_imported_seconds", "startup_ready_seconds", "startup_cpu_seconds",
-    "checkpoint_save_seconds", "checkpoint_path", "weights_sha256", "peak_rss_mb", "gpus", "driver_gpus",
+    "checkpoint_save_seconds", "previous_report_seconds", "checkpoint_path", "weights_sha256", "peak_rss_mb", "gpus", "driver_gpus",
     "time_total_s", "timestamp",
 )
 

@@ -333,6 +333,7 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from tuner import resume as keep
+    from tuner.tensorboard import EpochTensorBoard
 
     # Tune saves the experiment state (which trials finished, ASHA's rungs) every 10 s or
     # more by default; a driver lost in between forgets trials that finished since and a
@@ -371,7 +372,8 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
                 storage_path=root,
                 storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[keeper],
+                # The keeper first: Tune restores callback state by list position.
+                callbacks=[keeper, EpochTensorBoard(TIME_ATTR)],
             ),
         )
     grid = tuner.fit()

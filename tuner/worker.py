@@ -208,6 +208,7 @@ def _epoch_reporter(*args, **kwargs):
             # start in the results (results.worker_group_starts counts the restarts).
             self.startup = startup
             self.first_step_at = None
+            self.report_seconds = None  # the previous epoch's report: its checkpoint upload, mostly
 
         def on_train_batch_begin(self, batch, logs=None):
             if self.first_step_at is None:
@@ -266,10 +267,14 @@ def _epoch_reporter(*args, **kwargs):
                 if self.rank == 0:
                     Path(keep, STATE_FILE).write_text(json.dumps({"epoch": done, "metrics": metrics}, indent=2))
                 metrics["checkpoint_save_seconds"] = time.time() - save_started
+                # Known only once it returns: reported with the next epoch.
+                metrics["previous_report_seconds"] = self.report_seconds
+                report_started = time.time()
                 ray.train.report(
                     metrics,
                     checkpoint=ray.train.Checkpoint.from_directory(keep),
                     checkpoint_dir_name=checkpoint_dir_name(done),
                 )
+                self.report_seconds = time.time() - report_started
 
     return EpochReporter(*args, **kwargs)

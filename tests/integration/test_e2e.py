@@ -108,6 +108,19 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
     _, accuracy = model.evaluate(net, x, y)
     assert accuracy == pytest.approx(best["test_accuracy"], abs=1e-9)
 
+    # TensorBoard event files, one folder per trial, stepped by epoch.
+    events = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="tuner", Prefix=f"{prefix}/")
+              for o in page.get("Contents", []) if "/events.out.tfevents." in o["Key"]]
+    assert len({k.rsplit("/", 1)[0] for k in events}) == len(trials), events
+    import tensorflow as tf
+
+    for key in events:
+        path = tmp_path / key.rsplit("/", 1)[1]
+        path.write_bytes(get(client, key))
+        steps = [e.step for e in tf.compat.v1.train.summary_iterator(str(path))
+                 for v in e.summary.value if v.tag == "ray/tune/val_accuracy"]
+        assert steps and steps == list(range(1, len(steps) + 1)), (key, steps)
+
     # `tuner report` writes its page next to the results, in S3.
     page = run_tuner(["report", "--storage", "s3://tuner/exp", "--name", unique_name], env=moto_s3)
     assert page.returncode == 0 and page.stdout.strip() == f"s3://tuner/exp/{unique_name}/report/report.html", page.stderr

@@ -1,0 +1,35 @@
+"""TensorBoard event files per trial, stepped by epoch.
+
+Tune already writes them (``TBXLoggerCallback``, into each trial's folder beside
+``result.json``), but steps them by ``training_iteration``: the count of reports since
+the trial's function started, which starts again after an experiment is resumed. The
+epoch is what the curves are about. Passing this subclass keeps Tune from adding its own.
+
+    tensorboard --logdir <storage>/<name>     # one run per trial folder
+
+Imports Ray: load it only where Tune runs.
+"""
+
+from __future__ import annotations
+
+from ray.tune.logger import TBXLoggerCallback
+from ray.tune.result import TIMESTEPS_TOTAL
+
+
+class EpochTensorBoard(TBXLoggerCallback):
+    def __init__(self, time_attr: str):
+        super().__init__()
+        self.time_attr = time_attr
+
+    def log_trial_result(self, iteration, trial, result) -> None:
+        if self.time_attr in result:
+            # Tune's logger steps by `timesteps_total` when a result has one; only this
+            # logger's copy gets it.
+            result = {**result, TIMESTEPS_TOTAL: result[self.time_attr]}
+        super().log_trial_result(iteration, trial, result)
+
+    def __getstate__(self):
+        # Pickled into tuner.pkl with the run config: open writers stay behind.
+        state = self.__dict__.copy()
+        state["_trial_writer"], state["_trial_result"] = {}, {}
+        return state
