@@ -9,6 +9,7 @@
     python bench/run.py economy --mnist ../shared/data/mnist  # ASHA vs full-budget FIFO, same 27 configs (~20 min)
     python bench/run.py scaling --mnist ../shared/data/mnist  # 1/2/4 workers, with and without the linear rule
     python bench/run.py ckpt --mnist ../shared/data/mnist     # checkpoint save + upload to S3 vs epoch time
+    python bench/run.py peers --mnist ../shared/data/mnist    # vs Keras Tuner, Optuna, plain Ray Tune (~40 min)
     python bench/run.py b1 --smoke                        # tiny and quick, on the shipped subset
 
 Each run prints its figures as JSON and appends them, with the date, the machine and the
@@ -32,7 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
 # Experiment names unique per run, so a reused --work folder never refuses a rerun.
-NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt")}
+NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt",
+                                                             "peers")}
 
 
 def tuner(args: list[str], cwd: Path) -> dict:
@@ -254,6 +256,9 @@ def economy(work: Path, mnist: str | None, smoke: bool) -> dict:
                      "--set", f"asha.max_t={max_t}", "--set", f"asha.grace_period={grace}",
                      "--set", "asha.reduction_factor=3", *ECONOMY_SPACE], work)
         summary, rows = experiment(work / "store", name)
+        failed = [t["trial_id"] for t in summary["trials"] if t["status"] != "terminated"]
+        if failed:
+            raise SystemExit(f"economy: trials {failed} of {name} failed; see {work / 'tuner.log'}")
         out[how] = {
             "configs": sorted(json.dumps(t["config"], sort_keys=True) for t in summary["trials"]),
             "trials": len(summary["trials"]),
@@ -362,11 +367,40 @@ def ckpt(work: Path, mnist: str | None, smoke: bool) -> dict:
             "median_fraction_of_epoch": round(statistics.median(fractions), 4)}
 
 
+def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """`tuner` (ASHA, 2-worker trials) against Keras Tuner's Hyperband, Optuna + successive
+    halving and plain Ray Tune + ASHA (single-process trials), on the economy space with
+    the same epoch budget per trial (bench/peers.py)."""
+    dataset = stage(work, mnist)
+    samples, max_t = (2, 2) if smoke else (27, 9)
+    out = {}
+    run = tuner(["tune", "--config", "mnist", "--name", NAME["peers"], "--storage", str(work / "store"),
+                 "--set", f"data.uri={dataset}", "--set", f"search.num_samples={samples}",
+                 "--set", f"asha.max_t={max_t}", "--set", "asha.grace_period=1", "--set", "asha.reduction_factor=3",
+                 *ECONOMY_SPACE], work)
+    summary, _ = experiment(work / "store", NAME["peers"])
+    out["tuner"] = {"trials": len(summary["trials"]), "epochs_spent": summary["epochs_spent"],
+                    "best_test_accuracy": round(summary["best"]["test_accuracy"], 4),
+                    "best_val_accuracy": round(summary["best"]["val_accuracy"], 4),
+                    "wall_seconds": round(run["seconds"], 1), "multi_worker_trials": True}
+    # Keras 3 for the peers: nothing of tuner's tf_keras set-up in their environment.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "TF_USE_LEGACY_KERAS"))}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO / "bench"))
+    for peer in ("kerastuner", "optuna", "raytune"):
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "peers.py"), peer, dataset, str(samples), str(max_t)],
+                              cwd=work, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"peer {peer} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[peer] = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+    return {"max_t": max_t, "reduction_factor": 3, "samples": samples, **out}
+
+
 from reliability import reliability  # noqa: E402 - bench/ is the script's folder
 
 BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "reliability": reliability, "economy": economy,
-           "scaling": scaling, "ckpt": ckpt}
-ALL = ["b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt"]  # `all`; reliability runs on its own (~5 min, Ceph)
+           "scaling": scaling, "ckpt": ckpt, "peers": peers}
+ALL = ["b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt", "peers"]  # `all`; reliability runs on its own (~5 min, Ceph)
 
 
 def record(command: str, results: dict) -> None:
@@ -387,6 +421,8 @@ def main() -> None:
     parser.add_argument("--work", help="working folder (default: a temporary one)")
     args = parser.parse_args()
     names = ALL if args.which == "all" else [args.which]
+    if args.mnist:  # the CLI runs in the working folder
+        args.mnist = str(Path(args.mnist).resolve())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from tuner.cli import main
         (["train", "--config", "quick"], "`tuner train` needs one value"),
         (["tune", "--set", "search.space.batch_size=4096"], "exceeds the 2750 training rows"),
         (["tune", "--set", "scaling.workers=8"], "A trial needs 5 CPUs (1 driver + 8 workers x 0.5)"),
+        (["tune", "--address", "ray://head:10001"], "is a Ray Client address, which tuner does not support"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, capsys):
@@ -24,8 +25,11 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, c
         # The resource check needs a cluster; give it a fake one instead of starting Ray.
         from tuner import tune
 
-        monkeypatch.setattr(tune, "connect", lambda address, spec: tune.concurrent_trials(
-            tune.TrialResources.of(spec), {"CPU": 2.0}, spec.scaling.max_concurrent_trials))
+        def connect(address, spec):
+            res = tune.TrialResources.of(spec)
+            return tune.Cluster({"CPU": 2.0}, res, tune.concurrent_trials(res, {"CPU": 2.0}, spec.scaling.max_concurrent_trials))
+
+        monkeypatch.setattr(tune, "connect", connect)
     code = main([*args, "--storage", str(tmp_path / "store")] if "--storage" not in args else args)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2

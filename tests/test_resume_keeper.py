@@ -12,16 +12,10 @@ CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 
 class FakeTrial:
-    def __init__(self, trial_id, status="PENDING", resources=None):
+    """What ASHA and the keeper read of a trial."""
+
+    def __init__(self, trial_id, status="PENDING"):
         self.trial_id, self.status = trial_id, status
-        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
-
-        self.placement_group_factory = resource_dict_to_pg_factory(resources or {"CPU": 1})
-
-    def update_resources(self, resources):
-        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
-
-        self.placement_group_factory = resource_dict_to_pg_factory(resources)
 
 
 def asha():
@@ -37,7 +31,7 @@ def started_experiment():
     """What Tune pickles into tuner.pkl when an experiment starts: scheduler, searcher
     and callbacks in one pickle."""
     scheduler, searcher = asha(), BasicVariantGenerator(max_concurrent=2)
-    keeper = Keeper(scheduler, searcher, 2, "slots-1", {"CPU": 1, "tuner_trial_driver": 1})
+    keeper = Keeper(scheduler, searcher, 2, "slots-1")
     return scheduler, keeper, pickle.dumps({"scheduler": scheduler, "searcher": searcher, "callbacks": [keeper]})
 
 
@@ -57,13 +51,16 @@ def test_rungs_survive_a_restore_and_decide_as_before(tmp_path):
     restored = pickle.loads(tuner_pkl)
     keeper2 = restored["callbacks"][0]
     assert keeper2.scheduler is restored["scheduler"] and keeper2.searcher is restored["searcher"]
-    keeper2.this_run(4, "slots-2", {"CPU": 1})
+    keeper2.this_run(4, "slots-2")
     CallbackList([keeper2]).restore_from_dir(str(tmp_path))
     scheduler2 = restored["scheduler"]
     for t in trials.values():
         scheduler2.on_trial_add(None, t)
     assert scheduler2.rungs() == scheduler.rungs()
+    # Before the first step: this run's limit, and the re-added trials count against it.
+    keeper2.on_step_begin(iteration=0, trials=list(trials.values()))
     assert restored["searcher"].max_concurrent == 4
+    assert set(trials) <= restored["searcher"]._live_trials
 
     # Trial d reaches rung 1 after the restore with the worst accuracy so far: ASHA
     # stops it, as the uninterrupted run does. A restore without the rungs promotes it.
@@ -82,16 +79,15 @@ def test_rungs_of_another_shape_are_refused():
         other.load(asha().state())
 
 
-def test_restored_trials_ask_for_this_runs_driver_bundle():
-    keeper = Keeper(None, None, 2, "slots", {"CPU": 1, "trial_driver": 1})
-    pending = FakeTrial("p", resources={"CPU": 1, "tuner_trial_driver": 1})
-    done = FakeTrial("d", status="TERMINATED", resources={"CPU": 1, "tuner_trial_driver": 1})
-    keeper.on_step_begin(iteration=0, trials=[pending, done])
-    assert pending.placement_group_factory.required_resources == {"CPU": 1, "trial_driver": 1}
-    assert done.placement_group_factory.required_resources == {"CPU": 1, "tuner_trial_driver": 1}
+def test_rungs_that_do_not_load_leave_asha_empty_rather_than_fail_the_restore(caplog):
+    # An exception out of set_state would make Tune start the experiment over.
+    keeper = Keeper(asha(), None, 1, "slots")
+    keeper.set_state({"asha": {"rungs": [[(27, {})]], "bracket_of": {}}})
+    assert keeper.scheduler.rungs() == asha().rungs()
+    assert "Could not restore ASHA's rungs" in caplog.text
 
 
 def test_keeper_pickles_without_its_actor_handle():
-    keeper = Keeper(None, None, 1, "slots", {"CPU": 1})
+    keeper = Keeper(None, None, 1, "slots")
     keeper._slots = object()  # a live handle: must not travel with tuner.pkl
     assert pickle.loads(pickle.dumps(keeper))._slots is None

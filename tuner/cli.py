@@ -186,6 +186,10 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
         if problems:
             raise UsageError(*problems)
 
+    address = args.address or os.environ.get("RAY_ADDRESS", "")
+    if address.startswith("ray://"):
+        raise UsageError(f"The Ray address {address!r} is a Ray Client address, which tuner does not support; "
+                         "run tuner on the cluster (`ray job submit -- tuner ...`) or give the GCS address (HOST:6379).")
     # Storage and data first: both are cheap, and a bad endpoint should not cost a Ray start.
     storage.preflight(spec.storage.uri, spec.storage.endpoint)
     if spec.data.uri:

@@ -10,10 +10,13 @@ callback holding the scheduler holds the very object the restored run uses.
 and puts them back before Tune re-adds the trials.
 
 It also carries this run's concurrency. Tune re-adds unfinished and errored trials
-as pending without asking the searcher, and the restored searcher keeps the first
-run's limit; more trials than fit would start worker groups that wait out Ray
-Train's start-up timeout and fail again. ``Slots`` (a named actor) admits at most
-``max_concurrent`` trials into ``fit()``; the others wait before asking for workers.
+as pending without telling the searcher (which counts only trials it created and
+that have not ended), and the restored searcher keeps the first run's limit; more
+trials than fit would start worker groups that wait out Ray Train's start-up timeout
+and fail again. Before the first step the keeper sets the searcher's limit to this
+run's and counts the re-added trials as live; ``Slots`` (a named actor) admits at
+most ``max_concurrent`` trials into ``fit()``, the others wait before asking for
+workers.
 
 Imports Ray: load it only where Tune runs.
 """
@@ -68,20 +71,29 @@ class ResumableASHA(ASHAScheduler):
 @ray.remote(num_cpus=0)
 class Slots:
     """A counting semaphore over trial ids; re-acquiring a held slot is a no-op (a
-    trial whose function Tune runs again keeps its place)."""
+    trial whose function Tune runs again keeps its place). A trial released while
+    still waiting (its driver died mid-wait) never takes a slot: Ray does not cancel
+    the dead caller's pending ``acquire``."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.holders: set[str] = set()
+        self.ended: set[str] = set()
         self.changed = asyncio.Condition()
 
-    async def acquire(self, trial_id: str) -> None:
+    async def acquire(self, trial_id: str) -> bool:
         async with self.changed:
-            await self.changed.wait_for(lambda: trial_id in self.holders or len(self.holders) < self.capacity)
+            await self.changed.wait_for(lambda: trial_id in self.holders or trial_id in self.ended
+                                        or len(self.holders) < self.capacity)
+            if trial_id in self.ended:
+                return False
             self.holders.add(trial_id)
+            return True
 
     async def release(self, trial_id: str) -> None:
         async with self.changed:
+            if trial_id not in self.holders:
+                self.ended.add(trial_id)
             self.holders.discard(trial_id)
             self.changed.notify_all()
 
@@ -100,19 +112,17 @@ class Keeper(tune.Callback):
         slots_name: the ``Slots`` actor of this run.
     """
 
-    def __init__(self, scheduler: ResumableASHA | None, searcher, max_concurrent: int, slots_name: str,
-                 driver_bundle: dict):
+    def __init__(self, scheduler: ResumableASHA | None, searcher, max_concurrent: int, slots_name: str):
         self.scheduler = scheduler
         self.searcher = searcher
         self.max_concurrent = max_concurrent
         self.slots_name = slots_name
-        self.driver_bundle = driver_bundle
         self._slots = None
         self._started = False
 
-    def this_run(self, max_concurrent: int, slots_name: str, driver_bundle: dict) -> None:
-        """Point a restored keeper at this run's concurrency, slots and driver bundle."""
-        self.max_concurrent, self.slots_name, self.driver_bundle = max_concurrent, slots_name, driver_bundle
+    def this_run(self, max_concurrent: int, slots_name: str) -> None:
+        """Point a restored keeper at this run's concurrency and slots."""
+        self.max_concurrent, self.slots_name = max_concurrent, slots_name
         self._started = False
 
     def __getstate__(self):
@@ -124,23 +134,28 @@ class Keeper(tune.Callback):
         return {"asha": self.scheduler.state()} if self.scheduler is not None else None
 
     def set_state(self, state: dict) -> None:
-        if self.scheduler is not None and state.get("asha"):
+        if self.scheduler is None or not state.get("asha"):
+            return
+        try:
             self.scheduler.load(state["asha"])
-            log.info("Restored ASHA's rungs: %s", [[(m, len(r)) for m, r in b] for b in self.scheduler.rungs()])
-        # Tune restored the searcher, with the first run's limit, just before this.
-        if self.searcher is not None:
-            self.searcher.max_concurrent = self.max_concurrent
+        except (ValueError, KeyError, TypeError) as e:
+            # Raising here would make Tune start the whole experiment over beside the
+            # old trials; judging with empty rungs is the lesser harm.
+            log.error("Could not restore ASHA's rungs (%s); resumed trials are judged against empty rungs.", e)
+            return
+        log.info("Restored ASHA's rungs: %s", [[(m, len(r)) for m, r in b] for b in self.scheduler.rungs()])
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if self._started:
+        if self._started or self.searcher is None:
             return
         self._started = True
-        # Restored trials ask for the driver bundle of the run that created them (say,
-        # a local Ray's driver slots), which this cluster may not have: ask for today's.
-        for trial in trials:
-            if trial.status in ("PENDING", "PAUSED") and trial.placement_group_factory.required_resources != \
-                    {k: float(v) for k, v in self.driver_bundle.items()}:
-                trial.update_resources(self.driver_bundle)
+        # The searcher was restored with the first run's limit and without the trials
+        # Tune re-added (errored ones had left its count): this run's limit, and they
+        # count against it. (Re-added trials ask for this run's driver bundle: Tune
+        # derives it again from the trainable passed to `Tuner.restore`.)
+        self.searcher.max_concurrent = self.max_concurrent
+        if hasattr(self.searcher, "_live_trials"):  # BasicVariantGenerator's count
+            self.searcher._live_trials.update(t.trial_id for t in trials if t.status in ("PENDING", "PAUSED"))
 
     def _release(self, trial) -> None:
         try:
@@ -148,7 +163,7 @@ class Keeper(tune.Callback):
                 self._slots = ray.get_actor(self.slots_name)
             self._slots.release.remote(trial.trial_id)
         except ValueError:  # no such actor: nothing to free
-            log.warning("No trial slots %r to free %s's in", self.slots_name, trial.trial_id)
+            log.warning("Trial slots actor %r is gone; cannot free the slot of %s", self.slots_name, trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._release(trial)
@@ -158,13 +173,18 @@ class Keeper(tune.Callback):
 
 
 def start_slots(name: str, capacity: int):
-    """The ``Slots`` actor for this run. It lives while the returned handle does: keep it."""
-    return Slots.options(name=name).remote(capacity)
+    """The ``Slots`` actor for this run, on the calling driver's node (not a preemptible
+    worker node). It lives while the returned handle does: keep it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Slots.options(name=name, scheduling_strategy=here).remote(capacity)
 
 
 def acquire_slot(name: str, trial_id: str) -> None:
     """Wait until ``trial_id`` may start its worker group."""
-    ray.get(ray.get_actor(name).acquire.remote(trial_id))
+    if not ray.get(ray.get_actor(name).acquire.remote(trial_id)):
+        raise RuntimeError(f"trial {trial_id} ended while it waited for a slot")
 
 
 def release_slot(name: str, trial_id: str) -> None:
@@ -174,15 +194,15 @@ def release_slot(name: str, trial_id: str) -> None:
         pass
 
 
-def restored_keeper(tuner, max_concurrent: int, slots_name: str, driver_bundle: dict) -> Keeper:
+def restored_keeper(tuner, max_concurrent: int, slots_name: str) -> Keeper:
     """The ``Keeper`` unpickled with a restored ``Tuner``, pointed at this run (Tune offers
     no public way to reach a restored run's callbacks; a test pins this to Ray 2.60).
     An experiment stored without one gets one that keeps no rungs."""
     run_config = tuner._local_tuner.get_run_config()
     keepers = [c for c in run_config.callbacks or [] if isinstance(c, Keeper)]
     if keepers:
-        keepers[0].this_run(max_concurrent, slots_name, driver_bundle)
+        keepers[0].this_run(max_concurrent, slots_name)
         return keepers[0]
-    keeper = Keeper(None, None, max_concurrent, slots_name, driver_bundle)
+    keeper = Keeper(None, tuner._local_tuner._tune_config.search_alg, max_concurrent, slots_name)
     run_config.callbacks = [*(run_config.callbacks or []), keeper]
     return keeper

@@ -189,12 +189,24 @@ class TrialRunner:
         self.__name__ = "trial"  # Tune names trials <__name__>_<id>
 
     def __call__(self, params: dict) -> None:
-        trial_start = time.time()
-        import ray
         from ray import tune
+
+        from tuner import resume
+
+        trial_id = tune.get_context().get_trial_id()
+        # At most `max_concurrent` trials ask for workers at once, resumed ones included.
+        resume.acquire_slot(self.slots_name, trial_id)
+        try:
+            self._run(params, trial_id)
+        finally:
+            resume.release_slot(self.slots_name, trial_id)
+
+    def _run(self, params: dict, trial_id: str) -> None:
+        trial_start = time.time()  # B2's "trial start": after any wait for a slot
+        import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-        from tuner import raytf, resume, worker  # raytf first: keeps TensorFlow out of this process
+        from tuner import raytf, worker  # raytf first: keeps TensorFlow out of this process
 
         from ray.tune.integration.ray_train import TuneReportCallback
         from tuner.spec import build_spec
@@ -204,7 +216,6 @@ class TrialRunner:
         # Reported by the workers: with use_gpu, shows that this driver's bundle has none.
         driver_gpus = len(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
         fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
-        trial_id = tune.get_context().get_trial_id()
         run_uri = storage.join(spec.storage.uri, spec.name, RUNS_DIR, trial_id)
         trainer = raytf.trainer(
             train_loop_per_worker=worker.train_loop_per_worker,
@@ -232,12 +243,7 @@ class TrialRunner:
                 worker_runtime_env={"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}},
             ),
         )
-        # At most `max_concurrent` trials ask for workers at once, resumed ones included.
-        resume.acquire_slot(self.slots_name, trial_id)
-        try:
-            trainer.fit()
-        finally:
-            resume.release_slot(self.slots_name, trial_id)
+        trainer.fit()
 
 
 # --- the experiment -------------------------------------------------------------------
@@ -342,21 +348,21 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
     fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
     slots = keep.start_slots(slots_name, cluster.concurrent)  # noqa: F841 (alive until fit returns)
-    driver_bundle = cluster.trial.driver_bundle
-    trainable = tune.with_resources(TrialRunner(spec, dataset_uri, slots_name), driver_bundle)
+    # On a restore, Tune gives the re-added trials these resources too.
+    trainable = tune.with_resources(TrialRunner(spec, dataset_uri, slots_name), cluster.trial.driver_bundle)
     if resume:
         _, path = experiment_path(spec)
         tuner = tune.Tuner.restore(
             path, trainable, resume_unfinished=True, resume_errored=spec.failure.retry_errored_on_resume,
             storage_filesystem=fs,
         )
-        keeper = keep.restored_keeper(tuner, cluster.concurrent, slots_name, driver_bundle)
+        keeper = keep.restored_keeper(tuner, cluster.concurrent, slots_name)
     else:
         scheduler = scheduler_for(spec, search)
         # The generator's own limit: Tune ignores max_concurrent_trials for it.
         searcher = BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=cluster.concurrent)
         keeper = keep.Keeper(scheduler if isinstance(scheduler, keep.ResumableASHA) else None, searcher,
-                             cluster.concurrent, slots_name, driver_bundle)
+                             cluster.concurrent, slots_name)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(spec),

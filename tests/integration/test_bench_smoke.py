@@ -15,14 +15,20 @@ def test_bench_smoke(tmp_path):
     doc = REPO / "docs" / "benchmarks.md"
     before = doc.read_text() if doc.exists() else None
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "all", "--smoke", "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     results = {}
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             results.update(json.loads(line))
-    assert set(results) == {"b1", "b2", "b3", "tuned"}
+    assert set(results) == {"b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt", "peers"}
     assert results["b1"]["ratio"] > 0 and results["b2"]["workers_2"]["median_startup_seconds"] > 0
+    assert 0 < results["b1"]["trial_fraction_of_peak"] < 1
     assert 0 < results["tuned"]["best_test_accuracy"] <= 1
+    assert results["economy"]["asha"]["trials"] == results["economy"]["fifo"]["trials"]
+    assert set(results["scaling"]["linear"]) == {"workers_1", "workers_2", "spread_pt"}
+    assert results["ckpt"]["median_fraction_of_epoch"] > 0
+    assert {"tuner", "kerastuner", "optuna", "raytune"} <= set(results["peers"])
+    assert [p for p, r in results["peers"].items() if isinstance(r, dict) and r["multi_worker_trials"]] == ["tuner"]
     # A smoke run records nothing.
     assert (doc.read_text() if doc.exists() else None) == before
