@@ -127,10 +127,11 @@ def bare_fit(cfg: dict) -> dict:
 
 
 def mlp_train_flops(width: int, depth: int, inputs: int = 784, classes: int = 10) -> int:
-    """FLOPs to train one sample of the Dense MLP: ~6 per weight (forward 2 per
-    multiply-add, backward twice the forward); biases, ReLU and dropout are noise."""
-    weights = inputs * width + (depth - 1) * width * width + width * classes
-    return 6 * weights
+    """FLOPs to train one sample of the Dense MLP: 6 per weight (forward 2 per
+    multiply-add; backward 2 for the weight gradient and 2 for the input gradient), but 4
+    in the first layer, whose input gradient TensorFlow never computes; biases, ReLU and
+    dropout are noise."""
+    return 4 * inputs * width + 6 * ((depth - 1) * width * width + width * classes)
 
 
 def b1(work: Path, mnist: str | None, smoke: bool) -> dict:
@@ -272,7 +273,7 @@ def economy(work: Path, mnist: str | None, smoke: bool) -> dict:
         }
     asha, fifo = out["asha"], out["fifo"]
     if asha.pop("configs") != fifo.pop("configs"):
-        raise SystemExit("economy: ASHA and FIFO ran different configurations")
+        raise SystemExit("economy: ASHA and FIFO ran different configurations; keep search.seed and the space fixed")
     return {
         "max_t": max_t, "reduction_factor": 3, "grace_period": 1, **out,
         "epochs_ratio": round(asha["epochs_spent"] / fifo["epochs_spent"], 3),
@@ -314,9 +315,9 @@ def scaling(work: Path, mnist: str | None, smoke: bool) -> dict:
 
 
 def ckpt(work: Path, mnist: str | None, smoke: bool) -> dict:
-    """Checkpoint cost: every epoch each worker saves the model and rank 0's copy goes to
-    S3 (a moto server on 127.0.0.1) inside ``ray.train.report``; against the epoch's
-    training time, same run."""
+    """Checkpoint cost: every epoch each worker saves the model; inside ``ray.train.report``
+    rank 0's model and every rank's weight digest go to S3 (a moto server on 127.0.0.1)
+    and the report waits for the other worker. Against the epoch's training time, same run."""
     import socket
 
     import boto3
@@ -379,6 +380,9 @@ def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
                  "--set", f"asha.max_t={max_t}", "--set", "asha.grace_period=1", "--set", "asha.reduction_factor=3",
                  *ECONOMY_SPACE], work)
     summary, _ = experiment(work / "store", NAME["peers"])
+    failed = [t["trial_id"] for t in summary["trials"] if t["status"] != "terminated"]
+    if failed:
+        raise SystemExit(f"peers: tuner trials {failed} failed; see {work / 'tuner.log'}")
     out["tuner"] = {"trials": len(summary["trials"]), "epochs_spent": summary["epochs_spent"],
                     "best_test_accuracy": round(summary["best"]["test_accuracy"], 4),
                     "best_val_accuracy": round(summary["best"]["val_accuracy"], 4),

@@ -233,7 +233,7 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
     )
     summary["max_concurrent_trials"] = cluster.concurrent
     summary["cluster_resources"] = {k: v for k, v in cluster.resources.items() if k in ("CPU", "GPU") or
-                                    k == cluster.trial.driver_resource}
+                                    k == spec.scaling.driver_resource}
     if rungs is not None:
         summary["asha_rungs"] = results.asha_rungs(rungs)
     results.write_results(spec, results.rows_from_results(trials))

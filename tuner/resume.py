@@ -184,7 +184,7 @@ def start_slots(name: str, capacity: int):
 def acquire_slot(name: str, trial_id: str) -> None:
     """Wait until ``trial_id`` may start its worker group."""
     if not ray.get(ray.get_actor(name).acquire.remote(trial_id)):
-        raise RuntimeError(f"trial {trial_id} ended while it waited for a slot")
+        raise RuntimeError(f"trial {trial_id} ended while it waited for a slot; run the same command again to retry it")
 
 
 def release_slot(name: str, trial_id: str) -> None:
