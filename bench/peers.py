@@ -34,6 +34,20 @@ REDUCTION = 3
 SEED = 0
 
 
+def draw(ranged, choice) -> dict:
+    """SPACE's searched hyperparameters through one peer's API: ``ranged(name, low, high,
+    log)`` for the ranges, ``choice(name, values)`` for the choices."""
+    return {
+        "learning_rate": ranged("learning_rate", *SPACE["learning_rate"], True),
+        "schedule": choice("schedule", SPACE["schedule"]),
+        "decay_epochs": choice("decay_epochs", SPACE["decay_epochs"]),
+        "optimizer": choice("optimizer", SPACE["optimizer"]),
+        "dropout": ranged("dropout", *SPACE["dropout"], False),
+        "width": choice("width", SPACE["width"]),
+        "depth": choice("depth", SPACE["depth"]),
+    }
+
+
 def load(dataset_uri: str):
     from tuner import data
 
@@ -76,15 +90,8 @@ def kerastuner(dataset_uri: str, samples: int, max_t: int) -> dict:
     rows = len(d["train"][1])
 
     def hypermodel(hp):
-        return build({
-            "learning_rate": hp.Float("learning_rate", *SPACE["learning_rate"], sampling="log"),
-            "schedule": hp.Choice("schedule", SPACE["schedule"]),
-            "decay_epochs": hp.Choice("decay_epochs", SPACE["decay_epochs"]),
-            "optimizer": hp.Choice("optimizer", SPACE["optimizer"]),
-            "dropout": hp.Float("dropout", *SPACE["dropout"]),
-            "width": hp.Choice("width", SPACE["width"]),
-            "depth": hp.Choice("depth", SPACE["depth"]),
-        }, rows)
+        return build(draw(lambda name, low, high, log: hp.Float(name, low, high, sampling="log" if log else "linear"),
+                          hp.Choice), rows)
 
     class Hyperband(kt.Hyperband):
         def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
@@ -115,15 +122,8 @@ def optuna_sh(dataset_uri: str, samples: int, max_t: int) -> dict:
     models = {}
 
     def objective(trial):
-        p = {
-            "learning_rate": trial.suggest_float("learning_rate", *SPACE["learning_rate"], log=True),
-            "schedule": trial.suggest_categorical("schedule", SPACE["schedule"]),
-            "decay_epochs": trial.suggest_categorical("decay_epochs", SPACE["decay_epochs"]),
-            "optimizer": trial.suggest_categorical("optimizer", SPACE["optimizer"]),
-            "dropout": trial.suggest_float("dropout", *SPACE["dropout"]),
-            "width": trial.suggest_categorical("width", SPACE["width"]),
-            "depth": trial.suggest_categorical("depth", SPACE["depth"]),
-        }
+        p = draw(lambda name, low, high, log: trial.suggest_float(name, low, high, log=log),
+                 trial.suggest_categorical)
         net, best = build(p, rows), -1.0
         for epoch in range(1, max_t + 1):
             net.fit(*d["train"], batch_size=SPACE["batch_size"], epochs=1, verbose=0)
@@ -172,15 +172,8 @@ def raytune(dataset_uri: str, samples: int, max_t: int) -> dict:
                 net.save(os.path.join(tmp, "model.keras"))
                 tune.report({"epoch": epoch, "val_accuracy": acc}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    space = {
-        "learning_rate": tune.loguniform(*SPACE["learning_rate"]),
-        "schedule": tune.choice(SPACE["schedule"]),
-        "decay_epochs": tune.choice(SPACE["decay_epochs"]),
-        "optimizer": tune.choice(SPACE["optimizer"]),
-        "dropout": tune.uniform(*SPACE["dropout"]),
-        "width": tune.choice(SPACE["width"]),
-        "depth": tune.choice(SPACE["depth"]),
-    }
+    space = draw(lambda name, low, high, log: (tune.loguniform if log else tune.uniform)(low, high),
+                 lambda name, values: tune.choice(values))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
