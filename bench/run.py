@@ -315,9 +315,12 @@ def scaling(work: Path, mnist: str | None, smoke: bool) -> dict:
 
 
 def ckpt(work: Path, mnist: str | None, smoke: bool) -> dict:
-    """Checkpoint cost: every epoch each worker saves the model; inside ``ray.train.report``
-    rank 0's model and every rank's weight digest go to S3 (a moto server on 127.0.0.1)
-    and the report waits for the other worker. Against the epoch's training time, same run."""
+    """Checkpoint cost: every epoch each worker saves the model, and rank 0's model and
+    every rank's weight digest go to S3 (a moto server on 127.0.0.1). The same training
+    twice: `checkpoint.upload=sync` (the report waits for the upload) and `async` (the
+    upload runs while the next epoch trains). Per mode, the time training is held up
+    (save + report) against the epoch's training time; and the whole epoch's seconds,
+    async against sync, which shows what the background upload costs the training."""
     import socket
 
     import boto3
@@ -339,33 +342,45 @@ def ckpt(work: Path, mnist: str | None, smoke: bool) -> dict:
             except Exception:
                 time.sleep(0.1)
         epochs = 2 if smoke else 5
-        os.environ.update(env)
-        try:
-            tuner(["train", "--config", "seed-baseline", "--name", NAME["ckpt"], "--storage", "s3://bench/store",
-                   "--set", f"data.uri={dataset}", "--set", f"asha.max_t={epochs}", "--set", f"asha.grace_period={epochs}",
-                   "--set", "search.space.batch_size=128", "--set", "scaling.workers=2",
-                   "--set", "scaling.cpus_per_worker=1"], work)
-        finally:
-            for key in env:
-                os.environ.pop(key, None)
         import pyarrow.fs as pafs
         import pyarrow.parquet as pq
 
         fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key="bench", secret_key="bench",
                                region="us-east-1")
-        rows = sorted(pq.read_table(f"bench/store/{NAME['ckpt']}/results.parquet", filesystem=fs).to_pylist(),
-                      key=lambda r: r["epoch"])
+        modes = {}
+        for mode in ("sync", "async"):
+            name = f"{NAME['ckpt']}-{mode}"
+            os.environ.update(env)
+            try:
+                tuner(["train", "--config", "seed-baseline", "--name", name, "--storage", "s3://bench/store",
+                       "--set", f"data.uri={dataset}", "--set", f"asha.max_t={epochs}",
+                       "--set", f"asha.grace_period={epochs}", "--set", "search.space.batch_size=128",
+                       "--set", "scaling.workers=2", "--set", "scaling.cpus_per_worker=1",
+                       "--set", f"checkpoint.upload={mode}"], work)
+            finally:
+                for key in env:
+                    os.environ.pop(key, None)
+            rows = sorted(pq.read_table(f"bench/store/{name}/results.parquet", filesystem=fs).to_pylist(),
+                          key=lambda r: r["epoch"])
+            modes[mode] = _ckpt_costs(rows)
     finally:
         server.terminate()
         server.wait()
-    # Epoch k's upload time arrives with epoch k+1.
+    return {"workers": 2, "global_batch": 256, "storage": "moto S3 on 127.0.0.1", **modes,
+            "async_vs_sync_epoch_seconds": round(modes["async"]["median_epoch_seconds"]
+                                                 / modes["sync"]["median_epoch_seconds"], 3)}
+
+
+def _ckpt_costs(rows: list[dict]) -> dict:
+    """Per epoch: training, the save, and the report (epoch k's arrives with epoch k+1)."""
     per_epoch = [{"epoch": r["epoch"], "train_seconds": round(r["train_seconds"], 3),
                   "save_seconds": round(r["checkpoint_save_seconds"], 3),
                   "report_seconds": round(nxt["previous_report_seconds"], 3)}
                  for r, nxt in zip(rows, rows[1:])]
     fractions = [(e["save_seconds"] + e["report_seconds"]) / e["train_seconds"] for e in per_epoch]
-    return {"workers": 2, "global_batch": 256, "storage": "moto S3 on 127.0.0.1", "per_epoch": per_epoch,
-            "median_fraction_of_epoch": round(statistics.median(fractions), 4)}
+    return {"per_epoch": per_epoch, "median_fraction_of_epoch": round(statistics.median(fractions), 4),
+            "median_epoch_seconds": round(statistics.median(
+                e["train_seconds"] + e["save_seconds"] + e["report_seconds"] for e in per_epoch), 3)}
 
 
 def peers(work: Path, mnist: str | None, smoke: bool) -> dict:

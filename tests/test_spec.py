@@ -69,6 +69,7 @@ def test_seed_baseline_is_the_tutorial():
         ({"storage": {"endpoint": "127.0.0.1:9000"}}, "The value of `storage.endpoint` is '127.0.0.1:9000', but must start with http:// or https://."),
         ({"data": {"validation_fraction": 1.5}}, "The value of `data.validation_fraction` is 1.5, but must be > 0 and < 1."),
         ({"checkpoint": {"num_to_keep": 0}}, "The value of `checkpoint.num_to_keep` is 0, but must be >= 1."),
+        ({"checkpoint": {"upload": "later"}}, "The value of `checkpoint.upload` is 'later', but must be one of: async, sync."),
         ({"failure": {"controller_failure_limit": -1}}, "would retry forever"),
         ({"name": "a/b"}, "The value of `name` is 'a/b'"),
     ],

@@ -29,6 +29,7 @@ SCHEDULES = ("constant", "exponential")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 ALGORITHMS = ("random", "grid")
 RANGE_KINDS = ("loguniform", "uniform")
+CHECKPOINT_UPLOADS = ("async", "sync")
 MAX_DEPTH = 3
 MAX_WIDTH = 4096
 
@@ -184,6 +185,9 @@ class ScalingSpec:
 class CheckpointSpec:
     # Checkpoints kept per trial (the best by val_accuracy, plus always the latest).
     num_to_keep: int = 2
+    # "async": a checkpoint uploads while the next epoch trains (its metrics reach Tune
+    # once it is stored); "sync": training waits for every upload.
+    upload: str = "async"
 
 
 @dataclass(frozen=True)
@@ -557,6 +561,7 @@ def _check_spec(spec: Spec) -> list[str]:
         need(sc.max_concurrent_trials >= 1, "scaling.max_concurrent_trials", sc.max_concurrent_trials, ">= 1 or null (as many as fit)")
 
     need(c.num_to_keep >= 1, "checkpoint.num_to_keep", c.num_to_keep, ">= 1")
+    need(c.upload in CHECKPOINT_UPLOADS, "checkpoint.upload", c.upload, f"one of: {', '.join(CHECKPOINT_UPLOADS)}")
     need(f.max_failures >= 0, "failure.max_failures", f.max_failures, ">= 0")
     need(f.controller_failure_limit >= 0, "failure.controller_failure_limit", f.controller_failure_limit, ">= 0 (-1 would retry forever)")
     return p

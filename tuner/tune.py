@@ -172,6 +172,7 @@ def train_loop_config(spec: Spec, dataset_uri: str) -> dict:
         "lr_scaling": spec.training.lr_scaling,
         "reference_batch": spec.training.reference_batch,
         "warmup_epochs": spec.training.warmup_epochs,
+        "checkpoint_upload": spec.checkpoint.upload,
         "threads": max(1, int(spec.scaling.cpus_per_worker)) if not spec.scaling.use_gpu else 0,
     }
 
