@@ -34,6 +34,7 @@ COPY --chown=ray:users tuner/ /home/ray/tuner-src/tuner/
 # [and-cuda] brings the CUDA and cuDNN wheels this TensorFlow is built against, whatever
 # CUDA the base image has. tf-keras and the rest come from the package's dependencies.
 # The image's Ray already satisfies the pin, so pip keeps it (no --upgrade). A regular,
-# not editable, install: the source is not needed afterwards.
-RUN pip install --no-cache-dir "tensorflow[and-cuda]>=2.21,<2.22" /home/ray/tuner-src \
+# not editable, install: the source is not needed afterwards. [tpe] adds Optuna for
+# `search.algorithm: tpe`; `bayesian` also needs PyTorch, left out of this image.
+RUN pip install --no-cache-dir "tensorflow[and-cuda]>=2.21,<2.22" "/home/ray/tuner-src[tpe]" \
     && rm -rf /home/ray/tuner-src

@@ -10,6 +10,7 @@
     python bench/run.py scaling --mnist ../shared/data/mnist  # 1/2/4 workers, with and without the linear rule
     python bench/run.py ckpt --mnist ../shared/data/mnist     # checkpoint save + upload to S3 vs epoch time
     python bench/run.py peers --mnist ../shared/data/mnist    # vs Keras Tuner, Optuna, plain Ray Tune (~40 min)
+    python bench/run.py searchers --mnist ../shared/data/mnist  # random, quasi_random, tpe, bayesian (~40 min)
     python bench/run.py b1 --smoke                        # tiny and quick, on the shipped subset
 
 Each run prints its figures as JSON and appends them, with the date, the machine and the
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
 # Experiment names unique per run, so a reused --work folder never refuses a rerun.
 NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt",
-                                                             "peers")}
+                                                             "peers", "searchers")}
 
 
 def tuner(args: list[str], cwd: Path) -> dict:
@@ -383,6 +384,36 @@ def _ckpt_costs(rows: list[dict]) -> dict:
                 e["train_seconds"] + e["save_seconds"] + e["report_seconds"] for e in per_epoch), 3)}
 
 
+SEARCHERS = ("random", "quasi_random", "tpe", "bayesian")
+
+
+def searchers(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """The four search algorithms at one budget: 24 trials under ASHA (10-epoch max_t,
+    grace 1, reduction factor 3), seed 0, on the economy space (2-worker trials). One run
+    each: the spread between them is one seed's, not a ranking."""
+    dataset = stage(work, mnist)
+    samples, max_t = (2, 1) if smoke else (24, 10)
+    out = {}
+    for algorithm in SEARCHERS:
+        name = f"{NAME['searchers']}-{algorithm}"
+        run = tuner(["tune", "--config", "mnist", "--name", name, "--storage", str(work / "store"),
+                     "--set", f"data.uri={dataset}", "--set", f"search.algorithm={algorithm}",
+                     "--set", f"search.num_samples={samples}", "--set", "search.seed=0",
+                     "--set", f"asha.max_t={max_t}", "--set", "asha.grace_period=1",
+                     "--set", "asha.reduction_factor=3", *ECONOMY_SPACE], work)
+        summary, _ = experiment(work / "store", name)
+        failed = [t["trial_id"] for t in summary["trials"] if t["status"] != "terminated"]
+        if failed:
+            raise SystemExit(f"searchers: {algorithm} failed (trials {failed}); see {work / 'tuner.log'}")
+        best = summary["best"]
+        out[algorithm] = {"trials": len(summary["trials"]), "epochs_spent": summary["epochs_spent"],
+                          "trials_to_max_t": sum(t["epochs"] == max_t for t in summary["trials"]),
+                          "best_test_accuracy": round(best["test_accuracy"], 4),
+                          "best_val_accuracy": round(best["val_accuracy"], 4),
+                          "wall_seconds": round(run["seconds"], 1), "best_config": best["config"]}
+    return {"samples": samples, "max_t": max_t, "reduction_factor": 3, **out}
+
+
 def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
     """`tuner` (ASHA, 2-worker trials) against Keras Tuner's Hyperband, Optuna + successive
     halving and plain Ray Tune + ASHA (single-process trials), on the economy space with
@@ -418,8 +449,8 @@ def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
 from reliability import reliability  # noqa: E402 - bench/ is the script's folder
 
 BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "reliability": reliability, "economy": economy,
-           "scaling": scaling, "ckpt": ckpt, "peers": peers}
-ALL = ["b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt", "peers"]  # `all`; reliability runs on its own (~5 min, Ceph)
+           "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers}
+ALL = ["b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt", "peers", "searchers"]  # `all`; reliability runs on its own (~5 min, Ceph)
 
 
 def record(command: str, results: dict) -> None:

@@ -84,7 +84,7 @@ def test_rungs_that_do_not_load_leave_asha_empty_rather_than_fail_the_restore(ca
     keeper = Keeper(asha(), None, 1, "slots")
     keeper.set_state({"asha": {"rungs": [[(27, {})]], "bracket_of": {}}})
     assert keeper.scheduler.rungs() == asha().rungs()
-    assert "Could not restore ASHA's rungs" in caplog.text
+    assert "Could not restore the ResumableASHA's records" in caplog.text
 
 
 def test_keeper_pickles_without_its_actor_handle():

@@ -7,11 +7,16 @@ from tuner.spec import SpecError, load_spec
 from tuner.tune import ResourceError, TrialResources, concurrent_trials, param_space
 
 
-def test_param_space_random():
+def test_param_space_samplers_and_conditional_values():
     space = param_space(load_spec("quick"))
     assert isinstance(space["learning_rate"], tune.search.sample.Float)
     assert isinstance(space["width"], tune.search.sample.Categorical)
-    assert space["momentum"] == 0.9
+    # optimizer varies: momentum is 0.9 for sgd, None for the others
+    assert space["momentum"].sample(config={"optimizer": "sgd"}) == 0.9
+    assert space["momentum"].sample(config={"optimizer": "adam"}) is None
+    # schedule fixed to constant: the decay settings are None outright
+    fixed = param_space(load_spec("quick", ["search.space.schedule=constant"]))
+    assert fixed["decay_epochs"] is fixed["decay_rate"] is fixed["staircase"] is None
 
 
 def test_param_space_grid_uses_grid_search():

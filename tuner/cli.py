@@ -15,7 +15,7 @@ import sys
 import pyarrow.fs as pafs
 
 from tuner import data, results, storage, worker
-from tuner.spec import SpecError, differences, load_spec, preset_names, require_fixed
+from tuner.spec import SpecError, differences, load_spec, missing_dependency, preset_names, require_fixed
 
 EXIT_USAGE = 2
 SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
@@ -185,6 +185,8 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
         problems = require_fixed(spec)
         if problems:
             raise UsageError(*problems)
+    elif missing := missing_dependency(spec):
+        raise UsageError(missing)
 
     address = args.address or os.environ.get("RAY_ADDRESS", "")
     if address.startswith("ray://"):

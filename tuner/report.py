@@ -49,8 +49,8 @@ def edge_warnings(space: dict, best_config: dict) -> list[str]:
         if not isinstance(dim, dict) or len(dim) != 1:
             continue
         (kind, bounds), = dim.items()
-        if kind not in ("loguniform", "uniform") or name not in best_config:
-            continue
+        if kind not in ("loguniform", "uniform") or best_config.get(name) is None:
+            continue  # not ranged, or not used by the best trial (a conditional hyperparameter)
         lo, hi, value = float(bounds[0]), float(bounds[1]), float(best_config[name])
         if kind == "loguniform":
             lo, hi, value = math.log10(lo), math.log10(hi), math.log10(value)
@@ -112,7 +112,9 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
                     color=colours.get(rung, "grey"), alpha=0.8)
     for rung, colour in colours.items():
         ax.plot([], [], color=colour, label=f"stopped at rung {rung}" if rung != milestones[-1] else f"full budget ({rung})")
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Learning curves, by the rung where ASHA stopped each trial")
+    scheduler = summary["spec"].get("scheduler", {}).get("kind", "asha")
+    ax.set(xlabel="epoch", ylabel="validation accuracy",
+           title=f"Learning curves, by the last rung each trial reached (scheduler: {scheduler})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     out["curves"] = _png(fig)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import numpy as np
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -35,26 +36,34 @@ log = logging.getLogger(__name__)
 
 class ResumableASHA(ASHAScheduler):
     """ASHA (Li et al., MLSys 2020, https://arxiv.org/abs/1810.05934) whose rungs can
-    be saved and loaded as plain data."""
+    be saved and loaded as plain data. With several ``brackets`` (asynchronous
+    Hyperband), new trials are spread over them by a generator seeded with ``seed``
+    (Ray draws from NumPy's global one), as likely as in Ray."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self._bracket_of: dict[str, int] = {}  # trial id -> bracket index, kept after a trial ends
+        self._rng = np.random.default_rng(seed)
 
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
         # A trial that comes back after a restore stays in the bracket it was judged in.
-        if trial.trial_id in self._bracket_of:
-            self._trial_info[trial.trial_id] = self._brackets[self._bracket_of[trial.trial_id]]
-        else:
-            self._bracket_of[trial.trial_id] = self._brackets.index(self._trial_info[trial.trial_id])
+        if trial.trial_id not in self._bracket_of:
+            sizes = np.array([len(b._rungs) for b in self._brackets])
+            weights = np.e ** (sizes - sizes.max())  # Ray's AsyncHyperBandScheduler.on_trial_add
+            self._bracket_of[trial.trial_id] = int(self._rng.choice(len(self._brackets), p=weights / weights.sum()))
+        self._trial_info[trial.trial_id] = self._brackets[self._bracket_of[trial.trial_id]]
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_rng", np.random.default_rng(0))  # pickled before brackets were seeded
+        self.__dict__.update(state)
 
     def rungs(self) -> list[list[tuple[float, dict[str, float]]]]:
         """Per bracket, its rungs (highest milestone first): (milestone, {trial id: reward})."""
         return [[(m, dict(recorded)) for m, recorded in b._rungs] for b in self._brackets]
 
     def state(self) -> dict:
-        return {"rungs": self.rungs(), "bracket_of": dict(self._bracket_of)}
+        return {"rungs": self.rungs(), "bracket_of": dict(self._bracket_of), "rng": self._rng.bit_generator.state}
 
     def load(self, state: dict) -> None:
         saved = state["rungs"]
@@ -66,6 +75,8 @@ class ResumableASHA(ASHAScheduler):
         for bracket, rungs in zip(self._brackets, saved):
             bracket._rungs = [(m, dict(recorded)) for m, recorded in rungs]
         self._bracket_of.update(state["bracket_of"])
+        if "rng" in state:
+            self._rng.bit_generator.state = state["rng"]
 
 
 @ray.remote(num_cpus=0)
@@ -102,21 +113,27 @@ class Slots:
 
 
 class Keeper(tune.Callback):
-    """Saves ASHA's rungs with the experiment; frees a trial's slot when Tune is done
-    with it (a trial ASHA stops is killed without running its own ``finally``).
+    """Saves the scheduler's records (ASHA's and Hyperband's rungs, the median rule's
+    results) and the plateau stopper's with the experiment; frees a trial's slot when
+    Tune is done with it (a trial stopped early is killed without running its own
+    ``finally``).
 
     Args:
-        scheduler: the experiment's ASHA, or None (FIFO keeps no state).
-        searcher: the experiment's ``BasicVariantGenerator``.
+        scheduler: the experiment's scheduler if it keeps records (has ``state()`` and
+            ``load()``), else None.
+        searcher: the search algorithm given to Tune (``BasicVariantGenerator`` or a
+            ``ConcurrencyLimiter``).
         max_concurrent: trials at once for this run.
         slots_name: the ``Slots`` actor of this run.
+        stopper: the experiment's ``search.Plateau`` stopper, or None.
     """
 
-    def __init__(self, scheduler: ResumableASHA | None, searcher, max_concurrent: int, slots_name: str):
+    def __init__(self, scheduler, searcher, max_concurrent: int, slots_name: str, stopper=None):
         self.scheduler = scheduler
         self.searcher = searcher
         self.max_concurrent = max_concurrent
         self.slots_name = slots_name
+        self.stopper = stopper
         self._slots = None
         self._started = False
 
@@ -131,19 +148,28 @@ class Keeper(tune.Callback):
         return state
 
     def get_state(self) -> dict | None:
-        return {"asha": self.scheduler.state()} if self.scheduler is not None else None
+        state = {}
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state()
+        if getattr(self, "stopper", None) is not None:  # keepers pickled before stoppers have none
+            state["stopper"] = self.stopper.state()
+        return state or None
 
     def set_state(self, state: dict) -> None:
-        if self.scheduler is None or not state.get("asha"):
-            return
-        try:
-            self.scheduler.load(state["asha"])
-        except (ValueError, KeyError, TypeError) as e:
-            # Raising here would make Tune start the whole experiment over beside the
-            # old trials; judging with empty rungs is the lesser harm.
-            log.error("Could not restore ASHA's rungs (%s); resumed trials are judged against empty rungs.", e)
-            return
-        log.info("Restored ASHA's rungs: %s", [[(m, len(r)) for m, r in b] for b in self.scheduler.rungs()])
+        # "asha": what keepers saved before the scheduler became a choice.
+        for key, target in (("scheduler", self.scheduler), ("asha", self.scheduler),
+                            ("stopper", getattr(self, "stopper", None))):
+            if target is None or not state.get(key):
+                continue
+            try:
+                target.load(state[key])
+            except (ValueError, KeyError, TypeError) as e:
+                # Raising here would make Tune start the whole experiment over beside the
+                # old trials; judging with empty records is the lesser harm.
+                log.error("Could not restore the %s's records (%s); resumed trials are judged without them.",
+                          type(target).__name__, e)
+                continue
+            log.info("Restored the %s's records.", type(target).__name__)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         if self._started or self.searcher is None:
@@ -154,8 +180,13 @@ class Keeper(tune.Callback):
         # count against it. (Re-added trials ask for this run's driver bundle: Tune
         # derives it again from the trainable passed to `Tuner.restore`.)
         self.searcher.max_concurrent = self.max_concurrent
+        waiting = {t.trial_id for t in trials if t.status in ("PENDING", "PAUSED")}
         if hasattr(self.searcher, "_live_trials"):  # BasicVariantGenerator's count
-            self.searcher._live_trials.update(t.trial_id for t in trials if t.status in ("PENDING", "PAUSED"))
+            self.searcher._live_trials.update(waiting)
+        elif hasattr(self.searcher, "live_trials"):  # ConcurrencyLimiter's
+            new = waiting - self.searcher.live_trials
+            self.searcher.live_trials.update(new)
+            self.searcher.num_unfinished_live_trials += len(new)
 
     def _release(self, trial) -> None:
         try:

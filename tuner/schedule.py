@@ -76,12 +76,12 @@ class Schedule:
 
 
 def schedule_for(params: dict, plan: BatchPlan, lr_scaling: str, reference_batch: int, warmup_epochs: float) -> Schedule:
-    """The schedule of one trial's hyperparameters under its batch plan."""
+    """The schedule of one trial's hyperparameters under its batch plan (the decay
+    settings are None when the schedule is constant)."""
+    decay = {k: params[k] for k in ("decay_epochs", "decay_rate", "staircase") if params.get(k) is not None}
     return Schedule(
         peak=scale_learning_rate(params["learning_rate"], plan.global_batch, lr_scaling, reference_batch),
         kind=params["schedule"],
-        decay_epochs=params["decay_epochs"],
-        decay_rate=params["decay_rate"],
-        staircase=params["staircase"],
         warmup_epochs=warmup_epochs,
+        **decay,
     )

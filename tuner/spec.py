@@ -27,7 +27,8 @@ PRESET_PACKAGE = "tuner.presets"
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 SCHEDULES = ("constant", "exponential")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
-ALGORITHMS = ("random", "grid")
+ALGORITHMS = ("random", "grid", "quasi_random", "tpe", "bayesian")
+SCHEDULERS = ("asha", "hyperband", "median_stopping", "fifo")
 RANGE_KINDS = ("loguniform", "uniform")
 CHECKPOINT_UPLOADS = ("async", "sync")
 MAX_DEPTH = 3
@@ -102,8 +103,36 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
 }
 
 
+# Conditional hyperparameters: name -> (the hyperparameter it depends on, the value that
+# makes it count). Anywhere else a trial's config holds None for it.
+CONDITIONS: dict[str, tuple[str, str]] = {
+    "momentum": ("optimizer", "sgd"),
+    "decay_epochs": ("schedule", "exponential"),
+    "decay_rate": ("schedule", "exponential"),
+    "staircase": ("schedule", "exponential"),
+}
+
+
+def active(name: str, config: Mapping[str, Any]) -> bool:
+    """Whether hyperparameter ``name`` counts in a trial with ``config``."""
+    if name not in CONDITIONS:
+        return True
+    parent, value = CONDITIONS[name]
+    return config.get(parent) == value
+
+
 def default_space() -> dict[str, Dim]:
     return {name: Dim("fixed", (hp.default,)) for name, hp in HYPERPARAMETERS.items()}
+
+
+def searched(space: Mapping[str, Dim]) -> list[str]:
+    """The hyperparameters a search varies, in ``HYPERPARAMETERS`` order."""
+    return [name for name in HYPERPARAMETERS if not space[name].is_fixed]
+
+
+def possible(dim: Dim) -> tuple | None:
+    """Every value ``dim`` can take, or None for a range."""
+    return None if dim.kind in RANGE_KINDS else dim.values
 
 
 # --- the spec sections -----------------------------------------------------------------
@@ -130,10 +159,12 @@ class StorageSpec:
 
 @dataclass(frozen=True)
 class SearchSpec:
-    # "random" samples num_samples configs; "grid" runs every combination of the
-    # choices num_samples times (ranges are not allowed with grid).
+    # "random": independent draws; "quasi_random": a scrambled Sobol sequence over the
+    # same space (covers it more evenly); "tpe": Optuna's TPE; "bayesian": Optuna's
+    # Gaussian-process sampler (needs PyTorch); "grid": every combination of the
+    # choices, num_samples times (ranges are not allowed with grid).
     algorithm: str = "random"
-    # Trials (random) or repeats of the grid (grid).
+    # Trials (repeats of the grid for grid).
     num_samples: int = 8
     # Seeds the sampler and every trial's weight initialisation and shuffling.
     seed: int = 0
@@ -159,6 +190,20 @@ class AshaSpec:
     grace_period: int = 1
     # Keep the top 1/reduction_factor at each rung.
     reduction_factor: int = 3
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    # "asha", "hyperband" (asynchronous: one bracket per halving rate), "median_stopping"
+    # (stop a trial below the median of the others' running means) or "fifo" (every
+    # trial runs the whole budget). Epoch budget, grace period and reduction factor: `asha`.
+    kind: str = "asha"
+    # median_stopping: trials that must have reached an epoch before any is judged there.
+    median_min_trials: int = 3
+    # With any scheduler: stop a trial whose val_accuracy has not improved by more than
+    # plateau_min_delta for plateau_patience epochs; null: never.
+    plateau_patience: int | None = None
+    plateau_min_delta: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -210,6 +255,7 @@ class Spec:
     search: SearchSpec = field(default_factory=SearchSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     asha: AshaSpec = field(default_factory=AshaSpec)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     failure: FailureSpec = field(default_factory=FailureSpec)
@@ -511,6 +557,7 @@ def _check_spec(spec: Spec) -> list[str]:
     d, s, se, t, a, sc, c, f = (
         spec.data, spec.storage, spec.search, spec.training, spec.asha, spec.scaling, spec.checkpoint, spec.failure
     )
+    sch = spec.scheduler
     need(0 < d.validation_fraction < 1, "data.validation_fraction", d.validation_fraction, "> 0 and < 1")
     for key, uri in (("storage.uri", s.uri), ("data.uri", d.uri)):
         if uri is not None:
@@ -531,6 +578,7 @@ def _check_spec(spec: Spec) -> list[str]:
         for name, dim in se.space.items():
             if dim.kind in RANGE_KINDS:
                 p.append(f"`search.space.{name}` is a {dim.kind} range, but grid search needs `choice: [...]` or a fixed value.")
+    p.extend(_check_conditions(se))
 
     need(t.lr_scaling in LR_SCALING_RULES, "training.lr_scaling", t.lr_scaling, f"one of: {', '.join(LR_SCALING_RULES)}")
     need(t.reference_batch >= 1, "training.reference_batch", t.reference_batch, ">= 1")
@@ -546,6 +594,12 @@ def _check_spec(spec: Spec) -> list[str]:
             f"The value of `asha.grace_period` is {a.grace_period}, but must be <= `asha.max_t` ({a.max_t}); "
             "lower the grace period or raise max_t."
         )
+
+    need(sch.kind in SCHEDULERS, "scheduler.kind", sch.kind, f"one of: {', '.join(SCHEDULERS)}")
+    need(sch.median_min_trials >= 1, "scheduler.median_min_trials", sch.median_min_trials, ">= 1")
+    if sch.plateau_patience is not None:
+        need(sch.plateau_patience >= 1, "scheduler.plateau_patience", sch.plateau_patience, ">= 1 (epochs), or null (never)")
+    need(sch.plateau_min_delta >= 0, "scheduler.plateau_min_delta", sch.plateau_min_delta, ">= 0")
 
     need(sc.workers >= 1, "scaling.workers", sc.workers, ">= 1")
     need(sc.cpus_per_worker > 0, "scaling.cpus_per_worker", sc.cpus_per_worker, "> 0")
@@ -565,6 +619,44 @@ def _check_spec(spec: Spec) -> list[str]:
     need(f.max_failures >= 0, "failure.max_failures", f.max_failures, ">= 0")
     need(f.controller_failure_limit >= 0, "failure.controller_failure_limit", f.controller_failure_limit, ">= 0 (-1 would retry forever)")
     return p
+
+
+def _check_conditions(se: SearchSpec) -> list[str]:
+    """A conditional hyperparameter the search would vary but no trial would use, or (for
+    grid) vary in trials that do not use it: the searcher would silently waste trials."""
+    p = []
+    for name, (parent, value) in CONDITIONS.items():
+        dim, parents = se.space[name], possible(se.space[parent])
+        if dim.is_fixed or parents is None:
+            continue
+        if value not in parents:
+            p.append(f"`search.space.{name}` is searched, but only {parent} `{value}` uses it and "
+                     f"`search.space.{parent}` never is `{value}`; fix {name} to one value or add `{value}`.")
+        elif se.algorithm == "grid" and len(dim.values) > 1 and set(parents) != {value}:
+            others = ", ".join(str(v) for v in parents if v != value)
+            p.append(f"Grid search over `search.space.{name}` would repeat each {others} trial once per {name} "
+                     f"(only {parent} `{value}` uses it); fix {name} to one value, or fix {parent} to `{value}`.")
+    return p
+
+
+# search.algorithm -> (tuner's extra, the modules it needs beyond tuner's own dependencies).
+EXTRAS = {"tpe": ("tpe", ("optuna",)), "bayesian": ("bayesian", ("optuna", "torch"))}
+
+
+def missing_dependency(spec: Spec) -> str | None:
+    """One line naming what ``search.algorithm`` needs and is not installed, or None."""
+    import importlib.util
+
+    if spec.search.algorithm not in EXTRAS:
+        return None
+    extra, modules = EXTRAS[spec.search.algorithm]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    hint = " (for a CPU-only PyTorch, first: pip install torch --index-url https://download.pytorch.org/whl/cpu)" \
+        if "torch" in missing else ""
+    return (f"`search.algorithm: {spec.search.algorithm}` needs {' and '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed; run: pip install 'tuner[{extra}]'{hint}")
 
 
 def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:

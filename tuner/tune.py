@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, replace
 
 from tuner import storage
-from tuner.spec import HYPERPARAMETERS, RANGE_KINDS, Spec
+from tuner.spec import CONDITIONS, HYPERPARAMETERS, RANGE_KINDS, Spec
 
 METRIC, MODE = "val_accuracy", "max"
 TIME_ATTR = "epoch"
@@ -48,7 +48,8 @@ class ResourceError(RuntimeError):
 
 
 def param_space(spec: Spec) -> dict:
-    """The spec's search space as a Ray Tune ``param_space``."""
+    """The spec's search space as a Ray Tune ``param_space`` (grid search: choices become
+    ``grid_search`` axes). A conditional hyperparameter is None where it does not count."""
     from ray import tune
 
     out = {}
@@ -67,8 +68,25 @@ def param_space(spec: Spec) -> dict:
             out[name] = tune.randint(int(low), int(high) + 1) if is_int else tune.uniform(low, high)
         else:  # pragma: no cover - spec validation admits no other kind
             raise ValueError(f"unknown dimension kind {dim.kind!r}")
+    for name, (parent, value) in CONDITIONS.items():
+        parents = spec.search.space[parent]
+        if parents.is_fixed:
+            out[name] = out[name] if parents.values[0] == value else None
+        elif set(parents.values) != {value}:  # the spec admits only a fixed value here
+            out[name] = tune.sample_from(_IfActive(name, out[name]))
     assert set(out) == set(HYPERPARAMETERS)
     return out
+
+
+class _IfActive:
+    """A fixed value where its condition holds, else None (picklable, unlike a lambda)."""
+
+    def __init__(self, name: str, value):
+        self.name, self.value = name, value
+
+    def __call__(self, config) -> object:
+        parent, value = CONDITIONS[self.name]
+        return self.value if config[parent] == value else None
 
 
 def batch_sizes(spec: Spec) -> list[int]:
@@ -296,22 +314,6 @@ def connect(address: str | None, spec: Spec) -> Cluster:
     return Cluster(ray.cluster_resources(), res, concurrent)
 
 
-def scheduler_for(spec: Spec, search: bool):
-    """ASHA (resumable) for a search, FIFO for a single training run."""
-    from ray.tune.schedulers import FIFOScheduler
-
-    from tuner.resume import ResumableASHA
-
-    if not search:
-        return FIFOScheduler()
-    return ResumableASHA(
-        time_attr=TIME_ATTR,
-        max_t=spec.asha.max_t,
-        grace_period=spec.asha.grace_period,
-        reduction_factor=spec.asha.reduction_factor,
-    )
-
-
 def experiment_path(spec: Spec):
     """(filesystem, path) of the Tune experiment: ``<storage>/<name>``."""
     fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
@@ -327,24 +329,25 @@ def can_resume(spec: Spec) -> bool:
 
 
 def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, resume: bool = False):
-    """Run the experiment on the connected Ray; returns Tune's ``ResultGrid`` and ASHA's
-    rungs (``ResumableASHA.rungs()``, None without ASHA).
+    """Run the experiment on the connected Ray; returns Tune's ``ResultGrid`` and the
+    rungs of ASHA or Hyperband (``ResumableASHA.rungs()``, else None).
 
     ``resume``: continue the interrupted experiment stored under ``<storage>/<name>``.
-    Tune keeps finished trials; ``resume.Keeper`` restores ASHA's rungs (its time
-    attribute is the reported ``epoch``, which restarts do not reset) and this run's
-    concurrency; unfinished trials run their function again and each resumes from its
-    newest checkpoint in storage (``worker.restore_latest``).
+    Tune keeps finished trials and restores the searcher's state; ``resume.Keeper``
+    restores the scheduler's and the stopper's records (their time attribute is the
+    reported ``epoch``, which restarts do not reset) and this run's concurrency;
+    unfinished trials run their function again and each resumes from its newest
+    checkpoint in storage (``worker.restore_latest``).
     """
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from tuner import resume as keep
+    from tuner import search as searching
     from tuner.tensorboard import EpochTensorBoard
 
-    # Tune saves the experiment state (which trials finished, ASHA's rungs) every 10 s or
-    # more by default; a driver lost in between forgets trials that finished since and a
-    # re-run trains them again. The state is a few KB: save it every 2 s.
+    # Tune saves the experiment state (which trials finished, the scheduler's records) every
+    # 10 s or more by default; a driver lost in between forgets trials that finished since
+    # and a re-run trains them again. The state is a few KB: save it every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
@@ -359,14 +362,14 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
         )
         keeper = keep.restored_keeper(tuner, cluster.concurrent, slots_name)
     else:
-        scheduler = scheduler_for(spec, search)
-        # The generator's own limit: Tune ignores max_concurrent_trials for it.
-        searcher = BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=cluster.concurrent)
-        keeper = keep.Keeper(scheduler if isinstance(scheduler, keep.ResumableASHA) else None, searcher,
-                             cluster.concurrent, slots_name)
+        scheduler = searching.scheduler_for(spec, search, TIME_ATTR)
+        searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, METRIC, MODE)
+        stopper = searching.stopper_for(spec, METRIC, TIME_ATTR) if search else None
+        keeper = keep.Keeper(scheduler if hasattr(scheduler, "state") else None, searcher, cluster.concurrent,
+                             slots_name, stopper)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(spec),
+            param_space=space,
             tune_config=tune.TuneConfig(
                 metric=METRIC,
                 mode=MODE,
@@ -378,6 +381,7 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
                 name=spec.name,
                 storage_path=root,
                 storage_filesystem=fs,
+                stop=stopper,
                 failure_config=tune.FailureConfig(max_failures=0),
                 # The keeper first: Tune restores callback state by list position.
                 callbacks=[keeper, EpochTensorBoard(TIME_ATTR)],
@@ -385,4 +389,9 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
         )
     grid = tuner.fit()
     del slots
-    return grid, keeper.scheduler.rungs() if keeper.scheduler is not None else None
+    return grid, keeper.scheduler.rungs() if hasattr(keeper.scheduler, "rungs") else None
+
+
+def single_run(spec: Spec) -> Spec:
+    """``tuner train``'s spec: one trial of the space's values, drawn by plain random search."""
+    return replace(spec, search=replace(spec.search, algorithm="random"))

@@ -1,0 +1,296 @@
+"""The spec's ``search.algorithm`` and ``scheduler`` as Ray Tune searchers, schedulers and
+a stopper.
+
+Searchers (each with at most ``max_concurrent`` suggestions out at once):
+
+- ``grid``: Tune's ``BasicVariantGenerator`` over ``tune.grid_search`` axes.
+- ``random`` and ``quasi_random``: ``UnitCubeSearch``. Trial *i* gets point *i* of a
+  sequence in the unit cube, one coordinate per searched hyperparameter, mapped onto
+  the space (``config_from_unit``): independent uniform draws for ``random``, a
+  scrambled Sobol sequence (scipy.stats.qmc) for ``quasi_random``, which covers the cube
+  more evenly (the Deep Learning Tuning Playbook's advice for exploring). Both follow
+  from the seed and the trial's number alone, so the saved state is one counter.
+- ``tpe`` and ``bayesian``: Ray's ``OptunaSearch`` with Optuna's TPE or Gaussian-process
+  sampler over a define-by-run space (``OptunaSpace``), which asks for a conditional
+  hyperparameter only when it is active. Tune saves their state (the Optuna study,
+  the sampler's RNG) with every experiment checkpoint and restores it on a resume.
+
+Conditional hyperparameters (``spec.CONDITIONS``): momentum is used only by sgd, the
+decay settings only by the exponential schedule. In a trial whose config does not use
+one, its value is None.
+
+Schedulers: ``asha``, ``hyperband`` (asynchronous, one bracket per halving rate),
+``median_stopping`` and ``fifo``; the ``Plateau`` stopper combines with any of them.
+ASHA, Hyperband, median stopping and the stopper keep their state across a resume
+through ``resume.Keeper``.
+
+Imports Ray: load it only where Tune runs.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Mapping, Sequence
+
+import numpy as np
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from tuner.spec import HYPERPARAMETERS, Dim, Spec, active, searched
+
+# --- the space ------------------------------------------------------------------------
+
+
+def value_at(name: str, dim: Dim, u: float):
+    """The value of hyperparameter ``name`` at ``u`` in [0, 1) along ``dim``."""
+    is_int = HYPERPARAMETERS[name].type is int
+    if dim.kind == "choice":
+        return dim.values[min(int(u * len(dim.values)), len(dim.values) - 1)]
+    low, high = dim.values
+    if dim.kind == "uniform":
+        if is_int:
+            return int(low) + min(int(u * (high - low + 1)), int(high - low))
+        return low + u * (high - low)
+    if dim.kind == "loguniform":
+        if is_int:  # as tune.lograndint(low, high + 1); exp(log(16)) may come out as 15.999...
+            value = int(math.exp(math.log(low) + u * (math.log(high + 1) - math.log(low))) + 1e-9)
+            return max(int(low), min(value, int(high)))
+        return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    raise ValueError(f"no unit-cube mapping for a {dim.kind} dimension")  # pragma: no cover
+
+
+def config_from_unit(space: Mapping[str, Dim], u: Sequence[float]) -> dict:
+    """A trial's config from a point ``u`` of the unit cube, one coordinate per
+    ``searched(space)`` name in order; inactive conditional hyperparameters are None."""
+    names = searched(space)
+    if len(u) != len(names):
+        raise ValueError(f"expected {len(names)} coordinates, got {len(u)}")
+    coords = dict(zip(names, u))
+    config = {name: value_at(name, space[name], float(coords[name])) if name in coords else space[name].values[0]
+              for name in HYPERPARAMETERS}
+    return {name: value if active(name, config) else None for name, value in config.items()}
+
+
+class UnitCubeSearch(Searcher):
+    """``random`` or ``quasi_random`` search: trial *i* gets point *i* of the sequence.
+
+    Args:
+        space: the spec's search space.
+        kind: "random" (independent uniform draws) or "quasi_random" (scrambled Sobol).
+        seed: the sequence's seed.
+    """
+
+    def __init__(self, space: Mapping[str, Dim], kind: str, seed: int, metric: str | None = None,
+                 mode: str | None = None):
+        super().__init__(metric=metric, mode=mode)
+        if kind not in ("random", "quasi_random"):
+            raise ValueError(f"unknown unit-cube search {kind!r}")
+        self.space, self.kind, self.seed = dict(space), kind, seed
+        self.drawn = 0
+        self._sobol = None  # the first 2**m points, computed when first needed
+
+    def point(self, i: int) -> np.ndarray:
+        """Point ``i`` of this search's sequence."""
+        d = len(searched(self.space))
+        if d == 0:
+            return np.empty(0)
+        if self.kind == "random":
+            return np.random.default_rng([self.seed, i]).random(d)
+        if self._sobol is None or len(self._sobol) <= i:
+            from scipy.stats import qmc
+
+            # A power-of-two block: Sobol points keep their balance in such prefixes,
+            # and the first points of every block are the same.
+            m = max(4, math.ceil(math.log2(i + 1)))
+            self._sobol = qmc.Sobol(d, scramble=True, seed=self.seed).random_base2(m)
+        return self._sobol[i]
+
+    def suggest(self, trial_id: str) -> dict:
+        config = config_from_unit(self.space, self.point(self.drawn))
+        self.drawn += 1
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # the sequence does not learn from results
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        self._metric = self._metric or metric
+        self._mode = self._mode or mode
+        return True
+
+    def get_state(self) -> dict:
+        return {"drawn": self.drawn, "kind": self.kind, "seed": self.seed}
+
+    def set_state(self, state: dict) -> None:
+        self.drawn, self.kind, self.seed = state["drawn"], state["kind"], state["seed"]
+        self._sobol = None
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
+class OptunaSpace:
+    """Optuna's define-by-run space: asks the trial for each searched hyperparameter, a
+    conditional one only when active, and returns the fixed and inactive ones (None).
+    A class rather than a closure: Ray pickles it with the searcher's state."""
+
+    def __init__(self, space: Mapping[str, Dim]):
+        self.space = dict(space)
+
+    def __call__(self, trial) -> dict:
+        config, fixed = {}, {}
+        for name in HYPERPARAMETERS:  # conditions come after what they depend on
+            dim = self.space[name]
+            if not active(name, config):
+                config[name] = fixed[name] = None
+            elif dim.is_fixed:
+                config[name] = fixed[name] = dim.values[0]
+            elif dim.kind == "choice":
+                config[name] = trial.suggest_categorical(name, list(dim.values))
+            else:
+                low, high = dim.values
+                log = dim.kind == "loguniform"
+                if HYPERPARAMETERS[name].type is int:
+                    config[name] = trial.suggest_int(name, int(low), int(high), log=log)
+                else:
+                    config[name] = trial.suggest_float(name, low, high, log=log)
+        return fixed
+
+
+def optuna_sampler(algorithm: str, seed: int):
+    """Optuna's sampler for ``tpe`` or ``bayesian``, seeded."""
+    import warnings
+
+    import optuna
+
+    if algorithm == "tpe":
+        # multivariate + group model the conditional parameters jointly with what they
+        # depend on; the constant liar keeps parallel trials from getting the same point.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if algorithm == "bayesian":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise ValueError(f"no Optuna sampler for {algorithm!r}")
+
+
+def searcher_for(spec: Spec, max_concurrent: int, metric: str, mode: str):
+    """(search_alg, param_space) for ``tune.Tuner``: Tune's variant generator with the
+    param space for ``grid``, else a searcher that holds the space itself."""
+    from tuner.tune import param_space
+
+    se = spec.search
+    if se.algorithm == "grid":
+        # The generator's own limit: Tune ignores max_concurrent_trials for it.
+        return BasicVariantGenerator(random_state=se.seed, max_concurrent=max_concurrent), param_space(spec)
+    if se.algorithm in ("random", "quasi_random"):
+        searcher = UnitCubeSearch(se.space, se.algorithm, se.seed, metric=metric, mode=mode)
+    elif se.algorithm in ("tpe", "bayesian"):
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(space=OptunaSpace(se.space), metric=metric, mode=mode,
+                                sampler=optuna_sampler(se.algorithm, se.seed))
+    else:  # pragma: no cover - spec validation admits no other algorithm
+        raise ValueError(f"unknown search algorithm {se.algorithm!r}")
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), {}
+
+
+# --- schedulers and the plateau stopper ------------------------------------------------
+
+
+def hyperband_brackets(max_t: int, grace_period: int, reduction_factor: int) -> int:
+    """Hyperband's bracket count: one per halving rate, s = 0 .. floor(log_rf(max_t / grace))."""
+    return int(math.floor(math.log(max_t / grace_period, reduction_factor) + 1e-9)) + 1
+
+
+def scheduler_for(spec: Spec, search: bool, time_attr: str):
+    """The spec's scheduler (ASHA, Hyperband and median stopping resumable), FIFO for a
+    single training run."""
+    from tuner.resume import ResumableASHA
+
+    a, kind = spec.asha, spec.scheduler.kind if search else "fifo"
+    if kind == "asha":
+        return ResumableASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
+                             reduction_factor=a.reduction_factor)
+    if kind == "hyperband":
+        return ResumableASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
+                             reduction_factor=a.reduction_factor, seed=spec.search.seed,
+                             brackets=hyperband_brackets(a.max_t, a.grace_period, a.reduction_factor))
+    if kind == "median_stopping":
+        return ResumableMedian(time_attr=time_attr, grace_period=a.grace_period,
+                               min_samples_required=spec.scheduler.median_min_trials)
+    if kind == "fifo":
+        return FIFOScheduler()
+    raise ValueError(f"unknown scheduler {kind!r}")  # pragma: no cover - validated in the spec
+
+
+class ResumableMedian(MedianStoppingRule):
+    """The median stopping rule (Golovin et al., KDD 2017: stop a trial whose best so far
+    is below the median of the other trials' running means at the same epoch) whose
+    records can be saved and loaded as plain data. It never pauses a trial: a pause
+    would tear its worker group down."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, hard_stop=True, **kwargs)
+        self._saved: dict[str, list] = {}  # loaded records of trials not re-added yet
+
+    def _on_insufficient_samples(self, tune_controller, trial, time) -> str:
+        return TrialScheduler.CONTINUE
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        saved = self._saved.pop(trial.trial_id, None)
+        if saved:  # a trial re-added by a resume: its results so far
+            self._results[trial] = [{self._time_attr: t, self._metric: m} for t, m in saved]
+
+    def state(self) -> dict:
+        records = {t.trial_id: [[r[self._time_attr], r[self._metric]] for r in results
+                                if r and self._time_attr in r and self._metric in r]
+                   for t, results in self._results.items()}
+        return {"results": {**self._saved, **records}}
+
+    def load(self, state: dict) -> None:
+        self._saved = {k: [list(r) for r in v] for k, v in state["results"].items()}
+
+
+class Plateau(tune.Stopper):
+    """Stops a trial whose ``metric`` has not improved by more than ``min_delta`` for
+    ``patience`` epochs (as Keras' EarlyStopping; higher is better). Epochs come from the
+    result's ``time_attr``, so a trial that resumes and reports an epoch again is judged
+    by the epochs it trained, not by how many reports came in."""
+
+    def __init__(self, metric: str, time_attr: str, patience: int, min_delta: float = 0.0):
+        self.metric, self.time_attr, self.patience, self.min_delta = metric, time_attr, patience, min_delta
+        self.best: dict[str, list] = {}  # trial id -> [best value, its epoch]
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        value, epoch = result.get(self.metric), result.get(self.time_attr)
+        if value is None or epoch is None or not math.isfinite(value):
+            return False
+        best = self.best.get(trial_id)
+        if best is None or value - self.min_delta > best[0]:
+            self.best[trial_id] = [value, epoch]
+            return False
+        return epoch - best[1] >= self.patience
+
+    def stop_all(self) -> bool:
+        return False
+
+    def state(self) -> dict:
+        return {"best": {k: list(v) for k, v in self.best.items()}}
+
+    def load(self, state: dict) -> None:
+        self.best.update({k: list(v) for k, v in state["best"].items()})
+
+
+def stopper_for(spec: Spec, metric: str, time_attr: str) -> Plateau | None:
+    s = spec.scheduler
+    return Plateau(metric, time_attr, s.plateau_patience, s.plateau_min_delta) if s.plateau_patience else None
