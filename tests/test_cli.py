@@ -74,6 +74,14 @@ def test_experiment_state_and_what_a_rerun_may_change(tmp_path):
     other = load_spec("quick", ["asha.max_t=5"], name="exp", **{"storage.uri": str(tmp_path)}).with_absolute_paths()
     with pytest.raises(cli.UsageError, match=r"different spec \(`asha.max_t` differ\)"):
         cli.experiment_state(other)
+    # Stored by an older tuner, without the fields added since: those count as defaults.
+    older = cli.spec_json(spec)
+    del older["scheduler"], older["checkpoint"]["upload"]
+    (tmp_path / "exp" / cli.SPEC_FILE).write_text(json.dumps(older))
+    assert cli.experiment_state(spec) == "interrupted"
+    with pytest.raises(cli.UsageError, match=r"different spec \(`scheduler.kind` differ\)"):
+        cli.experiment_state(load_spec("quick", ["scheduler.kind=fifo"], name="exp",
+                                       **{"storage.uri": str(tmp_path)}).with_absolute_paths())
     summary = {"spec": cli.spec_json(spec), "best": None,
                "trials": [{"trial_id": "a", "status": "error"}]}
     (tmp_path / "exp" / "summary.json").write_text(json.dumps(summary))

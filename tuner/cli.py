@@ -15,7 +15,7 @@ import sys
 import pyarrow.fs as pafs
 
 from tuner import data, results, storage, worker
-from tuner.spec import SpecError, differences, load_spec, missing_dependency, preset_names, require_fixed
+from tuner.spec import SpecError, build_spec, differences, load_spec, missing_dependency, preset_names, require_fixed
 
 EXIT_USAGE = 2
 SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
@@ -142,6 +142,15 @@ def spec_json(spec) -> dict:
     return json.loads(json.dumps(spec.to_dict()))
 
 
+def with_defaults(stored: dict) -> dict:
+    """A stored spec with the fields added since it was stored at their defaults (an
+    experiment started before `scheduler` existed ran ASHA, as the default does)."""
+    try:
+        return spec_json(build_spec(stored))
+    except SpecError:  # not a spec this version reads: compare it as it is
+        return stored
+
+
 def experiment_state(spec) -> str:
     """``new``, ``interrupted`` (started, no summary yet), ``failed-trials`` (finished with
     trials that failed, to be retried) or ``finished``, for this spec.
@@ -162,7 +171,7 @@ def experiment_state(spec) -> str:
         state, stored = "interrupted", storage.read_json(spec_uri, endpoint)
     else:
         return "new"
-    changed = [k for k in (differences(stored, spec_json(spec)) if stored is not None else [])
+    changed = [k for k in (differences(with_defaults(stored), spec_json(spec)) if stored is not None else [])
                if not k.startswith(RUN_SETTINGS)]
     if changed:
         shown = ", ".join(f"`{k}`" for k in changed[:3]) + (" ..." if len(changed) > 3 else "")
