@@ -20,6 +20,7 @@ command, to docs/benchmarks.md (not with --smoke).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -395,6 +396,9 @@ def searchers(work: Path, mnist: str | None, smoke: bool) -> dict:
     samples, max_t = (2, 1) if smoke else (24, 10)
     out = {}
     for algorithm in SEARCHERS:
+        if algorithm == "bayesian" and importlib.util.find_spec("torch") is None:
+            out[algorithm] = {"skipped": "PyTorch is not installed: pip install -e '.[bayesian]'"}
+            continue
         name = f"{NAME['searchers']}-{algorithm}"
         run = tuner(["tune", "--config", "mnist", "--name", name, "--storage", str(work / "store"),
                      "--set", f"data.uri={dataset}", "--set", f"search.algorithm={algorithm}",

@@ -82,6 +82,9 @@ def test_experiment_state_and_what_a_rerun_may_change(tmp_path):
     with pytest.raises(cli.UsageError, match=r"different spec \(`scheduler.kind` differ\)"):
         cli.experiment_state(load_spec("quick", ["scheduler.kind=fifo"], name="exp",
                                        **{"storage.uri": str(tmp_path)}).with_absolute_paths())
+    # Sync or async uploads change no result: a re-run may switch.
+    assert cli.experiment_state(load_spec("quick", ["checkpoint.upload=sync"], name="exp",
+                                          **{"storage.uri": str(tmp_path)}).with_absolute_paths()) == "interrupted"
     summary = {"spec": cli.spec_json(spec), "best": None,
                "trials": [{"trial_id": "a", "status": "error"}]}
     (tmp_path / "exp" / "summary.json").write_text(json.dumps(summary))

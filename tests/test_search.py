@@ -106,12 +106,9 @@ def test_inactive_conditional_hyperparameters_are_none():
     assert config["momentum"] == 0.5 and config["decay_epochs"] == 1.0 and config["decay_rate"] == 0.7
 
 
-def test_quasi_random_covers_a_choice_evenly_and_random_need_not():
-    spec = spec_for("quasi_random")
-    quasi = Counter(c["optimizer"] for c in drive(searcher(spec), 16))
+def test_quasi_random_covers_a_choice_evenly():
+    quasi = Counter(c["optimizer"] for c in drive(searcher(spec_for("quasi_random")), 16))
     assert set(quasi.values()) == {4}, quasi  # a Sobol prefix of 2^k points is stratified
-    rand = Counter(c["optimizer"] for c in drive(searcher(spec_for("random")), 16))
-    assert sum(rand.values()) == 16
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

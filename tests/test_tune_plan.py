@@ -11,12 +11,22 @@ def test_param_space_samplers_and_conditional_values():
     space = param_space(load_spec("quick"))
     assert isinstance(space["learning_rate"], tune.search.sample.Float)
     assert isinstance(space["width"], tune.search.sample.Categorical)
-    # optimizer varies: momentum is 0.9 for sgd, None for the others
-    assert space["momentum"].sample(config={"optimizer": "sgd"}) == 0.9
-    assert space["momentum"].sample(config={"optimizer": "adam"}) is None
     # schedule fixed to constant: the decay settings are None outright
     fixed = param_space(load_spec("quick", ["search.space.schedule=constant"]))
     assert fixed["decay_epochs"] is fixed["decay_rate"] is fixed["staircase"] is None
+
+
+def test_a_grid_gives_conditional_hyperparameters_only_where_they_count():
+    from ray.tune.search.variant_generator import generate_variants
+
+    spec = load_spec("quick", ["search.algorithm=grid", "search.space.learning_rate=0.01", "search.space.dropout=0.1",
+                               "search.space.width=64", "search.space.depth=1", "search.space.batch_size=32",
+                               "search.space.optimizer={choice: [adam, sgd]}", "search.space.momentum={choice: [0.8]}"])
+    # As Tune's variant generator resolves it: the whole trial spec, config inside.
+    configs = [v["config"] for _, v in generate_variants({"config": param_space(spec)})]
+    got = sorted((c["optimizer"], c["schedule"], c["momentum"], c["decay_epochs"]) for c in configs)
+    assert got == [("adam", "constant", None, None), ("adam", "exponential", None, 1.0),
+                   ("sgd", "constant", 0.8, None), ("sgd", "exponential", 0.8, 1.0)]
 
 
 def test_param_space_grid_uses_grid_search():

@@ -11,16 +11,18 @@ import json
 import os
 import posixpath
 import sys
+from typing import Any
 
 import pyarrow.fs as pafs
 
 from tuner import data, results, storage, worker
-from tuner.spec import SpecError, build_spec, differences, load_spec, missing_dependency, preset_names, require_fixed
+from tuner.spec import (HYPERPARAMETERS, Spec, SpecError, differences, load_spec, missing_dependency, preset_names,
+                        require_fixed)
 
 EXIT_USAGE = 2
 SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
 # Fields that say how to run, not what: a re-run may change them.
-RUN_SETTINGS = ("failure.", "scaling.max_concurrent_trials")
+RUN_SETTINGS = ("failure.", "scaling.max_concurrent_trials", "checkpoint.upload")
 
 
 class UsageError(RuntimeError):
@@ -144,11 +146,15 @@ def spec_json(spec) -> dict:
 
 def with_defaults(stored: dict) -> dict:
     """A stored spec with the fields added since it was stored at their defaults (an
-    experiment started before `scheduler` existed ran ASHA, as the default does)."""
-    try:
-        return spec_json(build_spec(stored))
-    except SpecError:  # not a spec this version reads: compare it as it is
-        return stored
+    experiment started before `scheduler` existed ran ASHA, as the default does). Not
+    validated: only the differences matter here."""
+
+    def merge(stored: Any, defaults: Any) -> Any:
+        if not (isinstance(stored, dict) and isinstance(defaults, dict)) or set(defaults) == set(HYPERPARAMETERS):
+            return stored  # a value, or the space (stored whole)
+        return {**defaults, **{k: merge(v, defaults[k]) if k in defaults else v for k, v in stored.items()}}
+
+    return merge(stored, spec_json(Spec()))
 
 
 def experiment_state(spec) -> str:

@@ -111,7 +111,8 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
             ax.plot([r["epoch"] for r in hist], [r["val_accuracy"] for r in hist], marker="o", ms=3,
                     color=colours.get(rung, "grey"), alpha=0.8)
     for rung, colour in colours.items():
-        ax.plot([], [], color=colour, label=f"stopped at rung {rung}" if rung != milestones[-1] else f"full budget ({rung})")
+        ax.plot([], [], color=colour, label=f"stopped at epoch {rung} or after" if rung != milestones[-1]
+                else f"full budget ({rung})")
     scheduler = summary["spec"].get("scheduler", {}).get("kind", "asha")
     ax.set(xlabel="epoch", ylabel="validation accuracy",
            title=f"Learning curves, by the last rung each trial reached (scheduler: {scheduler})")

@@ -72,8 +72,8 @@ def param_space(spec: Spec) -> dict:
         parents = spec.search.space[parent]
         if parents.is_fixed:
             out[name] = out[name] if parents.values[0] == value else None
-        elif set(parents.values) != {value}:  # the spec admits only a fixed value here
-            out[name] = tune.sample_from(_IfActive(name, out[name]))
+        elif set(parents.values) != {value}:  # the spec admits only one value here
+            out[name] = tune.sample_from(_IfActive(name, spec.search.space[name].values[0]))
     assert set(out) == set(HYPERPARAMETERS)
     return out
 
@@ -84,8 +84,10 @@ class _IfActive:
     def __init__(self, name: str, value):
         self.name, self.value = name, value
 
-    def __call__(self, config) -> object:
+    def __call__(self, spec) -> object:
+        # Tune's variant generator passes the whole trial spec ({"config": {...}, ...}).
         parent, value = CONDITIONS[self.name]
+        config = spec["config"] if "config" in spec and parent not in spec else spec
         return self.value if config[parent] == value else None
 
 

@@ -13,6 +13,7 @@ import math
 import os
 import posixpath
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -263,25 +264,30 @@ def _epoch_reporter(*args, **kwargs):
             # Ray deletes `keep` once it is uploaded; with the async mode that is while
             # the next epoch trains, and the metrics reach Tune after the upload.
             keep = tempfile.mkdtemp(prefix="tuner-checkpoint-")
-            with tempfile.TemporaryDirectory() as scratch:
-                # Every rank saves (a save on rank 0 alone deadlocks under the strategy);
-                # only rank 0's model lands in the checkpoint, beside every rank's digest.
-                save_started = time.time()
-                self.net.save(Path(keep if self.rank == 0 else scratch) / MODEL_FILE)
-            Path(keep, f"weights-rank{self.rank}.sha256").write_text(digest + "\n")
-            if self.rank == 0:
-                Path(keep, STATE_FILE).write_text(json.dumps({"epoch": done, "metrics": metrics}, indent=2))
-            metrics["checkpoint_save_seconds"] = time.time() - save_started
-            # Known only once it returns: reported with the next epoch.
-            metrics["previous_report_seconds"] = self.report_seconds
-            report_started = time.time()
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(keep),
-                checkpoint_dir_name=checkpoint_dir_name(done),
-                checkpoint_upload_mode=ray.train.CheckpointUploadMode[UPLOAD_MODES[self.cfg.get("checkpoint_upload", "sync")]],
-                delete_local_checkpoint_after_upload=True,
-            )
+            try:
+                with tempfile.TemporaryDirectory() as scratch:
+                    # Every rank saves (a save on rank 0 alone deadlocks under the strategy);
+                    # only rank 0's model lands in the checkpoint, beside every rank's digest.
+                    save_started = time.time()
+                    self.net.save(Path(keep if self.rank == 0 else scratch) / MODEL_FILE)
+                Path(keep, f"weights-rank{self.rank}.sha256").write_text(digest + "\n")
+                if self.rank == 0:
+                    Path(keep, STATE_FILE).write_text(json.dumps({"epoch": done, "metrics": metrics}, indent=2))
+                metrics["checkpoint_save_seconds"] = time.time() - save_started
+                # Known only once it returns: reported with the next epoch.
+                metrics["previous_report_seconds"] = self.report_seconds
+                upload = ray.train.CheckpointUploadMode[UPLOAD_MODES[self.cfg.get("checkpoint_upload", "sync")]]
+                report_started = time.time()
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(keep),
+                    checkpoint_dir_name=checkpoint_dir_name(done),
+                    checkpoint_upload_mode=upload,
+                    delete_local_checkpoint_after_upload=True,
+                )
+            except BaseException:
+                shutil.rmtree(keep, ignore_errors=True)  # Ray deletes it only after an upload
+                raise
             self.report_seconds = time.time() - report_started
 
     return EpochReporter(*args, **kwargs)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, REQUIRE_SERVICES
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +21,17 @@ def test_bench_smoke(tmp_path):
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             results.update(json.loads(line))
-    assert set(results) == {"b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt", "peers"}
+    assert set(results) == {"b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt", "peers", "searchers"}
     assert results["b1"]["ratio"] > 0 and results["b2"]["workers_2"]["median_startup_seconds"] > 0
     assert 0 < results["b1"]["trial_fraction_of_peak"] < 1
     assert 0 < results["tuned"]["best_test_accuracy"] <= 1
     assert results["economy"]["asha"]["trials"] == results["economy"]["fifo"]["trials"]
     assert set(results["scaling"]["linear"]) == {"workers_1", "workers_2", "spread_pt"}
-    assert results["ckpt"]["median_fraction_of_epoch"] > 0
+    assert results["ckpt"]["sync"]["median_fraction_of_epoch"] > 0 < results["ckpt"]["async"]["median_fraction_of_epoch"]
+    searched = results["searchers"]
+    assert all(searched[a]["trials"] == searched["samples"] for a in ("random", "quasi_random", "tpe"))
+    # Without PyTorch the bench skips `bayesian`; CI installs it.
+    assert "trials" in searched["bayesian"] or (not REQUIRE_SERVICES and "skipped" in searched["bayesian"])
     assert {"tuner", "kerastuner", "optuna", "raytune"} <= set(results["peers"])
     assert [p for p, r in results["peers"].items() if isinstance(r, dict) and r["multi_worker_trials"]] == ["tuner"]
     # A smoke run records nothing.
