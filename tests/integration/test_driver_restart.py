@@ -89,7 +89,11 @@ def test_rerun_after_driver_death_resumes_the_experiment(moto_s3, tmp_path, uniq
         kill_session(first.pid)
         first.wait(timeout=30)
         log.close()
-    done_before = sorted(before)[:-1]  # all but the trial that was running
+    # Trial ids do not sort by start: the finished trials are those with the last epoch's
+    # checkpoint (no early stopping here), the one that was running is the other.
+    last = f"/epoch-{MAX_T:04d}/"
+    done_before = [t for t, keys in before.items() if any(last in k for k in keys)]
+    (running,) = set(before) - set(done_before)
 
     second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -110,7 +114,6 @@ def test_rerun_after_driver_death_resumes_the_experiment(moto_s3, tmp_path, uniq
         mine = [r for r in rows if r["trial_id"] == trial_id]
         assert sorted(r["epoch"] for r in mine) == list(range(1, len(mine) + 1)), mine
     # The interrupted trial went on from its newest checkpoint: at most one epoch lost.
-    running = sorted(before)[-1]
     newest_before = max(int(k.split("/epoch-")[1][:4]) for k in before[running])
     assert trials[running]["epochs"] == MAX_T
     resumed = [r["resumed_from_epoch"] for r in rows if r["trial_id"] == running]
