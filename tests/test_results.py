@@ -2,7 +2,7 @@
 
 import math
 
-from tuner.results import rows_from_results, summarize, worker_group_starts
+from tuner.results import rows_from_results, running_seconds, summarize, worker_group_starts
 from tuner.spec import load_spec
 
 CONFIG = {"learning_rate": 1e-3, "schedule": "constant", "decay_epochs": 1.0, "decay_rate": 0.5, "staircase": True,
@@ -93,3 +93,10 @@ def test_a_start_whose_reports_were_lost_counts_by_its_resumed_epoch():
     assert worker_group_starts(run(3, 5)) == [0, 2]
     # Rows without the metric (written before it existed) count as no start.
     assert worker_group_starts([epoch(1, 0.5)]) == []
+
+
+def test_running_time_adds_up_the_runs_of_a_paused_and_resumed_trial():
+    # Tune's time_total_s starts again from 0 when the trial's function runs again.
+    history = [{"time_total_s": t} for t in (8.0, 10.0, 7.5, 9.5, 11.5)]
+    assert running_seconds(history) == 10.0 + 11.5
+    assert running_seconds([{"time_total_s": 3.0}, {}]) == 3.0 and running_seconds([]) is None

@@ -5,6 +5,7 @@ import math
 import os
 from collections import Counter
 
+import numpy as np
 import pytest
 import ray.cloudpickle as pickle
 from ray.tune.callback import CallbackList
@@ -196,24 +197,150 @@ class FakeTrial:
     def __init__(self, trial_id, status="PENDING"):
         self.trial_id, self.status = trial_id, status
 
+    def set_status(self, status):
+        self.status = status
+
     def __repr__(self):
         return self.trial_id
 
 
 def test_each_scheduler_kind_and_its_budget():
     kinds = {}
-    for kind in ("asha", "hyperband", "median_stopping", "fifo"):
+    for kind in ("asha", "asha_promote", "hyperband", "median_stopping", "fifo"):
         kinds[kind] = search.scheduler_for(load_spec("quick", [f"scheduler.kind={kind}", "asha.max_t=10",
                                                                 "asha.reduction_factor=3"]), True, "epoch")
     assert isinstance(kinds["asha"], ResumableASHA) and len(kinds["asha"]._brackets) == 1
     assert isinstance(kinds["hyperband"], ResumableASHA) and len(kinds["hyperband"]._brackets) == 3
     assert [[m for m, _ in b._rungs] for b in kinds["hyperband"]._brackets] == [[9, 3, 1], [9, 3], [9]]
+    assert isinstance(kinds["asha_promote"], search.PromotingASHA)
+    assert [m for m, _ in kinds["asha_promote"]._rungs] == [9, 3, 1]
     assert isinstance(kinds["median_stopping"], search.ResumableMedian)
     assert type(kinds["fifo"]) is FIFOScheduler
     # A single training run (`tuner train`) never stops early.
     assert type(search.scheduler_for(load_spec("quick"), False, "epoch")) is FIFOScheduler
     assert search.hyperband_brackets(81, 1, 3) == 5 and search.hyperband_brackets(9, 1, 3) == 3
     assert search.hyperband_brackets(10, 4, 3) == 1
+
+
+class FakeSearch:
+    def __init__(self, total):
+        self.total, self.made = total, 0
+
+    def is_finished(self):
+        return self.made >= self.total
+
+
+class FakeController:
+    """Just enough of Tune's loop for a scheduler that pauses: a searcher that makes
+    trials while fewer than ``slots`` plus the waiting ones are live (as ``Keeper``
+    lets it), the scheduler's choice first, trials that train one epoch per event."""
+
+    def __init__(self, scheduler, curves, slots):
+        self.scheduler, self.curves, self.slots = scheduler, curves, slots
+        self.trials, self.search_alg, self.epochs = [], FakeSearch(len(curves)), {}
+        self.trained = 0
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        self.scheduler.on_trial_remove(self, trial)
+        trial.status = "TERMINATED"
+
+    def new_trials(self):
+        live = [t for t in self.trials if t.status != "TERMINATED"]
+        while not self.search_alg.is_finished() and len(live) < self.slots + self.scheduler.waiting():
+            trial = FakeTrial(f"t{self.search_alg.made:02d}")
+            self.search_alg.made += 1
+            self.scheduler.on_trial_add(self, trial)
+            self.trials.append(trial)
+            live.append(trial)
+
+    def start(self):
+        while sum(t.status == "RUNNING" for t in self.trials) < self.slots:
+            trial = self.scheduler.choose_trial_to_run(self)
+            if trial is None:
+                return
+            trial.status = "RUNNING"
+
+    def train(self, trial):
+        epoch = self.epochs[trial.trial_id] = self.epochs.get(trial.trial_id, 0) + 1
+        self.trained += 1
+        decision = self.scheduler.on_trial_result(
+            self, trial, {"epoch": epoch, "val_accuracy": self.curves[int(trial.trial_id[1:])][epoch - 1]})
+        if decision == "PAUSE":
+            trial.status = "PAUSED"
+        elif epoch == self.scheduler.max_t:
+            self.scheduler.on_trial_complete(self, trial, {})
+            trial.status = "TERMINATED"
+
+    def run(self, steps=10_000):
+        for _ in range(steps):
+            self.new_trials()
+            self.start()
+            running = [t for t in self.trials if t.status == "RUNNING"]
+            if not running:
+                return
+            self.train(running[0])
+
+
+def promoting(**kw):
+    return search.PromotingASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=9, grace_period=1,
+                                reduction_factor=3, **kw)
+
+
+def curves(n, seed=0):
+    rng = np.random.default_rng(seed)
+    quality = rng.uniform(0.9, 0.99, n)
+    return [[q - 0.05 / e + rng.normal(0, 0.002) for e in range(1, 10)] for q in quality]
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_promoting_asha_sends_on_a_third_per_rung_and_takes_the_best_to_the_budget(slots):
+    runs = curves(27)
+    sim = FakeController(promoting(max_concurrent=slots), runs, slots)
+    sim.run()
+    assert all(t.status == "TERMINATED" for t in sim.trials) and len(sim.trials) == 27
+    reached = Counter()
+    for epochs in sim.epochs.values():
+        reached.update(m for m in (1, 3, 9) if epochs >= m)
+    # Synchronous halving: 27, 9, 3. Promotion decided early may send on a few more.
+    assert reached[1] == 27 and 9 <= reached[3] <= 11 and 3 <= reached[9] <= 5, reached
+    assert sim.trained <= 0.30 * 27 * 9
+    best = max(range(27), key=lambda i: runs[i][-1])
+    assert sim.epochs[f"t{best:02d}"] == 9
+
+
+def test_the_first_trial_at_a_rung_waits_instead_of_going_on():
+    sim = FakeController(promoting(), curves(3), 1)
+    sim.new_trials()
+    sim.start()
+    first = sim.trials[0]
+    sim.train(first)
+    assert first.status == "PAUSED" and sim.scheduler.waiting() == 1
+    sim.new_trials()  # its slot goes to a new trial: nothing is promotable yet
+    assert len(sim.trials) == 2
+
+
+def test_promoting_asha_resumes_where_it_stopped_after_a_restore():
+    runs = curves(27, seed=1)
+    whole = FakeController(promoting(), runs, 1)
+    whole.run()
+    half = FakeController(promoting(), runs, 1)
+    half.run(steps=40)
+    state = pickle.loads(pickle.dumps(half.scheduler.state()))
+    # A restored run: Tune re-adds unfinished trials as PENDING; waiting ones go back to waiting.
+    restored = promoting()
+    restored.load(state)
+    again = FakeController(restored, runs, 1)
+    again.search_alg.made, again.epochs, again.trained = half.search_alg.made, dict(half.epochs), half.trained
+    for t in half.trials:
+        trial = FakeTrial(t.trial_id, "TERMINATED" if t.status == "TERMINATED" else "PENDING")
+        restored.on_trial_add(again, trial)
+        again.trials.append(trial)
+    assert [t.status for t in again.trials] == [t.status.replace("RUNNING", "PENDING") for t in half.trials]
+    again.run()
+    assert again.epochs == whole.epochs
 
 
 def hyperband(seed):
@@ -293,7 +420,7 @@ def test_the_plateau_rule_comes_from_the_spec():
     assert (stop.patience, stop.min_delta) == (3, 0.001)
     with pytest.raises(SpecError, match=r"`scheduler.plateau_patience` is 0, but must be >= 1"):
         load_spec("quick", ["scheduler.plateau_patience=0"])
-    with pytest.raises(SpecError, match=r"`scheduler.kind` is 'pbt', but must be one of: asha, hyperband"):
+    with pytest.raises(SpecError, match=r"`scheduler.kind` is 'pbt', but must be one of: asha, asha_promote, hyperband"):
         load_spec("quick", ["scheduler.kind=pbt"])
 
 

@@ -105,6 +105,21 @@ def worker_group_starts(history: list[dict]) -> list[int]:
     return starts
 
 
+def running_seconds(history: list[dict]) -> float | None:
+    """Seconds the trial ran, summed over its runs: Tune's ``time_total_s`` starts from 0
+    again each time the trial's function runs again (after a pause or a resume), since
+    the trial reports no checkpoint to Tune."""
+    total, previous = 0.0, None
+    for m in history:
+        seconds = _clean(m.get("time_total_s"))
+        if seconds is None:
+            continue
+        if previous is not None and seconds < previous:
+            total += previous
+        previous = seconds
+    return None if previous is None else total + previous
+
+
 def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri, checkpoint_exists) -> dict:
     """The summary without the test accuracy (added by ``export_best``).
 
@@ -133,7 +148,7 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
             "global_batch": t["config"]["batch_size"] * spec.scaling.workers,
             "steps_per_epoch": _clean(last.get("steps_per_epoch")),
             "best_val_accuracy": max((m[METRIC] for m in history), default=None),
-            "wall_seconds": _clean(last.get("time_total_s")),
+            "wall_seconds": running_seconds(history),
             "restarts": len(starts) - 1 if starts else 0,
             "resumed_from_epochs": starts[1:],
         })

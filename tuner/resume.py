@@ -90,6 +90,7 @@ class Slots:
         self.capacity = capacity
         self.holders: set[str] = set()
         self.ended: set[str] = set()
+        self.paused: set[str] = set()  # freed by `pause`: will acquire again
         self.changed = asyncio.Condition()
 
     async def acquire(self, trial_id: str) -> bool:
@@ -99,13 +100,21 @@ class Slots:
             if trial_id in self.ended:
                 return False
             self.holders.add(trial_id)
+            self.paused.discard(trial_id)
             return True
 
     async def release(self, trial_id: str) -> None:
         async with self.changed:
-            if trial_id not in self.holders:
+            if trial_id not in self.holders and trial_id not in self.paused:
                 self.ended.add(trial_id)
             self.holders.discard(trial_id)
+            self.changed.notify_all()
+
+    async def pause(self, trial_id: str) -> None:
+        """Free the slot of a trial that will run again (paused by the scheduler)."""
+        async with self.changed:
+            self.holders.discard(trial_id)
+            self.paused.add(trial_id)
             self.changed.notify_all()
 
     async def held(self) -> list[str]:
@@ -141,10 +150,13 @@ class Keeper(tune.Callback):
         """Point a restored keeper at this run's concurrency and slots."""
         self.max_concurrent, self.slots_name = max_concurrent, slots_name
         self._started = False
+        if hasattr(self.scheduler, "max_concurrent"):
+            self.scheduler.max_concurrent = max_concurrent
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_slots"] = None  # an actor handle of a cluster that will be gone
+        state.pop("_paused", None)
         return state
 
     def get_state(self) -> dict | None:
@@ -172,8 +184,12 @@ class Keeper(tune.Callback):
             log.info("Restored the %s's records.", type(target).__name__)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if self._started or self.searcher is None:
-            return
+        if not self._started and self.searcher is not None:
+            self._first_step(trials)
+        if hasattr(self.scheduler, "waiting"):
+            self._follow_pauses(trials)
+
+    def _first_step(self, trials) -> None:
         self._started = True
         # The searcher was restored with the first run's limit and without the trials
         # Tune re-added (errored ones had left its count): this run's limit, and they
@@ -188,19 +204,31 @@ class Keeper(tune.Callback):
             self.searcher.live_trials.update(new)
             self.searcher.num_unfinished_live_trials += len(new)
 
-    def _release(self, trial) -> None:
+    def _follow_pauses(self, trials) -> None:
+        """With ``PromotingASHA``: free the slots of trials paused at a rung (Tune stops
+        their actors without running the trial's own ``finally``), and let the searcher
+        suggest new trials only for slots that promotions leave free (paused trials still
+        count as live for it)."""
+        paused = {t.trial_id for t in trials if t.status == "PAUSED"}
+        for trial_id in paused - getattr(self, "_paused", set()):
+            self._release(trial_id, paused=True)
+        self._paused = paused
+        if self.searcher is not None:
+            self.searcher.max_concurrent = self.max_concurrent + self.scheduler.waiting()
+
+    def _release(self, trial_id: str, paused: bool = False) -> None:
         try:
             if self._slots is None:
                 self._slots = ray.get_actor(self.slots_name)
-            self._slots.release.remote(trial.trial_id)
+            (self._slots.pause if paused else self._slots.release).remote(trial_id)
         except ValueError:  # no such actor: nothing to free
-            log.warning("Trial slots actor %r is gone; cannot free the slot of %s", self.slots_name, trial.trial_id)
+            log.warning("Trial slots actor %r is gone; cannot free the slot of %s", self.slots_name, trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._release(trial)
+        self._release(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._release(trial)
+        self._release(trial.trial_id)
 
 
 def start_slots(name: str, capacity: int):

@@ -19,10 +19,10 @@ Conditional hyperparameters (``spec.CONDITIONS``): momentum is used only by sgd,
 decay settings only by the exponential schedule. In a trial whose config does not use
 one, its value is None.
 
-Schedulers: ``asha``, ``hyperband`` (asynchronous, one bracket per halving rate),
-``median_stopping`` and ``fifo``; the ``Plateau`` stopper combines with any of them.
-ASHA, Hyperband, median stopping and the stopper keep their state across a resume
-through ``resume.Keeper``.
+Schedulers: ``asha``, ``asha_promote`` (``PromotingASHA``: the paper's rule, trials wait
+paused at a rung until promoted), ``hyperband`` (asynchronous, one bracket per halving
+rate), ``median_stopping`` and ``fifo``; the ``Plateau`` stopper combines with any of them.
+All but FIFO, and the stopper, keep their state across a resume through ``resume.Keeper``.
 
 Imports Ray: load it only where Tune runs.
 """
@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -220,6 +221,9 @@ def scheduler_for(spec: Spec, search: bool, time_attr: str):
     if kind == "asha":
         return ResumableASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
                              reduction_factor=a.reduction_factor)
+    if kind == "asha_promote":
+        return PromotingASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
+                             reduction_factor=a.reduction_factor)
     if kind == "hyperband":
         return ResumableASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
                              reduction_factor=a.reduction_factor, seed=spec.search.seed,
@@ -230,6 +234,161 @@ def scheduler_for(spec: Spec, search: bool, time_attr: str):
     if kind == "fifo":
         return FIFOScheduler()
     raise ValueError(f"unknown scheduler {kind!r}")  # pragma: no cover - validated in the spec
+
+
+class PromotingASHA(FIFOScheduler):
+    """ASHA with the promotion rule of Li et al. (MLSys 2020, https://arxiv.org/abs/1810.05934,
+    Algorithm 2): a trial reaching a rung goes on only if it is among the top
+    1/reduction_factor of the trials recorded there and not promoted from there before;
+    otherwise it pauses (Tune stops its actor, so its worker group is gone) and waits. When
+    a trial slot frees, the best waiting trial that has become promotable (highest rung
+    first) resumes from its newest checkpoint before any new trial starts. Once no new
+    trial comes, none runs and none is promotable, the waiting trials end where they are.
+
+    Ray's ASHA (``asha``) decides at once instead: a trial goes on unless it is below the
+    top 1/reduction_factor of those recorded at the rung so far, so the first trial at a
+    rung always goes on, and early trials are judged against few. Here each rung sends on
+    at most floor(n / reduction_factor) of its n trials, as synchronous successive halving
+    would, at the price of a worker-group start per resume.
+
+    Rewards are the trials' ``metric`` at the rung's epoch (``time_attr``). ``max_concurrent``
+    is the number of trial slots (set by ``tune.run``): free slots go to promotions first,
+    and ``resume.Keeper`` lets the searcher suggest new trials only for slots left over.
+    """
+
+    def __init__(self, time_attr: str, max_t: int, grace_period: int, reduction_factor: int,
+                 metric: str | None = None, mode: str | None = None, max_concurrent: int = 1):
+        super().__init__()
+        self._time_attr, self._metric, self._mode = time_attr, metric, mode
+        self.max_t, self.reduction_factor, self.max_concurrent = max_t, reduction_factor, max_concurrent
+        count = hyperband_brackets(max_t, grace_period, reduction_factor)
+        self._rungs = [(grace_period * reduction_factor ** k, {}) for k in reversed(range(count))]
+        self._promoted: dict[int, set[str]] = {m: set() for m, _ in self._rungs}
+        self._waiting: dict[str, int] = {}  # paused at a rung: trial id -> milestone
+        self._resume: set[str] = set()  # promoted from waiting, not yet running again
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        if self._metric and metric and self._metric != metric or self._mode and mode and self._mode != mode:
+            return False
+        self._metric, self._mode = self._metric or metric, self._mode or mode
+        return True
+
+    def _reward(self, value) -> float:
+        if value is None or not math.isfinite(value):
+            return -math.inf
+        return value if self._mode == "max" else -value
+
+    def _promotable(self, milestone: int, also: str | None = None) -> list[str]:
+        """Waiting trials (and ``also``) among the rung's top floor(n / rf) not yet
+        promoted from it, best first."""
+        recorded = dict(self._rungs)[milestone]
+        top = sorted(recorded, key=lambda t: recorded[t], reverse=True)[:len(recorded) // self.reduction_factor]
+        return [t for t in top if t not in self._promoted[milestone]
+                and (t == also or self._waiting.get(t) == milestone and t not in self._resume)]
+
+    def _fill(self, tune_controller, leaving: str | None = None) -> None:
+        """Give free trial slots to promotable waiting trials, highest rung first
+        (``leaving``: a trial that ends now but may still show as running)."""
+        busy = sum(1 for t in tune_controller.get_trials() if t.trial_id != leaving and (
+            t.status in (Trial.RUNNING, Trial.PENDING) and t.trial_id not in self._waiting
+            or t.status == Trial.PAUSED and t.trial_id in self._resume))
+        for milestone, _ in self._rungs:
+            for trial_id in self._promotable(milestone) if milestone < self.max_t else []:
+                if busy >= self.max_concurrent:
+                    return
+                self._promote(trial_id, milestone)
+                self._resume.add(trial_id)
+                busy += 1
+
+    def _promote(self, trial_id: str, milestone: int) -> None:
+        self._promoted[milestone].add(trial_id)
+        self._waiting.pop(trial_id, None)
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        # A resume re-adds unfinished trials as PENDING, and Tune starts every pending
+        # trial: one that was waiting at a rung goes back to waiting.
+        if trial.trial_id in self._waiting and trial.trial_id not in self._resume and trial.status == Trial.PENDING:
+            trial.set_status(Trial.PAUSED)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self._time_attr not in result or self._metric not in result:
+            return TrialScheduler.CONTINUE
+        trial_id, epoch = trial.trial_id, result[self._time_attr]
+        self._resume.discard(trial_id)  # it runs
+        for milestone, recorded in self._rungs:  # the highest rung reached decides, as in Ray's ASHA
+            if epoch < milestone:
+                continue
+            if trial_id in recorded:  # judged there already (or reported again after a restart)
+                break
+            recorded[trial_id] = self._reward(result[self._metric])
+            if milestone >= self.max_t:
+                break
+            above = [t for m, _ in self._rungs if milestone < m < self.max_t for t in self._promotable(m)]
+            if not above and trial_id in self._promotable(milestone, also=trial_id):
+                self._promote(trial_id, milestone)
+                break
+            self._waiting[trial_id] = milestone
+            self._fill(tune_controller)
+            return TrialScheduler.PAUSE
+        return TrialScheduler.CONTINUE
+
+    def _ended(self, tune_controller, trial) -> None:
+        self._waiting.pop(trial.trial_id, None)
+        self._resume.discard(trial.trial_id)
+        self._fill(tune_controller, leaving=trial.trial_id)
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self._ended(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._ended(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._waiting.pop(trial.trial_id, None)
+        self._resume.discard(trial.trial_id)
+
+    def choose_trial_to_run(self, tune_controller):
+        self._fill(tune_controller)
+        trials = tune_controller.get_trials()
+        for t in trials:
+            if t.status == Trial.PAUSED and t.trial_id in self._resume:
+                return t
+        for t in trials:
+            if t.status == Trial.PENDING:
+                return t
+        if (not self._resume and tune_controller.search_alg.is_finished()
+                and not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)):
+            for t in trials:  # nothing will come that could promote them
+                if t.status == Trial.PAUSED:
+                    tune_controller.stop_trial(t)
+        return None
+
+    def waiting(self) -> int:
+        """Paused trials that wait at a rung (they hold no trial slot)."""
+        return len(self._waiting)
+
+    def rungs(self) -> list[list[tuple[float, dict[str, float]]]]:
+        """As ``ResumableASHA.rungs``: one bracket."""
+        return [[(m, dict(recorded)) for m, recorded in self._rungs]]
+
+    def state(self) -> dict:
+        return {"rungs": self.rungs(), "promoted": {str(m): sorted(t) for m, t in self._promoted.items()},
+                "waiting": dict(self._waiting), "resume": sorted(self._resume)}
+
+    def load(self, state: dict) -> None:
+        (saved,) = state["rungs"]
+        if [m for m, _ in saved] != [m for m, _ in self._rungs]:
+            raise ValueError(f"saved rungs {saved} do not match this scheduler's milestones")
+        self._rungs = [(m, dict(recorded)) for m, recorded in saved]
+        self._promoted = {int(m): set(t) for m, t in state["promoted"].items()}
+        self._waiting = {t: int(m) for t, m in state["waiting"].items()}
+        # Promoted but not resumed when the run stopped: still promoted.
+        self._resume = set(state["resume"])
+
+    def debug_string(self) -> str:
+        return "Using ASHA with promotion: " + ", ".join(
+            f"rung {m}: {len(r)} reached, {len(self._promoted[m])} promoted" for m, r in reversed(self._rungs)
+            if m < self.max_t) + f"; {len(self._waiting)} waiting"
 
 
 class ResumableMedian(MedianStoppingRule):

@@ -28,7 +28,7 @@ OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 SCHEDULES = ("constant", "exponential")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 ALGORITHMS = ("random", "grid", "quasi_random", "tpe", "bayesian")
-SCHEDULERS = ("asha", "hyperband", "median_stopping", "fifo")
+SCHEDULERS = ("asha", "asha_promote", "hyperband", "median_stopping", "fifo")
 RANGE_KINDS = ("loguniform", "uniform")
 CHECKPOINT_UPLOADS = ("async", "sync")
 MAX_DEPTH = 3
@@ -194,7 +194,9 @@ class AshaSpec:
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    # "asha", "hyperband" (asynchronous: one bracket per halving rate), "median_stopping"
+    # "asha", "asha_promote" (the paper's promotion rule: a trial waits, paused, at a rung
+    # until it is in the top 1/reduction_factor there), "hyperband" (asynchronous: one
+    # bracket per halving rate), "median_stopping"
     # (stop a trial below the median of the others' running means) or "fifo" (every
     # trial runs the whole budget). Epoch budget, grace period and reduction factor: `asha`.
     kind: str = "asha"

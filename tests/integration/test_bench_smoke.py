@@ -25,7 +25,7 @@ def test_bench_smoke(tmp_path):
     assert results["b1"]["ratio"] > 0 and results["b2"]["workers_2"]["median_startup_seconds"] > 0
     assert 0 < results["b1"]["trial_fraction_of_peak"] < 1
     assert 0 < results["tuned"]["best_test_accuracy"] <= 1
-    assert results["economy"]["asha"]["trials"] == results["economy"]["fifo"]["trials"]
+    assert results["economy"]["asha"]["trials"] == results["economy"]["asha_promote"]["trials"] == results["economy"]["fifo"]["trials"]
     assert set(results["scaling"]["linear"]) == {"workers_1", "workers_2", "spread_pt"}
     assert results["ckpt"]["sync"]["median_fraction_of_epoch"] > 0 < results["ckpt"]["async"]["median_fraction_of_epoch"]
     searched = results["searchers"]

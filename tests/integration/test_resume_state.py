@@ -153,3 +153,12 @@ def test_slots_admit_at_most_capacity_and_let_a_holder_back_in(local_ray):
     assert ray.get(waiting, timeout=5) is False
     resume.release_slot("slots-capacity", "c")
     assert held_soon(slots, []) == []
+    # A trial paused at a rung frees its slot and may take one again, even if its own
+    # release comes late.
+    ray.get(slots.acquire.remote("e"))
+    ray.get(slots.pause.remote("e"))
+    resume.release_slot("slots-capacity", "e")
+    assert ray.get(slots.acquire.remote("f"), timeout=5) is True
+    waiting = slots.acquire.remote("e")
+    resume.release_slot("slots-capacity", "f")
+    assert ray.get(waiting, timeout=5) is True
