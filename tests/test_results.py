@@ -96,7 +96,9 @@ def test_a_start_whose_reports_were_lost_counts_by_its_resumed_epoch():
 
 
 def test_running_time_adds_up_the_runs_of_a_paused_and_resumed_trial():
-    # Tune's time_total_s starts again from 0 when the trial's function runs again.
-    history = [{"time_total_s": t} for t in (8.0, 10.0, 7.5, 9.5, 11.5)]
-    assert running_seconds(history) == 10.0 + 11.5
-    assert running_seconds([{"time_total_s": 3.0}, {}]) == 3.0 and running_seconds([]) is None
+    # Tune's time_total_s starts again from 0 when the trial's function runs again: the
+    # resumed run's first report (start-up and restore) may even come later than the last.
+    history = [{"time_this_iter_s": a, "time_total_s": b} for a, b in
+               ((8.0, 8.0), (2.0, 10.0), (10.5, 10.5), (2.0, 12.5))]
+    assert running_seconds(history) == 22.5
+    assert running_seconds([{"time_total_s": 3.0}]) == 3.0 and running_seconds([]) is None

@@ -341,6 +341,14 @@ def test_promoting_asha_resumes_where_it_stopped_after_a_restore():
     assert [t.status for t in again.trials] == [t.status.replace("RUNNING", "PENDING") for t in half.trials]
     again.run()
     assert again.epochs == whole.epochs
+    # Tune saves trials ended while waiting as they were (PAUSED): restored after the end,
+    # they stay ended rather than run on.
+    final = promoting()
+    final.load(pickle.loads(pickle.dumps(whole.scheduler.state())))
+    ended = [FakeTrial(t, "PENDING") for t, e in whole.epochs.items() if e < 9]
+    for t in ended:
+        final.on_trial_add(None, t)
+    assert ended and all(t.status == "TERMINATED" for t in ended)
 
 
 def hyperband(seed):

@@ -106,18 +106,15 @@ def worker_group_starts(history: list[dict]) -> list[int]:
 
 
 def running_seconds(history: list[dict]) -> float | None:
-    """Seconds the trial ran, summed over its runs: Tune's ``time_total_s`` starts from 0
-    again each time the trial's function runs again (after a pause or a resume), since
-    the trial reports no checkpoint to Tune."""
-    total, previous = 0.0, None
-    for m in history:
-        seconds = _clean(m.get("time_total_s"))
-        if seconds is None:
-            continue
-        if previous is not None and seconds < previous:
-            total += previous
-        previous = seconds
-    return None if previous is None else total + previous
+    """Seconds the trial ran, over all its runs: the sum of Tune's ``time_this_iter_s``
+    (each report's time since the previous one, or since its run started).
+    ``time_total_s`` counts only the last run: it starts from 0 again each time the
+    trial's function runs again (after a pause or a resume), since the trial reports no
+    checkpoint to Tune."""
+    steps = [_clean(m.get("time_this_iter_s")) for m in history]
+    if history and all(v is not None for v in steps):
+        return sum(steps)
+    return _clean(history[-1].get("time_total_s")) if history else None
 
 
 def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri, checkpoint_exists) -> dict:

@@ -104,8 +104,20 @@ class Slots:
             return True
 
     async def release(self, trial_id: str) -> None:
+        """The trial's own release, from its ``finally``: as ``end``, except for a trial
+        the scheduler paused, whose slot ``pause`` freed and which may run again."""
         async with self.changed:
             if trial_id not in self.holders and trial_id not in self.paused:
+                self.ended.add(trial_id)
+            self.holders.discard(trial_id)
+            self.changed.notify_all()
+
+    async def end(self, trial_id: str) -> None:
+        """Tune is done with the trial: free its slot; if it is still waiting for one
+        (its driver died mid-wait, and Ray does not cancel the dead caller's ``acquire``),
+        it never takes one."""
+        async with self.changed:
+            if trial_id not in self.holders:
                 self.ended.add(trial_id)
             self.holders.discard(trial_id)
             self.changed.notify_all()
@@ -220,7 +232,7 @@ class Keeper(tune.Callback):
         try:
             if self._slots is None:
                 self._slots = ray.get_actor(self.slots_name)
-            (self._slots.pause if paused else self._slots.release).remote(trial_id)
+            (self._slots.pause if paused else self._slots.end).remote(trial_id)
         except ValueError:  # no such actor: nothing to free
             log.warning("Trial slots actor %r is gone; cannot free the slot of %s", self.slots_name, trial_id)
 

@@ -266,6 +266,9 @@ class PromotingASHA(FIFOScheduler):
         self._promoted: dict[int, set[str]] = {m: set() for m, _ in self._rungs}
         self._waiting: dict[str, int] = {}  # paused at a rung: trial id -> milestone
         self._resume: set[str] = set()  # promoted from waiting, not yet running again
+        # Ended while waiting. Tune saves their state as it was (PAUSED), and a later
+        # restore would re-add them as PENDING and run them on.
+        self._ended_waiting: set[str] = set()
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         if self._metric and metric and self._metric != metric or self._mode and mode and self._mode != mode:
@@ -307,7 +310,11 @@ class PromotingASHA(FIFOScheduler):
     def on_trial_add(self, tune_controller, trial) -> None:
         # A resume re-adds unfinished trials as PENDING, and Tune starts every pending
         # trial: one that was waiting at a rung goes back to waiting.
-        if trial.trial_id in self._waiting and trial.trial_id not in self._resume and trial.status == Trial.PENDING:
+        if trial.status != Trial.PENDING:
+            return
+        if trial.trial_id in self._ended_waiting:
+            trial.set_status(Trial.TERMINATED)
+        elif trial.trial_id in self._waiting and trial.trial_id not in self._resume:
             trial.set_status(Trial.PAUSED)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -360,6 +367,7 @@ class PromotingASHA(FIFOScheduler):
                 and not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)):
             for t in trials:  # nothing will come that could promote them
                 if t.status == Trial.PAUSED:
+                    self._ended_waiting.add(t.trial_id)
                     tune_controller.stop_trial(t)
         return None
 
@@ -373,7 +381,7 @@ class PromotingASHA(FIFOScheduler):
 
     def state(self) -> dict:
         return {"rungs": self.rungs(), "promoted": {str(m): sorted(t) for m, t in self._promoted.items()},
-                "waiting": dict(self._waiting), "resume": sorted(self._resume)}
+                "waiting": dict(self._waiting), "resume": sorted(self._resume), "ended": sorted(self._ended_waiting)}
 
     def load(self, state: dict) -> None:
         (saved,) = state["rungs"]
@@ -384,6 +392,7 @@ class PromotingASHA(FIFOScheduler):
         self._waiting = {t: int(m) for t, m in state["waiting"].items()}
         # Promoted but not resumed when the run stopped: still promoted.
         self._resume = set(state["resume"])
+        self._ended_waiting = set(state.get("ended", ()))
 
     def debug_string(self) -> str:
         return "Using ASHA with promotion: " + ", ".join(

@@ -120,6 +120,18 @@ def test_trials_wait_at_a_rung_until_promoted_and_resume_where_they_paused(local
     assert {t for t, e in epochs.items() if e >= 3} == set(order[:3])
     best = max(grid, key=lambda r: r.metrics["val_accuracy"])
     assert best.metrics["epoch"] == MAX_T
+    # Restored after the end (as a re-run that retries failed trials does), the trials
+    # ended while waiting stay ended: nothing trains again.
+    restore(tmp_path / "store" / "whole").fit()
+    assert log(tmp_path / "whole") == entries
+
+
+def restore(path: Path):
+    slots_name = f"tuner-slots-{uuid.uuid4().hex[:8]}"
+    restore.slots = resume.start_slots(slots_name, 1)  # alive until the next restore
+    tuner = tune.Tuner.restore(str(path), tune.with_resources(trainable, {"CPU": 0.5}), resume_unfinished=True)
+    resume.restored_keeper(tuner, 1, slots_name)
+    return tuner
 
 
 def test_an_interrupted_run_resumes_with_its_waiting_trials_still_waiting(local_ray, tmp_path):
@@ -131,12 +143,7 @@ def test_an_interrupted_run_resumes_with_its_waiting_trials_still_waiting(local_
     before = reached(log(folder))
     assert len(before) < TRIALS and not flag.exists()
 
-    slots_name = f"tuner-slots-{uuid.uuid4().hex[:8]}"
-    slots = resume.start_slots(slots_name, 1)  # noqa: F841
-    tuner = tune.Tuner.restore(str(tmp_path / "store" / "split"), tune.with_resources(trainable, {"CPU": 0.5}),
-                               resume_unfinished=True)
-    resume.restored_keeper(tuner, 1, slots_name)
-    grid = tuner.fit()
+    grid = restore(tmp_path / "store" / "split").fit()
     assert len(grid) == TRIALS and all(r.error is None for r in grid)
     # The same trials went as far as in the uninterrupted run: the rungs, the promotions
     # and the waiting trials came back.
