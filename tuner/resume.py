@@ -157,13 +157,17 @@ class Keeper(tune.Callback):
         self.stopper = stopper
         self._slots = None
         self._started = False
+        self._share_slots()
 
     def this_run(self, max_concurrent: int, slots_name: str) -> None:
         """Point a restored keeper at this run's concurrency and slots."""
         self.max_concurrent, self.slots_name = max_concurrent, slots_name
         self._started = False
-        if hasattr(self.scheduler, "max_concurrent"):
-            self.scheduler.max_concurrent = max_concurrent
+        self._share_slots()
+
+    def _share_slots(self) -> None:
+        if hasattr(self.scheduler, "max_concurrent"):  # PromotingASHA hands free trial slots out
+            self.scheduler.max_concurrent = self.max_concurrent
 
     def __getstate__(self):
         state = self.__dict__.copy()

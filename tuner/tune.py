@@ -365,8 +365,6 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
         keeper = keep.restored_keeper(tuner, cluster.concurrent, slots_name)
     else:
         scheduler = searching.scheduler_for(spec, search, TIME_ATTR)
-        if hasattr(scheduler, "max_concurrent"):  # PromotingASHA hands free trial slots out
-            scheduler.max_concurrent = cluster.concurrent
         searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, METRIC, MODE)
         stopper = searching.stopper_for(spec, METRIC, TIME_ATTR) if search else None
         keeper = keep.Keeper(scheduler if hasattr(scheduler, "state") else None, searcher, cluster.concurrent,

@@ -126,6 +126,16 @@ def run_tuner(args: list[str], env: dict | None = None, cwd: Path | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """An in-process Ray of 2 CPUs for a test module's Tune runs."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def unique_name():
     return f"t-{uuid.uuid4().hex[:8]}"

@@ -24,13 +24,6 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 TRIALS, MAX_T = 9, 9  # reduction factor 3: rungs at epochs 1 and 3 send on 3 and 1
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def trainable(config):
     """Resumes from the last epoch it wrote; every epoch is written before it is reported
     (as a checkpoint is stored before its metrics reach Tune), and logged. The earlier a
@@ -77,7 +70,6 @@ def run(folder: Path, name: str, callbacks=()):
     slots = resume.start_slots(slots_name, 1)  # noqa: F841 (alive until fit returns)
     s = spec()
     scheduler = search.scheduler_for(s, True, "epoch")
-    scheduler.max_concurrent = 1
     searcher, _ = search.searcher_for(s, 1, "val_accuracy", "max")
     keeper = resume.Keeper(scheduler, searcher, 1, slots_name)
     tuner = tune.Tuner(

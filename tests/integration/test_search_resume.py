@@ -20,13 +20,6 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 TRIALS, SPLIT = 6, 3
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def trainable(config):
     score = 1 - abs(math.log10(config["learning_rate"]) + 2.5) / 3 - abs(config["dropout"] - 0.2)
     tune.report({"epoch": 1, "val_accuracy": score})
