@@ -1,23 +1,30 @@
 """Reliability: inject each fault into a one-trial run and compare it with an undisturbed
 run measured in the same session.
 
-    python bench/run.py reliability          # ~5 min on 2 cores; the outage needs Ceph RGW
+    python bench/run.py reliability          # ~10 min on 2 cores; the outage needs Ceph RGW
 
 Faults, each injected once the trial's epoch-2 checkpoint is in storage (6-epoch budget,
 2 workers, the shipped MNIST subset):
 - worker: SIGKILL one Ray Train worker process;
 - driver: SIGKILL the whole `tuner` process tree (its in-process Ray included), then run
   the identical command again;
+- sigint: SIGINT to the `tuner` process group (a terminal's Ctrl-C), then the same command;
+- sigterm: SIGTERM to the `tuner` process (Kubernetes' pod deletion, `timeout`), then the
+  same command;
+- ray_job_stop: `ray job stop` of the job on a `ray start` cluster (SIGTERM, SIGKILL 3 s
+  later), then the same `ray job submit` (its baseline: an undisturbed job there);
 - outage: stop the S3 server (Ceph RGW) for 30 s, then start it on the same port.
 Figures: survived (exit 0, the trial finished its budget), epochs lost (newest checkpoint
 at the fault minus the epoch training resumed from), extra wall seconds versus the
-undisturbed run on the same storage.
+undisturbed run on the same storage; for the signals also the seconds from the signal to
+the process's exit.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,8 +162,71 @@ def reliability(work: Path, mnist: str | None, smoke: bool) -> dict:
     code = run.start().wait()
     out["driver_killed"] = _outcome(run, summary, [-9, code], at, time.time() - t, base)
 
+    # Stopped by a signal, then the same command again.
+    for label, send in (("sigint", lambda p: os.killpg(p.pid, signal.SIGINT)),
+                        ("sigterm", lambda p: p.send_signal(signal.SIGTERM))):
+        run, summary = _local(work, label, env)
+        t = time.time()
+        proc = run.start()
+        at = run.wait_for_epoch(proc, 2)
+        sent = time.time()
+        if at:
+            send(proc)
+        first = proc.wait()
+        stop_seconds = time.time() - sent
+        code = run.start().wait()
+        out[label] = {**_outcome(run, summary, [first, code], at, time.time() - t, base),
+                      "seconds_to_exit": round(stop_seconds, 1)}
+
+    out.update(_ray_job_stop(work, env))
     out.update(_outage(work, env))
     return out
+
+
+def _ray_job_stop(work: Path, env: dict) -> dict:
+    """An undisturbed job and one stopped by `ray job stop`, then submitted again, on a
+    4-CPU `ray start` cluster."""
+    sys.path.insert(0, str(REPO / "tests" / "services"))
+    import ray_head
+
+    try:
+        head = ray_head.start(cpus=4)
+    except (FileNotFoundError, RuntimeError) as e:
+        return {"ray_job_stop": f"skipped: {e}"}
+    try:
+        out, base = {}, None
+        for label in ("job_baseline", "ray_job_stop"):
+            run, summary = _local(work, label, env)
+            entrypoint = ["python", "-m", "tuner", *run.cmd[3:]]
+            t = time.time()
+            if label == "job_baseline":
+                codes = [ray_head.submit(head, entrypoint, working_dir=str(REPO)).returncode]
+                base = time.time() - t
+                out[label] = _outcome(run, summary, codes, None, base, None)
+                continue
+            first = ray_head.submit(head, entrypoint, "--no-wait", working_dir=str(REPO))
+            job_ids = sorted(set(re.findall(r"raysubmit_\w+", first.stdout + first.stderr)))
+            at = None
+            if job_ids:
+                deadline = time.time() + 600
+                while time.time() < deadline and not (at := _newest(run.lister, 2)):
+                    time.sleep(0.2)
+                sent = time.time()
+                ray_head.job(head, "stop", job_ids[0])
+                stop_seconds = time.time() - sent
+                status = ray_head.job(head, "status", job_ids[0])
+            code = ray_head.submit(head, entrypoint, working_dir=str(REPO)).returncode
+            out[label] = {**_outcome(run, summary, [first.returncode, code], at, time.time() - t, base),
+                          "stop_seconds": round(stop_seconds, 1) if at else None,
+                          "status_after_stop": (status.stdout + status.stderr).strip().splitlines()[-1:] if at else None}
+        return out
+    finally:
+        head.stop()
+
+
+def _newest(lister, epoch: int) -> int | None:
+    done = _checkpoint_epochs(lister)
+    return done[-1] if done and done[-1] >= epoch else None
 
 
 def _outage(work: Path, env: dict) -> dict:

@@ -5,7 +5,7 @@
     python bench/run.py b3 --mnist ../shared/data/mnist   # seed-baseline vs the plain Keras tutorial
     python bench/run.py tuned --mnist ../shared/data/mnist # the `mnist` preset's best test accuracy (~10 min)
     python bench/run.py all --mnist ../shared/data/mnist
-    python bench/run.py reliability                       # faults: worker, driver, 30 s S3 outage (~5 min)
+    python bench/run.py reliability                       # faults: worker, driver, signals, ray job stop, 30 s S3 outage (~15 min)
     python bench/run.py economy --mnist ../shared/data/mnist  # asha, asha_promote, full-budget FIFO: same 27 configs (~40 min)
     python bench/run.py scaling --mnist ../shared/data/mnist  # 1/2/4 workers, with and without the linear rule
     python bench/run.py ckpt --mnist ../shared/data/mnist     # checkpoint save + upload to S3 vs epoch time
@@ -462,7 +462,7 @@ from reliability import reliability  # noqa: E402 - bench/ is the script's folde
 
 BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "reliability": reliability, "economy": economy,
            "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers}
-ALL = ["b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt", "peers", "searchers"]  # `all`; reliability runs on its own (~5 min, Ceph)
+ALL = ["b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt", "peers", "searchers"]  # `all`; reliability runs on its own (~15 min, Ceph)
 
 
 def record(command: str, results: dict) -> None:
@@ -493,7 +493,22 @@ def main() -> None:
             results[name] = BENCHES[name](work, None if args.smoke else args.mnist, args.smoke)
             print(json.dumps({name: results[name]}), flush=True)
     if not args.smoke:
-        record("python bench/run.py " + " ".join(sys.argv[1:]), results)
+        record(recorded_command(sys.argv[1:]), results)
+
+
+def recorded_command(argv: list[str]) -> str:
+    """The command as the record shows it: no machine's absolute path (`--mnist` relative
+    to the repository, the scratch `--work` folder left out)."""
+    shown, it = [], iter(argv)
+    for arg in it:
+        flag, eq, value = arg.partition("=")
+        if flag in ("--work", "--mnist"):
+            value = value if eq else next(it, "")
+            if flag == "--mnist":
+                shown += ["--mnist", os.path.relpath(Path(value).resolve(), REPO)]
+            continue
+        shown.append(arg)
+    return " ".join(["python bench/run.py", *shown])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Search-space conversion and resource arithmetic (no cluster)."""
 
+import json
+
 import pytest
 from ray import tune
 
+from tuner import tune as tuning
 from tuner.spec import SpecError, load_spec
 from tuner.tune import ResourceError, TrialResources, concurrent_trials, param_space
 
@@ -110,3 +113,14 @@ def test_driver_resource_pins_drivers_and_bounds_concurrency():
 def test_driver_resource_must_be_a_custom_resource_name(name):
     with pytest.raises(SpecError, match="scaling.driver_resource"):
         load_spec("quick", [f"scaling.driver_resource={name}"])
+
+
+def test_a_submitted_jobs_runtime_env_wins_over_tuners(monkeypatch):
+    # Ray refuses a ray.init runtime env that repeats a field or env var of the job's.
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {"working_dir": "gcs://pkg.zip", "env_vars": {"AWS_ENDPOINT_URL": "http://minio:9000"}}}))
+    ours = {"env_vars": {"AWS_ENDPOINT_URL": "http://minio:9000", "TF_CPP_MIN_LOG_LEVEL": "2"},
+            "working_dir": "/here", "py_modules": ["/m"]}
+    assert tuning.beside_job_runtime_env(ours) == {"py_modules": ["/m"], "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert tuning.beside_job_runtime_env(ours) == ours

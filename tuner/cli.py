@@ -10,12 +10,14 @@ import argparse
 import json
 import os
 import posixpath
+import signal
 import sys
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from tuner import data, results, storage, worker
+from tuner.interrupt import StopOnSignal, resume_command
 from tuner.spec import (HYPERPARAMETERS, Spec, SpecError, differences, load_spec, missing_dependency, preset_names,
                         require_fixed)
 
@@ -84,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_best(args)
         if args.command == "report":
             return cmd_report(args)
-        return cmd_run(args, argv, search=args.command == "tune")
+        with StopOnSignal() as stop:
+            try:
+                return cmd_run(args, argv, search=args.command == "tune", stop=stop)
+            except KeyboardInterrupt:  # `Interrupted`, or what Ray's C++ calls made of it
+                print(f"Interrupted; run the same command to resume: {resume_command(argv)}",
+                      file=sys.stderr, flush=True)
+                return 128 + (stop.signum or signal.SIGINT)
+    except KeyboardInterrupt:  # stage-data, best, report: nothing to resume, a re-run starts over
+        print("Interrupted.", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (SpecError, UsageError) as e:
         problems = e.problems
     except (storage.StorageError, data.DataError) as e:
@@ -189,7 +200,7 @@ def experiment_state(spec) -> str:
     return state
 
 
-def cmd_run(args, argv: list[str], search: bool) -> int:
+def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = None) -> int:
     from tuner import schedule
     from tuner import tune as tuning
 
@@ -232,6 +243,8 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
         cluster = tuning.connect(args.address, spec)
     except tuning.ResourceError as e:
         raise UsageError(str(e)) from None
+    if stop:
+        stop.install()
     print(f"Running up to {cluster.concurrent} trial(s) at once, each {cluster.trial.describe()}.", flush=True)
 
     if resume:
@@ -240,7 +253,7 @@ def cmd_run(args, argv: list[str], search: bool) -> int:
               "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
     else:
         storage.write_json(storage.join(results.experiment_uri(spec), SPEC_FILE), spec_json(spec), spec.storage.endpoint)
-    grid, rungs = tuning.run(spec, spec.dataset_uri(), cluster, search=search, resume=resume)
+    grid, rungs = tuning.run(spec, spec.dataset_uri(), cluster, search=search, resume=resume, stop=stop)
     trials = results.trials_from_grid(grid)
     fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
     summary = results.summarize(

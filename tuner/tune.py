@@ -9,6 +9,8 @@ with an explicit ``epoch`` metric as its time attribute.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import posixpath
@@ -17,6 +19,7 @@ import uuid
 from dataclasses import dataclass, replace
 
 from tuner import storage
+from tuner.interrupt import StopOnSignal
 from tuner.spec import CONDITIONS, HYPERPARAMETERS, RANGE_KINDS, Spec
 
 METRIC, MODE = "val_accuracy", "max"
@@ -38,6 +41,11 @@ TF_ENV = {
 LOCAL_DRIVER_RESOURCE = "tuner_trial_driver"
 # ray.train.v2._internal.constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR (Ray 2.60).
 NO_PREEMPTION_WATCHER = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# ray._private.runtime_env.constants.RAY_JOB_CONFIG_JSON_ENV_VAR (Ray 2.60): a submitted
+# job's config, runtime environment included, as its driver gets it.
+JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# ray._private.ray_constants.RAY_API_SERVER_ADDRESS_ENVIRONMENT_VARIABLE (Ray 2.60).
+API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
 
 
 class ResourceError(RuntimeError):
@@ -291,7 +299,7 @@ def connect(address: str | None, spec: Spec) -> Cluster:
     address = address or os.environ.get("RAY_ADDRESS")
     res = TrialResources.of(spec)
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=beside_job_runtime_env(runtime_env), log_to_driver=True)
         resources = ray.cluster_resources()
         return Cluster(resources, res, concurrent_trials(res, resources, spec.scaling.max_concurrent_trials))
     # Sized before Ray starts: the node's driver resource is what limits the drivers.
@@ -303,17 +311,53 @@ def connect(address: str | None, spec: Spec) -> Cluster:
     # (one more actor process per trial, booting while the workers start) has
     # nothing to watch. Clusters keep it.
     runtime_env["env_vars"][NO_PREEMPTION_WATCHER[0]] = NO_PREEMPTION_WATCHER[1]
-    ray.init(
+    # The dashboard hosts the state API that Ray Train uses to clean up worker placement
+    # groups after a trial ends; without it they leak. Ray Train's cleaner finds it
+    # through $RAY_API_SERVER_ADDRESS, else through the `ray_current_cluster` file in
+    # Ray's temp folder, which names the last `ray start` cluster of the machine, dead
+    # or alive: its cleaner would never see this Ray (and the next trial would wait for
+    # workers forever), or would see another one. Pinned to this Ray's own dashboard.
+    dashboard_port = free_port()
+    runtime_env["env_vars"][API_SERVER_ADDRESS] = f"http://127.0.0.1:{dashboard_port}"
+    context = ray.init(
         address="local",
         num_cpus=cpus,
         num_gpus=0,
         resources={res.driver_resource: concurrent},
-        # The dashboard hosts the state API that Ray Train uses to clean up
-        # worker placement groups after a trial ends; without it they leak.
         include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         runtime_env=runtime_env,
     )
+    if not (context.dashboard_url or "").endswith(f":{dashboard_port}"):
+        raise ResourceError(f"Ray's dashboard did not start on port {dashboard_port} ({context.dashboard_url!r}); "
+                            "run the command again.")
     return Cluster(ray.cluster_resources(), res, concurrent)
+
+
+def beside_job_runtime_env(runtime_env: dict) -> dict:
+    """``runtime_env`` without what a submitted job's own runtime environment sets.
+
+    Ray refuses, rather than merges, a ``ray.init`` runtime environment that sets a field
+    or an environment variable that the job's (``ray job submit --runtime-env-json``,
+    ``--working-dir``) sets too: "Failed to merge the Job's runtime env". The job's values
+    are what its processes get, and this driver has them in its environment already, so
+    the ones tuner would derive from there are the same.
+    """
+    job = json.loads(os.environ.get(JOB_CONFIG_VAR) or "{}").get("runtime_env") or {}
+    out = {k: v for k, v in runtime_env.items() if k not in job or k == "env_vars"}
+    env_vars = {k: v for k, v in runtime_env.get("env_vars", {}).items() if k not in (job.get("env_vars") or {})}
+    out.pop("env_vars", None)
+    return {**out, **({"env_vars": env_vars} if env_vars else {})}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def experiment_path(spec: Spec):
@@ -330,7 +374,8 @@ def can_resume(spec: Spec) -> bool:
     return tune.Tuner.can_restore(path, storage_filesystem=fs)
 
 
-def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, resume: bool = False):
+def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, resume: bool = False,
+        stop: "StopOnSignal | None" = None):
     """Run the experiment on the connected Ray; returns Tune's ``ResultGrid`` and the
     rungs of ASHA or Hyperband (``ResumableASHA.rungs()``, else None).
 
@@ -340,6 +385,9 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
     reported ``epoch``, which restarts do not reset) and this run's concurrency;
     unfinished trials run their function again and each resumes from its newest
     checkpoint in storage (``worker.restore_latest``).
+
+    ``stop``: the run's signal handling; a signal while Tune runs stops it gracefully, and
+    ``interrupt.Interrupted`` is raised once Tune has saved its state.
     """
     from ray import tune
 
@@ -389,7 +437,8 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
                 callbacks=[keeper, EpochTensorBoard(TIME_ATTR)],
             ),
         )
-    grid = tuner.fit()
+    with stop.tune_running() if stop else contextlib.nullcontext():
+        grid = tuner.fit()
     del slots
     return grid, keeper.scheduler.rungs() if hasattr(keeper.scheduler, "rungs") else None
 

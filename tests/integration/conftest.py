@@ -20,17 +20,14 @@ SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 CEPH_SCRIPT = REPO / "tests" / "services" / "ceph_rgw.sh"
 REQUIRE_SERVICES = os.environ.get("TUNER_REQUIRE_SERVICES") == "1"
 
+sys.path.insert(0, str(REPO / "tests" / "services"))
+from ray_head import free_port  # noqa: E402,F401 - re-exported for the test modules
+
 
 def missing(reason: str):
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason} (TUNER_REQUIRE_SERVICES=1 turns this skip into a failure)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 30) -> None:

@@ -23,6 +23,6 @@ def test_full_run_on_ceph(ceph_s3, mnist_source, unique_name, tmp_path):
     assert len(summary["trials"]) == 2 and summary["best"]["test_accuracy"] > 0.5
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="tuner", Prefix=f"ceph/{unique_name}/", MaxKeys=1000)["Contents"]}
     assert f"ceph/{unique_name}/best_model.keras" in keys
-    assert f"ceph/datasets/mnist-subset/manifest.json" in {
+    assert "ceph/datasets/mnist-subset/manifest.json" in {
         o["Key"] for o in client.list_objects_v2(Bucket="tuner", Prefix="ceph/datasets/")["Contents"]}
     assert summary["best"]["checkpoint_uri"].startswith(f"s3://tuner/ceph/{unique_name}/runs/")

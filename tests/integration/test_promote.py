@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest

@@ -1,73 +1,41 @@
 """The same spec on a `ray start --head` cluster: `ray job submit`, `--address`, and
 GPU scheduling.
 
-The test starts its own cluster (own temp dir and ports) and stops exactly the processes
-that cluster started, found by their temp dir; never `ray stop`, which would stop every
-Ray on the machine. The cluster advertises 4 GPUs it does not have: Ray schedules and
-assigns them like real ones, and TensorFlow, finding no CUDA device, trains on the CPU.
+The test starts its own cluster (`tests/services/ray_head.py`: own temp dir and ports,
+stopped by killing exactly its processes, never `ray stop`). The cluster advertises 4 GPUs
+it does not have: Ray schedules and assigns them like real ones, and TensorFlow, finding
+no CUDA device, trains on the CPU.
 """
 
 import json
 import os
-import shutil
-import signal
+import re
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import boto3
 import pyarrow.parquet as pq
 import pytest
+import ray_head as ray_head_service  # tests/services/, on the path through conftest
 
-from conftest import REPO, free_port, missing
+from conftest import REPO, missing, run_tuner
 
 pytestmark = pytest.mark.slow
 
 
-def cluster_pids(temp_dir: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if temp_dir in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
-
-
 @pytest.fixture(scope="module")
 def ray_head():
-    ray = shutil.which("ray")
-    if not ray:
-        missing("the `ray` CLI is not installed")
-    # Short: Ray's unix sockets live under it and must stay under 108 characters.
-    temp_dir = tempfile.mkdtemp(prefix="tr-", dir="/tmp")
-    gcs, dashboard, client = free_port(), free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    started = subprocess.run(
-        # Fake GPUs and the Kubernetes head's driver resource, for the scheduling test.
-        [ray, "start", "--head", "--num-cpus", "4", "--num-gpus", "4", "--resources", '{"trial_driver": 100}',
-         "--temp-dir", temp_dir, "--port", str(gcs),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-         "--ray-client-server-port", str(client), "--disable-usage-stats"],
-        capture_output=True, text=True, env=env, timeout=180,
-    )
     try:
-        assert started.returncode == 0, started.stderr[-3000:]
-        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+        # Fake GPUs and the Kubernetes head's driver resource, for the scheduling test.
+        head = ray_head_service.start(cpus=4, gpus=4, resources={"trial_driver": 100})
+    except FileNotFoundError as e:
+        missing(str(e))
+    try:
+        yield head
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in cluster_pids(temp_dir):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + 15
-            while cluster_pids(temp_dir) and time.time() < deadline:
-                time.sleep(0.2)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        head.stop()
 
 
 QUICK = ["--config", "quick", "--set", "search.num_samples=2", "--set", "asha.max_t=1"]
@@ -78,27 +46,68 @@ def check_summary(storage: Path, name: str) -> None:
     assert len(summary["trials"]) == 2 and summary["best"]["test_accuracy"] > 0.3
 
 
-def test_ray_job_submit(ray_head, tmp_path, unique_name):
-    deadline = time.time() + 90
-    while True:
-        proc = subprocess.run(
-            ["ray", "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO), "--",
-             "python", "-m", "tuner", "tune", *QUICK, "--storage", str(tmp_path), "--name", unique_name],
-            capture_output=True, text=True, env=ray_head["env"], timeout=900,
-        )
-        # Right after `ray start` the head's job agent may not be up yet.
-        if "No available agent to submit job" not in proc.stderr or time.time() > deadline:
-            break
-        time.sleep(2)
+def submit(head, tuner_args: list[str], *options: str):
+    return ray_head_service.submit(head, ["python", "-m", "tuner", *tuner_args], *options, working_dir=str(REPO))
+
+
+def test_ray_job_submit(ray_head, moto_s3, unique_name):
+    # The README's command: S3 settings in the job's runtime environment, which tuner's
+    # own (it forwards AWS_* to the trials) must not conflict with.
+    env_json = json.dumps({"env_vars": {k: v for k, v in moto_s3.items() if k.startswith("AWS_")}})
+    proc = submit(ray_head, ["tune", *QUICK, "--storage", "s3://tuner/jobs", "--name", unique_name],
+                  "--runtime-env-json", env_json)
     assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(boto3.client(
+        "s3", endpoint_url=moto_s3["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="testing",
+        aws_secret_access_key="testing").get_object(Bucket="tuner", Key=f"jobs/{unique_name}/summary.json")["Body"].read())
+    assert len(summary["trials"]) == 2 and summary["best"]["test_accuracy"] > 0.3
+
+
+def test_ray_job_stop_then_the_same_submit_resumes(ray_head, tmp_path, unique_name):
+    # `ray job stop` sends SIGTERM, and SIGKILL 3 s later (RAY_JOB_STOP_WAIT_TIME_S).
+    args = ["tune", *QUICK, "--set", "asha.max_t=4", "--set", "asha.grace_period=4",
+            "--storage", str(tmp_path), "--name", unique_name]
+    first = submit(ray_head, args, "--no-wait")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    (job_id,) = set(re.findall(r"raysubmit_\w+", first.stdout + first.stderr))
+    deadline = time.time() + 600
+    while not list((tmp_path / unique_name / "runs").glob("*/epoch-*/state.json")) and time.time() < deadline:
+        time.sleep(0.3)
+    stop = ray_head_service.job(ray_head, "stop", job_id)
+    assert stop.returncode == 0, stop.stdout[-3000:] + stop.stderr[-3000:]
+    status = ray_head_service.job(ray_head, "status", job_id)
+    assert "was stopped" in status.stdout + status.stderr, status.stdout + status.stderr
+    logs = ray_head_service.job(ray_head, "logs", job_id)
+    print("the stopped job's last lines:", *logs.stdout.splitlines()[-3:], sep="\n  ")
+    assert not (tmp_path / unique_name / "summary.json").exists()
+
+    again = submit(ray_head, args)
+    assert again.returncode == 0 and "succeeded" in again.stdout + again.stderr, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Resuming the interrupted experiment" in again.stdout + again.stderr
+    summary = json.loads((tmp_path / unique_name / "summary.json").read_text())
+    assert [(t["status"], t["epochs"]) for t in summary["trials"]] == [("terminated", 4)] * 2
+    # The stopped trial went on from a checkpoint, not from scratch.
+    assert [e for t in summary["trials"] for e in t["resumed_from_epochs"]], summary["trials"]
+
+
+def test_in_process_run_beside_a_live_cluster(ray_head, tmp_path, unique_name):
+    # Ray's `ray_current_cluster` file names the live cluster (as after its `ray start`),
+    # and two GCS processes run on the machine: an in-process run keeps to its own Ray.
+    temp = tempfile.mkdtemp(prefix="tlv-", dir="/tmp")
+    os.makedirs(f"{temp}/ray")
+    Path(temp, "ray", "ray_current_cluster").write_text(ray_head.gcs)
+    proc = run_tuner(["tune", *QUICK, "--storage", str(tmp_path), "--name", unique_name], env={"TMPDIR": temp},
+                     timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Running up to 1 trial(s) at once" in proc.stdout  # its own 2 CPUs, not the cluster's 4
     check_summary(tmp_path, unique_name)
 
 
 def test_address_of_a_running_cluster(ray_head, tmp_path, unique_name):
     proc = subprocess.run(
-        ["python", "-m", "tuner", "tune", *QUICK, "--address", ray_head["gcs"], "--storage", str(tmp_path),
+        ["python", "-m", "tuner", "tune", *QUICK, "--address", ray_head.gcs, "--storage", str(tmp_path),
          "--name", unique_name],
-        capture_output=True, text=True, env=ray_head["env"], timeout=900,
+        capture_output=True, text=True, env=ray_head.env, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # 4 CPUs, trials of 1 driver + 2 x 0.5: two at a time.
@@ -125,8 +134,8 @@ def test_gpu_trials_on_fake_gpus(ray_head, tmp_path, unique_name):
            "--set", "scaling.driver_resource=trial_driver"]
     proc = subprocess.run(
         ["python", "-m", "tuner", "tune", *QUICK, "--set", "search.num_samples=3", *gpu,
-         "--address", ray_head["gcs"], "--storage", str(tmp_path), "--name", unique_name],
-        capture_output=True, text=True, env=ray_head["env"], timeout=900,
+         "--address", ray_head.gcs, "--storage", str(tmp_path), "--name", unique_name],
+        capture_output=True, text=True, env=ray_head.env, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert ("Running up to 2 trial(s) at once, each 1 CPUs (0.5 driver + 2 workers x 0.25) "

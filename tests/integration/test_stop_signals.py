@@ -1,0 +1,104 @@
+"""A run stopped by a signal, as people stop runs (Ctrl-C in a terminal, SIGTERM from
+Kubernetes or `timeout`), exits 130/143 with one line naming the command that resumes
+it, writes no summary, and the same command then finishes the experiment.
+
+Real `tuner tune` processes, each with its own in-process Ray; moto S3."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import boto3
+import pytest
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+MAX_T = 4
+# Two trials, one at a time, no early stopping: the stop comes in the first trial, the
+# re-run has its rest and the whole second trial to do.
+ARGS = ["tune", "--config", "quick", "--set", "search.num_samples=2", "--set", f"asha.max_t={MAX_T}",
+        "--set", f"asha.grace_period={MAX_T}", "--set", "scaling.max_concurrent_trials=1"]
+
+
+def client(env):
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def keys(s3, prefix: str) -> list[str]:
+    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="tuner", Prefix=prefix)
+            for o in page.get("Contents", [])]
+
+
+def stopped_then_resumed(moto_s3, tmp_path, name: str, send, extra_env: dict | None = None):
+    """Run the command, call ``send(proc)`` once the first checkpoint is stored, then run
+    the same command again; returns (first exit code, its output, second run, S3 client)."""
+    s3 = client(moto_s3)
+    prefix = f"interrupt/{name}"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}, **moto_s3,
+           **(extra_env or {})}
+    cmd = [sys.executable, "-m", "tuner", *ARGS, "--name", name, "--storage", "s3://tuner/interrupt"]
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        deadline = time.time() + 600
+        while first.poll() is None and time.time() < deadline:
+            if any(k.endswith("/state.json") for k in keys(s3, f"{prefix}/runs/")):
+                break
+            time.sleep(0.3)
+        assert first.poll() is None, "the run ended before it could be stopped:\n" + log.read_text()[-3000:]
+        sent = time.time()
+        send(first)
+        code = first.wait(timeout=120)
+    stop_seconds = time.time() - sent
+    text = log.read_text()
+    assert not keys(s3, f"{prefix}/summary.json"), "an interrupted run wrote a summary"
+    second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "Resuming the interrupted experiment" in second.stdout
+    summary = json.loads(s3.get_object(Bucket="tuner", Key=f"{prefix}/summary.json")["Body"].read())
+    assert [(t["status"], t["epochs"], t["error"]) for t in summary["trials"]] == [("terminated", MAX_T, None)] * 2
+    resumed = [e for t in summary["trials"] for e in t["resumed_from_epochs"]]
+    # The stopped trial went on from its checkpoint (at epoch 1 or later), not from scratch.
+    assert resumed and min(resumed) >= 1, summary["trials"]
+    assert summary["best"]["test_accuracy"] > 0.3
+    print(f"stopped {stop_seconds:.1f} s after the signal; resumed from epochs {resumed}")
+    return code, text, stop_seconds
+
+
+def test_ctrl_c_then_the_same_command_resumes(moto_s3, tmp_path, unique_name):
+    # A terminal's Ctrl-C reaches the whole foreground process group, Ray's processes too.
+    code, text, _ = stopped_then_resumed(moto_s3, tmp_path, unique_name, lambda p: os.killpg(p.pid, signal.SIGINT))
+    assert code == 130, text[-3000:]
+    lines = [line for line in text.splitlines() if line.startswith("Interrupted; ")]
+    python = os.path.basename(sys.executable)
+    assert lines == [f"Interrupted; run the same command to resume: {python} -m tuner {' '.join(ARGS)} "
+                     f"--name {unique_name} --storage s3://tuner/interrupt"], text[-3000:]
+    assert "Tuner.restore" not in text  # Tune's own hint names an API the user never saw
+
+
+def test_sigterm_twice_beside_a_stale_ray_address_file(moto_s3, tmp_path, unique_name):
+    # A `ray start` cluster that died without `ray stop` leaves Ray's `ray_current_cluster`
+    # file naming it. Ray reads it from $TMPDIR/ray; a short folder (Ray's unix sockets
+    # go under it too).
+    temp = tempfile.mkdtemp(prefix="tst-", dir="/tmp")
+    os.makedirs(f"{temp}/ray")
+    with open(f"{temp}/ray/ray_current_cluster", "w") as f:
+        f.write(f"127.0.0.1:{free_port()}")
+
+    def twice(proc):  # the second stops at once, without waiting for Tune
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+
+    code, text, seconds = stopped_then_resumed(moto_s3, tmp_path, unique_name, twice, {"TMPDIR": temp})
+    assert code == 143, text[-3000:]
+    assert "Interrupted; run the same command to resume: " in text
+    assert "Timed out while waiting for GCS" not in text

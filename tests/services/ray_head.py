@@ -1,0 +1,100 @@
+"""A throw-away `ray start --head` cluster on 127.0.0.1, for tests and benchmarks.
+
+It has its own temp folder and ports, and is stopped by killing exactly the processes
+whose command line names that folder: never `ray stop`, which stops every Ray on the
+machine. Ray 2.60 turns token authentication on for a new cluster; ``env`` carries
+``RAY_AUTH_MODE=token`` for the clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    temp_dir: str
+    gcs: str  # host:port, for --address
+    dashboard: str  # http://host:port, for `ray job`
+    env: dict = field(default_factory=dict)  # the environment for `ray` and `tuner` clients
+
+    def pids(self) -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if self.temp_dir in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                        found.append(int(proc.name))
+                except OSError:
+                    pass
+        return found
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + 15
+            while self.pids() and time.time() < deadline:
+                time.sleep(0.2)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start(cpus: int = 4, gpus: int = 0, resources: dict | None = None) -> RayHead:
+    """Start the head; raises RuntimeError with the end of `ray start`'s output if it fails."""
+    ray = shutil.which("ray")
+    if not ray:
+        raise FileNotFoundError("the `ray` CLI is not installed")
+    # Short: Ray's unix sockets live under it and must stay under 108 characters.
+    temp_dir = tempfile.mkdtemp(prefix="tr-", dir="/tmp")
+    gcs, dashboard, client = free_port(), free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [ray, "start", "--head", "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--temp-dir", temp_dir,
+           "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+           "--ray-client-server-port", str(client), "--disable-usage-stats"]
+    if resources:
+        cmd += ["--resources", json.dumps(resources)]
+    head = RayHead(temp_dir, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", env)
+    started = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    if started.returncode != 0:
+        head.stop()
+        raise RuntimeError(f"`ray start` failed: {started.stderr[-3000:]}")
+    return head
+
+
+def submit(head: RayHead, entrypoint: list[str], *options: str, working_dir: str | None = None,
+           timeout: float = 900) -> subprocess.CompletedProcess:
+    """`ray job submit [options] [--working-dir DIR] -- <entrypoint>`, retried while the
+    head's job agent is not up yet (right after `ray start`)."""
+    deadline = time.time() + 90
+    wd = ["--working-dir", working_dir] if working_dir else []
+    while True:
+        proc = subprocess.run(["ray", "job", "submit", "--address", head.dashboard, *options, *wd, "--", *entrypoint],
+                              capture_output=True, text=True, env=head.env, timeout=timeout)
+        if "No available agent to submit job" not in proc.stderr or time.time() > deadline:
+            return proc
+        time.sleep(2)
+
+
+def job(head: RayHead, verb: str, job_id: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`ray job <verb> <job_id>` (stop, status, logs)."""
+    return subprocess.run(["ray", "job", verb, "--address", head.dashboard, job_id],
+                          capture_output=True, text=True, env=head.env, timeout=timeout)
