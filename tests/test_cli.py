@@ -25,7 +25,7 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, c
         # The resource check needs a cluster; give it a fake one instead of starting Ray.
         from tuner import tune
 
-        def connect(address, spec):
+        def connect(address, spec, runtime_env=None):
             res = tune.TrialResources.of(spec)
             return tune.Cluster({"CPU": 2.0}, res, tune.concurrent_trials(res, {"CPU": 2.0}, spec.scaling.max_concurrent_trials))
 
@@ -35,7 +35,9 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, c
     assert code == 2
     assert any(message in line for line in err), err
     assert all(line.startswith("tuner: error: ") for line in err)
-    assert not (tmp_path / "store" / "quick").exists()
+    # Nothing written: no experiment, no dataset staged (a trial that fits no cluster is
+    # refused before the MNIST subset would be staged), no folder left by the checks.
+    assert not (tmp_path / "store").exists()
 
 
 def test_spec_errors_write_nothing(tmp_path, monkeypatch, capsys):
@@ -59,36 +61,36 @@ def test_best_without_summary(tmp_path, capsys):
 def test_experiment_state_and_what_a_rerun_may_change(tmp_path):
     import json
 
-    from tuner import cli
+    from tuner import experiment
     from tuner.spec import load_spec
 
     spec = load_spec("quick", name="exp", **{"storage.uri": str(tmp_path)}).with_absolute_paths()
-    assert cli.experiment_state(spec) == "new"
+    assert experiment.experiment_state(spec) == "new"
     (tmp_path / "exp").mkdir()
-    (tmp_path / "exp" / cli.SPEC_FILE).write_text(json.dumps(cli.spec_json(spec)))
-    assert cli.experiment_state(spec) == "interrupted"
+    (tmp_path / "exp" / experiment.SPEC_FILE).write_text(json.dumps(experiment.spec_json(spec)))
+    assert experiment.experiment_state(spec) == "interrupted"
     # How to run may change between runs; what to run may not.
     relaxed = load_spec("quick", ["failure.max_failures=3", "scaling.max_concurrent_trials=1"], name="exp",
                         **{"storage.uri": str(tmp_path)}).with_absolute_paths()
-    assert cli.experiment_state(relaxed) == "interrupted"
+    assert experiment.experiment_state(relaxed) == "interrupted"
     other = load_spec("quick", ["asha.max_t=5"], name="exp", **{"storage.uri": str(tmp_path)}).with_absolute_paths()
-    with pytest.raises(cli.UsageError, match=r"different spec \(`asha.max_t` differ\)"):
-        cli.experiment_state(other)
+    with pytest.raises(experiment.UsageError, match=r"different spec \(`asha.max_t` differ\)"):
+        experiment.experiment_state(other)
     # Stored by an older tuner, without the fields added since: those count as defaults.
-    older = cli.spec_json(spec)
+    older = experiment.spec_json(spec)
     del older["scheduler"], older["checkpoint"]["upload"]
-    (tmp_path / "exp" / cli.SPEC_FILE).write_text(json.dumps(older))
-    assert cli.experiment_state(spec) == "interrupted"
-    with pytest.raises(cli.UsageError, match=r"different spec \(`scheduler.kind` differ\)"):
-        cli.experiment_state(load_spec("quick", ["scheduler.kind=fifo"], name="exp",
+    (tmp_path / "exp" / experiment.SPEC_FILE).write_text(json.dumps(older))
+    assert experiment.experiment_state(spec) == "interrupted"
+    with pytest.raises(experiment.UsageError, match=r"different spec \(`scheduler.kind` differ\)"):
+        experiment.experiment_state(load_spec("quick", ["scheduler.kind=fifo"], name="exp",
                                        **{"storage.uri": str(tmp_path)}).with_absolute_paths())
     # Sync or async uploads change no result: a re-run may switch.
-    assert cli.experiment_state(load_spec("quick", ["checkpoint.upload=sync"], name="exp",
+    assert experiment.experiment_state(load_spec("quick", ["checkpoint.upload=sync"], name="exp",
                                           **{"storage.uri": str(tmp_path)}).with_absolute_paths()) == "interrupted"
-    summary = {"spec": cli.spec_json(spec), "best": None,
+    summary = {"spec": experiment.spec_json(spec), "best": None,
                "trials": [{"trial_id": "a", "status": "error"}]}
     (tmp_path / "exp" / "summary.json").write_text(json.dumps(summary))
-    assert cli.experiment_state(spec) == "failed-trials"
+    assert experiment.experiment_state(spec) == "failed-trials"
     no_retry = load_spec("quick", ["failure.retry_errored_on_resume=false"], name="exp",
                          **{"storage.uri": str(tmp_path)}).with_absolute_paths()
-    assert cli.experiment_state(no_retry) == "finished"
+    assert experiment.experiment_state(no_retry) == "finished"

@@ -48,12 +48,14 @@ def test_validation_split_is_fixed_and_disjoint():
     assert not set(a_train) & set(a_val)
 
 
-def test_table_round_trip():
-    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
-    labels = np.array([0, 1, 2, 3, 9], dtype=np.uint8)
-    table = data.to_table(images, labels)
-    back_images, back_labels = data.from_table(table.slice(1, 3))
-    assert np.array_equal(back_images, images[1:4]) and back_labels.tolist() == [1, 2, 3]
+@pytest.mark.parametrize("dtype, labels", [(np.uint8, np.array([0, 1, 2, 3, 9], np.int32)),
+                                           (np.float32, np.array([0.5, 1, 2, 3, -9], np.float32))])
+def test_table_round_trip(dtype, labels):
+    x = (np.random.default_rng(0).random((5, 28, 28)) * 255).astype(dtype)
+    table = data.to_table(x, labels)
+    back_x, back_y = data.from_table(table.slice(1, 3), (28, 28), np.dtype(dtype).name)
+    assert np.array_equal(back_x, x[1:4]) and back_x.dtype == dtype
+    assert back_y.tolist() == labels[1:4].tolist() and back_y.dtype == labels.dtype
 
 
 def test_stage_builtin_then_load(tmp_path):

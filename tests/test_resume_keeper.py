@@ -6,7 +6,8 @@ from ray.tune.callback import CallbackList
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from tuner.resume import Keeper, ResumableASHA
+from tuner.resume import Keeper
+from tuner.schedulers import ResumableASHA
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

@@ -12,8 +12,9 @@ from ray.tune.callback import CallbackList
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from tuner import search
-from tuner.resume import Keeper, ResumableASHA
+from tuner import schedulers, search
+from tuner.resume import Keeper
+from tuner.schedulers import ResumableASHA
 from tuner.spec import Dim, SpecError, load_spec, missing_dependency
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
@@ -85,7 +86,8 @@ def in_bounds(spec, config):
 
 def test_unit_cube_maps_onto_the_ranges_and_choices():
     log_f, uni_f = Dim("loguniform", (1e-4, 1e-2)), Dim("uniform", (0.0, 0.5))
-    log_i, uni_i, choice = Dim("loguniform", (16, 1024)), Dim("uniform", (1, 3)), Dim("choice", ("a", "b", "c"))
+    log_i, uni_i = Dim("int_loguniform", (16, 1024), int), Dim("int_uniform", (1, 3), int)
+    choice = Dim("choice", ("a", "b", "c"), str)
     assert search.value_at("learning_rate", log_f, 0.0) == pytest.approx(1e-4)
     assert search.value_at("learning_rate", log_f, 0.5) == pytest.approx(1e-3)  # the geometric middle
     assert search.value_at("dropout", uni_f, 0.5) == pytest.approx(0.25)
@@ -207,19 +209,19 @@ class FakeTrial:
 def test_each_scheduler_kind_and_its_budget():
     kinds = {}
     for kind in ("asha", "asha_promote", "hyperband", "median_stopping", "fifo"):
-        kinds[kind] = search.scheduler_for(load_spec("quick", [f"scheduler.kind={kind}", "asha.max_t=10",
+        kinds[kind] = schedulers.scheduler_for(load_spec("quick", [f"scheduler.kind={kind}", "asha.max_t=10",
                                                                 "asha.reduction_factor=3"]), True, "epoch")
     assert isinstance(kinds["asha"], ResumableASHA) and len(kinds["asha"]._brackets) == 1
     assert isinstance(kinds["hyperband"], ResumableASHA) and len(kinds["hyperband"]._brackets) == 3
     assert [[m for m, _ in b._rungs] for b in kinds["hyperband"]._brackets] == [[9, 3, 1], [9, 3], [9]]
-    assert isinstance(kinds["asha_promote"], search.PromotingASHA)
+    assert isinstance(kinds["asha_promote"], schedulers.PromotingASHA)
     assert [m for m, _ in kinds["asha_promote"]._rungs] == [9, 3, 1]
-    assert isinstance(kinds["median_stopping"], search.ResumableMedian)
+    assert isinstance(kinds["median_stopping"], schedulers.ResumableMedian)
     assert type(kinds["fifo"]) is FIFOScheduler
     # A single training run (`tuner train`) never stops early.
-    assert type(search.scheduler_for(load_spec("quick"), False, "epoch")) is FIFOScheduler
-    assert search.hyperband_brackets(81, 1, 3) == 5 and search.hyperband_brackets(9, 1, 3) == 3
-    assert search.hyperband_brackets(10, 4, 3) == 1
+    assert type(schedulers.scheduler_for(load_spec("quick"), False, "epoch")) is FIFOScheduler
+    assert schedulers.hyperband_brackets(81, 1, 3) == 5 and schedulers.hyperband_brackets(9, 1, 3) == 3
+    assert schedulers.hyperband_brackets(10, 4, 3) == 1
 
 
 class FakeSearch:
@@ -285,7 +287,7 @@ class FakeController:
 
 
 def promoting(**kw):
-    return search.PromotingASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=9, grace_period=1,
+    return schedulers.PromotingASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=9, grace_period=1,
                                 reduction_factor=3, **kw)
 
 
@@ -375,7 +377,7 @@ def test_hyperband_spreads_trials_over_brackets_reproducibly_and_keeps_them_acro
 
 
 def median():
-    return search.ResumableMedian(time_attr="epoch", metric="val_accuracy", mode="max", grace_period=1,
+    return schedulers.ResumableMedian(time_attr="epoch", metric="val_accuracy", mode="max", grace_period=1,
                                   min_samples_required=2)
 
 
@@ -408,23 +410,23 @@ def test_the_median_rule_stops_a_laggard_and_keeps_its_records_across_a_restore(
 
 
 def test_plateau_stops_after_patience_epochs_without_an_improvement_above_min_delta():
-    stop = search.Plateau("val_accuracy", "epoch", patience=2, min_delta=0.01)
+    stop = schedulers.Plateau("val_accuracy", "epoch", patience=2, min_delta=0.01)
     curve = [(1, 0.90), (2, 0.95), (3, 0.955), (4, 0.958)]  # +0.005 and +0.008 are not improvements
     assert [stop("t", {"epoch": e, "val_accuracy": v}) for e, v in curve] == [False, False, False, True]
     # Epochs, not reports: a resumed trial that reports epoch 2 again is not a step further.
-    stop = search.Plateau("val_accuracy", "epoch", patience=2)
+    stop = schedulers.Plateau("val_accuracy", "epoch", patience=2)
     assert [stop("u", {"epoch": e, "val_accuracy": v}) for e, v in [(1, 0.9), (2, 0.9), (2, 0.9), (3, 0.91)]] == \
         [False, False, False, False]
     assert stop("nan", {"epoch": 1, "val_accuracy": float("nan")}) is False and not stop.stop_all()
-    restored = search.Plateau("val_accuracy", "epoch", patience=2)
+    restored = schedulers.Plateau("val_accuracy", "epoch", patience=2)
     restored.load(pickle.loads(pickle.dumps(stop.state())))
     assert restored("u", {"epoch": 5, "val_accuracy": 0.91}) is True  # best 0.91 at epoch 3
 
 
 def test_the_plateau_rule_comes_from_the_spec():
-    assert search.stopper_for(load_spec("quick"), "val_accuracy", "epoch") is None
-    stop = search.stopper_for(load_spec("quick", ["scheduler.plateau_patience=3", "scheduler.plateau_min_delta=0.001"]),
-                              "val_accuracy", "epoch")
+    assert schedulers.stopper_for(load_spec("quick"), "val_accuracy", "max", "epoch") is None
+    stop = schedulers.stopper_for(load_spec("quick", ["scheduler.plateau_patience=3", "scheduler.plateau_min_delta=0.001"]),
+                                  "val_accuracy", "max", "epoch")
     assert (stop.patience, stop.min_delta) == (3, 0.001)
     with pytest.raises(SpecError, match=r"`scheduler.plateau_patience` is 0, but must be >= 1"):
         load_spec("quick", ["scheduler.plateau_patience=0"])
@@ -433,7 +435,7 @@ def test_the_plateau_rule_comes_from_the_spec():
 
 
 def test_the_keeper_saves_the_median_rule_and_the_stopper_and_counts_resumed_trials(tmp_path):
-    rule, stop = median(), search.Plateau("val_accuracy", "epoch", patience=2)
+    rule, stop = median(), schedulers.Plateau("val_accuracy", "epoch", patience=2)
     limiter = searcher(spec_for("quasi_random"), max_concurrent=2)
     keeper = Keeper(rule, limiter, 2, "slots", stop)
     tuner_pkl = pickle.dumps({"scheduler": rule, "searcher": limiter, "stop": stop, "callbacks": [keeper]})

@@ -53,9 +53,12 @@ def test_s3_filesystem_takes_endpoint_explicitly(monkeypatch):
     assert env["AWS_REQUEST_CHECKSUM_CALCULATION"] == "when_required"
 
 
-def test_preflight_local(tmp_path):
+def test_preflight_local_leaves_nothing_behind(tmp_path):
     storage.preflight(str(tmp_path / "new" / "dir"))
-    assert os.listdir(tmp_path / "new" / "dir") == []
+    assert os.listdir(tmp_path) == []  # the folders it made to write its marker are gone
+    (tmp_path / "there").mkdir()
+    storage.preflight(str(tmp_path / "there"))
+    assert os.listdir(tmp_path / "there") == []
 
 
 def test_preflight_unwritable(tmp_path):

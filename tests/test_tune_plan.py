@@ -7,7 +7,8 @@ from ray import tune
 
 from tuner import tune as tuning
 from tuner.spec import SpecError, load_spec
-from tuner.tune import ResourceError, TrialResources, concurrent_trials, param_space
+from tuner.search import param_space
+from tuner.tune import ResourceError, TrialResources, concurrent_trials
 
 
 def test_param_space_samplers_and_conditional_values():

@@ -16,10 +16,10 @@ def _save(folder, epoch, net):
 @pytest.mark.parametrize("tear", ["truncated model", "no state", "no model"])
 def test_restore_skips_a_torn_checkpoint(tmp_path, tear):
     tf_keras = pytest.importorskip("tf_keras")
-    from tuner import model
+    from tuner import models, training
 
-    net = model.build_model({"width": 8, "depth": 1, "dropout": 0.0})
-    model.compile_model(net, tf_keras.optimizers.SGD(0.1))
+    net = models.mnist_mlp({"width": 8, "depth": 1, "dropout": 0.0}, models.InputSpec((28, 28), num_classes=10))
+    training.compile_model(net, tf_keras.optimizers.SGD(0.1))
     run = tmp_path / "run"
     _save(run / worker.checkpoint_dir_name(1), 1, net)
     torn = run / worker.checkpoint_dir_name(2)

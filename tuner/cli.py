@@ -1,4 +1,5 @@
-"""The ``tuner`` command: stage-data, tune, train, best, report.
+"""The ``tuner`` command: stage-data, tune, train, best, report. Argument parsing and
+printing; the steps of a run are ``tuner.experiment``'s.
 
 Everything that can be checked is checked before Ray starts; a problem is one line on
 stderr and exit code 2, with nothing written.
@@ -9,30 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import posixpath
 import signal
 import sys
-from typing import Any
 
-import pyarrow.fs as pafs
-
-from tuner import data, results, storage, worker
+from tuner import data, experiment, results, storage
+from tuner.experiment import UsageError
 from tuner.interrupt import StopOnSignal, resume_command
-from tuner.spec import (HYPERPARAMETERS, Spec, SpecError, differences, load_spec, missing_dependency, preset_names,
-                        require_fixed)
+from tuner.spec import SpecError, preset_names
 
 EXIT_USAGE = 2
-SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
-# Fields that say how to run, not what: a re-run may change them.
-RUN_SETTINGS = ("failure.", "scaling.max_concurrent_trials", "checkpoint.upload")
-
-
-class UsageError(RuntimeError):
-    """A problem the user can fix; printed as lines, exit 2."""
-
-    def __init__(self, *problems: str):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 def _spec_args(p: argparse.ArgumentParser, default_config: str | None) -> None:
@@ -44,6 +30,8 @@ def _spec_args(p: argparse.ArgumentParser, default_config: str | None) -> None:
     p.add_argument("--storage", help="storage URI: local path or s3://bucket/prefix (spec `storage.uri`)")
     p.add_argument("--endpoint", help="S3 endpoint URL (spec `storage.endpoint`; default $AWS_ENDPOINT_URL)")
     p.add_argument("--address", help="Ray address (default $RAY_ADDRESS, else an in-process local Ray)")
+    p.add_argument("--working-dir", help="folder of the model builder's module, shipped to every worker "
+                                         "(default: the current folder)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,11 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the spec's single configuration (no search)")
     _spec_args(p, None)
 
-    p = sub.add_parser("stage-data", help="stage MNIST as Parquet under a storage URI")
+    p = sub.add_parser("stage-data", help="stage a dataset (MNIST, or your CSV or Parquet table) under a storage URI")
     p.add_argument("--source", default="builtin",
-                   help="builtin (shipped subset), a folder or s3:// prefix with the IDX .gz files, or download")
+                   help="a .csv or .parquet file, or a folder / s3:// prefix of .parquet files; or MNIST: builtin "
+                        "(shipped subset), download, or a folder / s3:// prefix with the IDX .gz files")
     p.add_argument("--dest", required=True, help="dataset URI (local path or s3://bucket/prefix)")
+    p.add_argument("--label", help="the label column (CSV / Parquet sources)")
+    p.add_argument("--features", help="feature columns, comma-separated (default: every column but the label "
+                                      "and `split`)")
+    p.add_argument("--feature-shape", help="the shape of one list-column feature, e.g. 8,8")
+    p.add_argument("--task", choices=("classification", "regression"),
+                   help="default: classification for integer or string labels, regression for floats")
     p.add_argument("--validation-fraction", type=float, default=1 / 12)
+    p.add_argument("--test-fraction", type=float, default=1 / 12,
+                   help="carved off a CSV / Parquet source without a `split` column")
+    p.add_argument("--seed", type=int, default=0, help="seeds the carving of validation and test")
     p.add_argument("--endpoint", help="S3 endpoint URL (default $AWS_ENDPOINT_URL)")
 
     p = sub.add_parser("report", help="write an HTML report of a finished experiment into its folder")
@@ -106,16 +104,56 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_stage(args) -> int:
-    if not 0 < args.validation_fraction < 1:
-        raise UsageError(f"The value of `--validation-fraction` is {args.validation_fraction}, but must be > 0 and < 1.")
+    problems = []
+    for flag, value in (("--validation-fraction", args.validation_fraction), ("--test-fraction", args.test_fraction)):
+        if not 0 < value < 1:
+            problems.append(f"The value of `{flag}` is {value}, but must be > 0 and < 1.")
+    if not problems and args.validation_fraction + args.test_fraction >= 1:
+        problems.append("`--validation-fraction` and `--test-fraction` add up to 1 or more; nothing is left to train on.")
     for flag, uri in (("--dest", args.dest), ("--source", None if args.source in ("builtin", "download") else args.source)):
         problem = uri and storage.check_uri(uri)
         if problem:
-            raise UsageError(f"The value of `{flag}` is {uri!r}: {problem}")
+            problems.append(f"The value of `{flag}` is {uri!r}: {problem}")
+    shape = None
+    if args.feature_shape:
+        try:
+            shape = tuple(int(d) for d in args.feature_shape.split(","))
+            if any(d < 1 for d in shape):
+                raise ValueError
+        except ValueError:
+            problems.append(f"The value of `--feature-shape` is {args.feature_shape!r}, but must be sizes like 8,8.")
+    if problems:
+        raise UsageError(*problems)
     storage.preflight(args.dest, args.endpoint)
-    manifest = data.stage(data.source_for(args.source, args.endpoint), args.dest, args.validation_fraction, args.endpoint)
+    if data.is_mnist_source(args.source, args.endpoint):
+        given = [f for f, v in (("--label", args.label), ("--features", args.features), ("--feature-shape", shape),
+                                ("--task", args.task)) if v]
+        if given:
+            raise UsageError(f"`{given[0]}` applies to CSV and Parquet sources; {args.source} is MNIST.")
+        prepared = data.mnist_dataset(data.source_for(args.source, args.endpoint), args.validation_fraction)
+    else:
+        if not args.label:
+            raise UsageError(f"Staging {args.source} needs `--label COLUMN`: the column to predict.")
+        features = [c.strip() for c in args.features.split(",") if c.strip()] if args.features else None
+        prepared = data.table_dataset(data.TableSource(args.source, args.endpoint), args.label, features, shape,
+                                      args.task, args.validation_fraction, args.test_fraction, args.seed)
+    existing = data.read_manifest(args.dest, args.endpoint)
+    if existing is not None:
+        keys = ("source_sha256", "features", "label", "validation_fraction", "test_fraction", "split_seed")
+        same = all(existing.get(k) == prepared.meta.get(k) for k in keys if k != "features") and \
+            existing.get("features", {}).get("columns") == prepared.meta["features"]["columns"]
+        if not same:
+            raise UsageError(f"Another dataset is staged at {args.dest} already; choose another --dest, or delete "
+                             "that one first.")
+        print(f"Already staged at {args.dest}: the same source and settings.")
+        return 0
+    manifest = prepared.write(args.dest, args.endpoint)
     rows = ", ".join(f"{k} {v['rows']}" for k, v in manifest["splits"].items())
-    print(f"Staged MNIST ({manifest['source']}) at {args.dest}: {rows} rows.")
+    label = manifest["label"]
+    what = (f"{len(label['classes'])} classes" if label["task"] == "classification" else "regression")
+    shape = "x".join(map(str, manifest["features"]["shape"]))
+    print(f"Staged {manifest['dataset']} ({what}, features {shape} {manifest['features']['dtype']}) from "
+          f"{manifest['source']} at {args.dest}: {rows} rows.")
     return 0
 
 
@@ -139,136 +177,34 @@ def cmd_best(args) -> int:
     return 0
 
 
-def ensure_dataset(spec) -> dict:
-    """The staged dataset's manifest, staging it first when it is not there yet."""
-    uri = spec.dataset_uri()
-    manifest = data.read_manifest(uri, spec.storage.endpoint)
-    if manifest is None:
-        print(f"Staging MNIST from {spec.data.source} to {uri} ...", flush=True)
-        manifest = data.stage(data.source_for(spec.data.source, spec.storage.endpoint), uri,
-                              spec.data.validation_fraction, spec.storage.endpoint)
-    return manifest
-
-
-def spec_json(spec) -> dict:
-    """The spec as it is stored (JSON types: lists, not tuples)."""
-    return json.loads(json.dumps(spec.to_dict()))
-
-
-def with_defaults(stored: dict) -> dict:
-    """A stored spec with the fields added since it was stored at their defaults (an
-    experiment started before `scheduler` existed ran ASHA, as the default does). Not
-    validated: only the differences matter here."""
-
-    def merge(stored: Any, defaults: Any) -> Any:
-        if not (isinstance(stored, dict) and isinstance(defaults, dict)) or set(defaults) == set(HYPERPARAMETERS):
-            return stored  # a value, or the space (stored whole)
-        return {**defaults, **{k: merge(v, defaults[k]) if k in defaults else v for k, v in stored.items()}}
-
-    return merge(stored, spec_json(Spec()))
-
-
-def experiment_state(spec) -> str:
-    """``new``, ``interrupted`` (started, no summary yet), ``failed-trials`` (finished with
-    trials that failed, to be retried) or ``finished``, for this spec.
-
-    Running the same command again is safe, which is what a Kubernetes RayJob retry on a
-    new cluster does: an interrupted experiment resumes, a finished one is reported.
-    The same name with a different spec is refused, so nothing stored is mixed or lost.
-    """
-    exp = results.experiment_uri(spec)
-    endpoint = spec.storage.endpoint
-    summary_uri, spec_uri = storage.join(exp, results.SUMMARY), storage.join(exp, SPEC_FILE)
-    if storage.exists(summary_uri, endpoint):
-        summary = storage.read_json(summary_uri, endpoint)
-        state, stored = "finished", summary.get("spec")
-        if spec.failure.retry_errored_on_resume and any(t["status"] == "error" for t in summary.get("trials", [])):
-            state = "failed-trials"  # finished, but some trials failed: retry those
-    elif storage.exists(spec_uri, endpoint):
-        state, stored = "interrupted", storage.read_json(spec_uri, endpoint)
-    else:
-        return "new"
-    changed = [k for k in (differences(with_defaults(stored), spec_json(spec)) if stored is not None else [])
-               if not k.startswith(RUN_SETTINGS)]
-    if changed:
-        shown = ", ".join(f"`{k}`" for k in changed[:3]) + (" ..." if len(changed) > 3 else "")
-        raise UsageError(
-            f"The experiment `{spec.name}` under {spec.storage.uri} was {'started' if state == 'interrupted' else 'run'} "
-            f"with a different spec ({shown} differ); run it with the same spec to "
-            f"{'resume it' if state == 'interrupted' else 'see its results'}, or choose another --name."
-        )
-    return state
-
-
 def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = None) -> int:
-    from tuner import schedule
-    from tuner import tune as tuning
-
-    spec = load_spec(args.config, args.overrides, **{
-        "name": args.name, "storage.uri": args.storage, "storage.endpoint": args.endpoint,
-    }).with_absolute_paths()
-    if not search:
-        problems = require_fixed(spec)
-        if problems:
-            raise UsageError(*problems)
-    elif missing := missing_dependency(spec):
-        raise UsageError(missing)
-
-    address = args.address or os.environ.get("RAY_ADDRESS", "")
-    if address.startswith("ray://"):
-        raise UsageError(f"The Ray address {address!r} is a Ray Client address, which tuner does not support; "
-                         "run tuner on the cluster (`ray job submit -- tuner ...`) or give the GCS address (HOST:6379).")
-    # Storage and data first: both are cheap, and a bad endpoint should not cost a Ray start.
-    storage.preflight(spec.storage.uri, spec.storage.endpoint)
-    if spec.data.uri:
-        storage.preflight(spec.data.uri, spec.storage.endpoint)
-    state = experiment_state(spec)
-    resume = state in ("interrupted", "failed-trials") and tuning.can_resume(spec)
-    if state == "failed-trials" and not resume:
-        state = "finished"  # no Tune state to retry from: never start it over under its name
-    if state == "finished":
+    plan = experiment.prepare(
+        args.config, args.overrides,
+        {"name": args.name, "storage.uri": args.storage, "storage.endpoint": args.endpoint},
+        args.address, args.working_dir, search, ["tuner", *argv])
+    spec = plan.spec
+    if plan.state == "finished":
         uri = storage.join(results.experiment_uri(spec), results.SUMMARY)
         best = results.read_summary(spec.storage.uri, spec.name, spec.storage.endpoint)["best"]
         print(f"The experiment `{spec.name}` already finished with this spec; its summary: {uri}")
         print(json.dumps(best, indent=2))
         return 0 if best is not None else 1
-    manifest = ensure_dataset(spec)
-    train_rows = manifest["splits"]["train"]["rows"]
-    problems = [p for b in tuning.batch_sizes(spec)
-                if (p := schedule.check_plan(schedule.BatchPlan(spec.scaling.workers, b, train_rows)))]
-    if problems:
-        raise UsageError(*sorted(set(problems)))
+    for line in plan.warnings:
+        print(f"tuner: warning: {line}", file=sys.stderr)
 
-    try:
-        cluster = tuning.connect(args.address, spec)
-    except tuning.ResourceError as e:
-        raise UsageError(str(e)) from None
+    cluster = experiment.connect(plan, args.address)
     if stop:
-        stop.install()
+        stop.install()  # ray.init replaced the SIGTERM handler
     print(f"Running up to {cluster.concurrent} trial(s) at once, each {cluster.trial.describe()}.", flush=True)
-
-    if resume:
-        what = "interrupted experiment" if state == "interrupted" else "failed trials of the experiment"
+    if plan.pending is not None:
+        print(f"Staging MNIST from {spec.data.source} to {plan.dataset_uri} ...", flush=True)
+    experiment.stage(plan)
+    if plan.resume:
+        what = "interrupted experiment" if plan.state == "interrupted" else "failed trials of the experiment"
         print(f"Resuming the {what} `{spec.name}` from {results.experiment_uri(spec)}: "
               "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
-    else:
-        storage.write_json(storage.join(results.experiment_uri(spec), SPEC_FILE), spec_json(spec), spec.storage.endpoint)
-    grid, rungs = tuning.run(spec, spec.dataset_uri(), cluster, search=search, resume=resume, stop=stop)
-    trials = results.trials_from_grid(grid)
-    fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
-    summary = results.summarize(
-        spec, ["tuner", *argv], trials,
-        storage_fs_uri=lambda p: storage.to_uri(fs, p),
-        checkpoint_exists=lambda p: fs.get_file_info(posixpath.join(p, worker.MODEL_FILE)).type == pafs.FileType.File,
-    )
-    summary["max_concurrent_trials"] = cluster.concurrent
-    summary["cluster_resources"] = {k: v for k, v in cluster.resources.items() if k in ("CPU", "GPU") or
-                                    k == spec.scaling.driver_resource}
-    if rungs is not None:
-        summary["asha_rungs"] = results.asha_rungs(rungs)
-    results.write_results(spec, results.rows_from_results(trials))
-    results.export_best(spec, summary, spec.dataset_uri())
-    uri = results.write_summary(spec, summary)
+    grid, rungs = experiment.run(plan, cluster, stop)
+    summary, uri = experiment.summarize(plan, cluster, grid, rungs)
     best = summary["best"]
     failed = [t for t in summary["trials"] if t["status"] == "error"]
     if failed:
@@ -278,9 +214,10 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
     if best is None:
         print(f"No trial finished an epoch; see {uri}.", file=sys.stderr)
         return 1
+    metric = spec.objective.metric
+    tests = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("test_") and isinstance(v, float))
     print(
-        f"Best trial {best['trial_id']}: val_accuracy {best['val_accuracy']:.4f}, "
-        f"test_accuracy {best['test_accuracy']:.4f} (epoch {best['epoch']})\n"
+        f"Best trial {best['trial_id']}: {metric} {best[metric]:.4f}, {tests} (epoch {best['epoch']})\n"
         f"  config: {json.dumps(best['config'], sort_keys=True)}\n"
         f"  checkpoint: {best['checkpoint_uri']}\n  summary: {uri}"
     )

@@ -49,10 +49,10 @@ def edge_warnings(space: dict, best_config: dict) -> list[str]:
         if not isinstance(dim, dict) or len(dim) != 1:
             continue
         (kind, bounds), = dim.items()
-        if kind not in ("loguniform", "uniform") or best_config.get(name) is None:
+        if kind not in ("loguniform", "uniform", "int_uniform", "int_loguniform") or best_config.get(name) is None:
             continue  # not ranged, or not used by the best trial (a conditional hyperparameter)
         lo, hi, value = float(bounds[0]), float(bounds[1]), float(best_config[name])
-        if kind == "loguniform":
+        if kind in ("loguniform", "int_loguniform"):
             lo, hi, value = math.log10(lo), math.log10(hi), math.log10(value)
         width = hi - lo
         for edge, where in ((lo, "lower"), (hi, "upper")):
@@ -85,6 +85,17 @@ def reproduce_command(summary: dict) -> str:
     return shlex.join(summary["command"])
 
 
+def objective(summary: dict) -> tuple[str, str]:
+    """(metric, mode) the experiment followed (val_accuracy, max before it was a choice)."""
+    o = summary.get("objective") or {}
+    return o.get("metric", "val_accuracy"), o.get("mode", "max")
+
+
+def label(metric: str) -> str:
+    """``val_accuracy`` -> "validation accuracy"."""
+    return metric.replace("val_", "validation ").replace("test_", "test ").replace("_", " ")
+
+
 # --- figures (matplotlib) ------------------------------------------------------------------
 
 
@@ -95,6 +106,7 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metric, mode = objective(summary)
     milestones = rungs(summary["spec"]["asha"])
     colours = dict(zip(milestones, plt.get_cmap("viridis")(
         [i / max(1, len(milestones) - 1) for i in range(len(milestones))])))
@@ -108,13 +120,13 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
         hist = sorted(by_trial.get(t["trial_id"], []), key=lambda r: r["epoch"])
         if hist:
             rung = last_rung(t["epochs"], milestones)
-            ax.plot([r["epoch"] for r in hist], [r["val_accuracy"] for r in hist], marker="o", ms=3,
+            ax.plot([r["epoch"] for r in hist], [r.get(metric) for r in hist], marker="o", ms=3,
                     color=colours.get(rung, "grey"), alpha=0.8)
     for rung, colour in colours.items():
         ax.plot([], [], color=colour, label=f"stopped at epoch {rung} or after" if rung != milestones[-1]
                 else f"full budget ({rung})")
     scheduler = summary["spec"].get("scheduler", {}).get("kind", "asha")
-    ax.set(xlabel="epoch", ylabel="validation accuracy",
+    ax.set(xlabel="epoch", ylabel=label(metric),
            title=f"Learning curves, by the last rung each trial reached (scheduler: {scheduler})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -130,7 +142,7 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
 
     space = summary["spec"]["search"]["space"]
     searched = [n for n, d in space.items() if isinstance(d, dict)]
-    scores = {t["trial_id"]: t["best_val_accuracy"] for t in summary["trials"] if t["best_val_accuracy"] is not None}
+    scores = {t["trial_id"]: t.get(f"best_{metric}") for t in summary["trials"] if t.get(f"best_{metric}") is not None}
     trials = [t for t in summary["trials"] if t["trial_id"] in scores]
     if searched and trials:
         cols = 3
@@ -148,14 +160,14 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
                 ax.set_xlim(-0.5, len(labels) - 0.5)
             else:
                 xs = values
-                if kind == "loguniform":
+                if kind in ("loguniform", "int_loguniform"):
                     ax.set_xscale("log")
             ax.scatter(xs, ys, s=18, alpha=0.8)
-            ax.set(title=name, ylabel="best val accuracy")
+            ax.set(title=name, ylabel=f"best {label(metric)}")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(searched):]:
             ax.axis("off")
-        fig.suptitle("Accuracy against each hyperparameter")
+        fig.suptitle(f"{label(metric).capitalize()} against each hyperparameter")
         fig.tight_layout()
         out["hyperparameters"] = _png(fig)
 
@@ -166,7 +178,8 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
             ys = [_unit(space[n], t["config"].get(n)) for n in searched]
             ax.plot(range(len(searched)), ys, color=cmap((scores[t["trial_id"]] - lo_s) / ((hi_s - lo_s) or 1)), alpha=0.8)
         ax.set_xticks(range(len(searched)), searched, rotation=20, fontsize=8)
-        ax.set(ylabel="position in range (0 = low)", title="Parallel coordinates (colour: best val accuracy, bright = high)")
+        ax.set(ylabel="position in range (0 = low)",
+               title=f"Parallel coordinates (colour: best {label(metric)}, bright = high)")
         ax.grid(alpha=0.3)
         out["parallel"] = _png(fig)
     return out
@@ -180,7 +193,7 @@ def _unit(dim: dict, value) -> float:
         labels = [str(c) for c in arg]
         return labels.index(str(value)) / max(1, len(labels) - 1) if str(value) in labels else 0.5
     lo, hi, v = float(arg[0]), float(arg[1]), float(value)
-    if kind == "loguniform":
+    if kind in ("loguniform", "int_loguniform"):
         lo, hi, v = math.log10(lo), math.log10(hi), math.log10(v)
     return (v - lo) / ((hi - lo) or 1)
 
@@ -199,6 +212,8 @@ def _png(fig) -> bytes:
 
 def render_html(summary: dict, rows: list[dict], pngs: dict[str, bytes]) -> str:
     best = summary.get("best") or {}
+    metric, mode = objective(summary)
+    key = f"best_{metric}"
     ledger = cost_ledger(summary, rows)
     warnings = edge_warnings(summary["spec"]["search"]["space"], best.get("config", {}))
     e = html.escape
@@ -208,14 +223,18 @@ def render_html(summary: dict, rows: list[dict], pngs: dict[str, bytes]) -> str:
     )
     failed = [t for t in summary["trials"] if t["status"] == "error"]
     def trial_row(t):
-        score = "" if t["best_val_accuracy"] is None else f"{t['best_val_accuracy']:.4f}"
+        score = "" if t.get(key) is None else f"{t[key]:.4f}"
         return (f"<tr><td>{e(t['trial_id'])}</td><td>{e(t['status'])}</td><td>{t['epochs']}</td><td>{score}</td>"
                 f"<td>{t.get('restarts', 0)}</td><td><code>{e(json.dumps(t['config'], sort_keys=True))}</code></td></tr>")
 
-    rows_html = "".join(trial_row(t) for t in sorted(summary["trials"], key=lambda t: -(t["best_val_accuracy"] or 0)))
+    sign = -1 if mode == "max" else 1
+    rows_html = "".join(trial_row(t) for t in sorted(
+        summary["trials"], key=lambda t: (t.get(key) is None, sign * (t.get(key) or 0))))
+    tests = ", ".join(f"{e(label(k))} <b>{v:.4f}</b>" for k, v in best.items()
+                      if k.startswith("test_") and isinstance(v, float))
     best_html = "<p>No trial finished an epoch.</p>" if not best else (
-        f"<p>Trial <b>{e(best['trial_id'])}</b>, epoch {best['epoch']}: validation accuracy "
-        f"<b>{best['val_accuracy']:.4f}</b>, test accuracy <b>{best.get('test_accuracy', float('nan')):.4f}</b>.</p>"
+        f"<p>Trial <b>{e(best['trial_id'])}</b>, epoch {best['epoch']}: {e(label(metric))} "
+        f"<b>{best[metric]:.4f}</b>{', ' + tests if tests else ''}.</p>"
         f"<p>Checkpoint: <code>{e(best['checkpoint_uri'])}</code></p>"
         f"<pre>{e(json.dumps(best['config'], indent=2, sort_keys=True))}</pre>"
     )
@@ -241,7 +260,7 @@ code, pre {{ background: #f5f5f5; }}
 <h2>Range edges</h2>{warn_html}
 <h2>Figures</h2>{img}
 <h2>Trials</h2>
-<table><tr><th>trial</th><th>status</th><th>epochs</th><th>best val accuracy</th><th>restarts</th><th>config</th></tr>
+<table><tr><th>trial</th><th>status</th><th>epochs</th><th>best {e(label(metric))}</th><th>restarts</th><th>config</th></tr>
 {rows_html}</table>
 <script>
 // Marks the page once every figure has loaded and decoded (checked by the tests).

@@ -1,8 +1,8 @@
 """What an experiment leaves behind under ``<storage>/<name>/``.
 
 - ``results.parquet``: one row per reported epoch of every trial;
-- ``summary.json``: the resolved spec, the command, the best trial (with its test
-  accuracy and checkpoint URI) and one entry per trial;
+- ``summary.json``: the resolved spec, the command, the objective, the best trial (with
+  its test metrics and checkpoint URI) and one entry per trial;
 - ``best_model.keras``: the best checkpoint's model.
 
 ``rows_from_results`` and ``summarize`` are pure; ``export_best`` touches TensorFlow.
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from tuner import storage
-from tuner.spec import HYPERPARAMETERS, Spec
-from tuner.tune import METRIC, TIME_ATTR
+from tuner.spec import Spec
+from tuner.tune import TIME_ATTR
 
 SUMMARY = "summary.json"
 RESULTS = "results.parquet"
@@ -27,7 +27,7 @@ BEST_MODEL = "best_model.keras"
 
 # Per-epoch metrics kept in results.parquet (plus the trial's hyperparameters).
 ROW_METRICS = (
-    "epoch", "val_accuracy", "val_loss", "loss", "accuracy", "learning_rate", "train_seconds",
+    "epoch", "val_accuracy", "val_mae", "val_loss", "loss", "accuracy", "mae", "learning_rate", "train_seconds",
     "samples_per_second", "workers", "per_worker_batch", "global_batch", "steps_per_epoch",
     "resumed_from_epoch", "startup_seconds", "startup_process_seconds", "startup_worker_entered_seconds",
     "startup_imported_seconds", "startup_ready_seconds", "startup_cpu_seconds",
@@ -56,24 +56,28 @@ def rows_from_results(trials: list[dict]) -> list[dict]:
         trials: ``{"trial_id", "config", "history": [metrics dict per epoch], ...}``.
     """
     rows = []
+    names = list(dict.fromkeys(k for t in trials for k in t["config"]))
     for t in trials:
         for metrics in t["history"]:
             row = {"trial_id": t["trial_id"]}
-            row.update({f"config/{k}": _clean(t["config"].get(k)) for k in HYPERPARAMETERS})
+            row.update({f"config/{k}": _clean(t["config"].get(k)) for k in names})
             row.update({k: _clean(metrics.get(k)) for k in ROW_METRICS})
             rows.append(row)
     return rows
 
 
-def asha_rungs(brackets: list[list[tuple[float, dict]]]) -> list[list[dict]]:
+def asha_rungs(brackets: list[list[tuple[float, dict]]], mode: str = "max") -> list[list[dict]]:
     """ASHA's rungs for ``summary.json``: per bracket, lowest milestone first,
-    ``{"epoch": milestone, "recorded": {trial id: val_accuracy when it got there}}``.
+    ``{"epoch": milestone, "recorded": {trial id: the objective when it got there}}``.
 
     Args:
-        brackets: ``ResumableASHA.rungs()`` (highest milestone first, as ASHA keeps them).
+        brackets: ``ResumableASHA.rungs()`` (highest milestone first, as ASHA keeps them;
+            ASHA records a "min" objective negated, undone here).
     """
+    sign = 1 if mode == "max" else -1
     return [
-        [{"epoch": int(m) if float(m).is_integer() else m, "recorded": {t: _clean(v) for t, v in sorted(rec.items())}}
+        [{"epoch": int(m) if float(m).is_integer() else m,
+          "recorded": {t: _clean(v) if _clean(v) is None else sign * _clean(v) for t, v in sorted(rec.items())}}
          for m, rec in reversed(rungs)]
         for rungs in brackets
     ]
@@ -126,6 +130,8 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
         checkpoint_exists: whether a checkpoint path is still in storage (retention
             deletes all but the best few, and on ties it may keep a later epoch).
     """
+    metric, mode = spec.objective.metric, spec.objective.mode
+    better = max if mode == "max" else min
     entries, candidates = [], []
     for t in trials:
         history = t["history"]
@@ -144,21 +150,23 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
             "per_worker_batch": t["config"]["batch_size"],
             "global_batch": t["config"]["batch_size"] * spec.scaling.workers,
             "steps_per_epoch": _clean(last.get("steps_per_epoch")),
-            "best_val_accuracy": max((m[METRIC] for m in history), default=None),
+            f"best_{metric}": better((m[metric] for m in history if m.get(metric) is not None), default=None),
             "wall_seconds": running_seconds(history),
             "restarts": len(starts) - 1 if starts else 0,
             "resumed_from_epochs": starts[1:],
         })
-        candidates += [(m[METRIC], int(m[TIME_ATTR]), t, m) for m in history if m.get("checkpoint_path")]
+        candidates += [(m[metric], int(m[TIME_ATTR]), t, m) for m in history
+                       if m.get("checkpoint_path") and m.get(metric) is not None]
     best = None
-    # Highest validation accuracy first; on a tie the later epoch, the one retention keeps.
-    for val_accuracy, epoch, t, m in sorted(candidates, key=lambda c: (c[0], c[1]), reverse=True):
+    # The best objective first; on a tie the later epoch, the one retention keeps.
+    sign = 1 if mode == "max" else -1
+    for value, epoch, t, m in sorted(candidates, key=lambda c: (sign * c[0], c[1]), reverse=True):
         if checkpoint_exists(m["checkpoint_path"]):
             best = {
                 "trial_id": t["trial_id"],
                 "config": t["config"],
                 "epoch": epoch,
-                "val_accuracy": val_accuracy,
+                metric: value,
                 "checkpoint_uri": storage_fs_uri(m["checkpoint_path"]),
             }
             break
@@ -166,6 +174,7 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
         "name": spec.name,
         "command": command,
         "spec": spec.to_dict(),
+        "objective": {"metric": metric, "mode": mode},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "epochs_spent": sum(e["epochs"] for e in entries),
         "best": best,
@@ -203,22 +212,26 @@ def write_results(spec: Spec, rows: list[dict]) -> None:
 
 
 def export_best(spec: Spec, summary: dict, dataset_uri: str) -> None:
-    """Score the best checkpoint on the test split and store it as ``best_model.keras``."""
+    """Score the best checkpoint on the test split (``test_loss`` and ``test_accuracy`` or
+    ``test_mae``) and store it as ``best_model.keras``."""
     best = summary["best"]
     if best is None:
         return
     import tf_keras
 
-    from tuner import data, model, worker
+    from tuner import data, training, worker
 
+    manifest = data.read_manifest(dataset_uri, spec.storage.endpoint)
+    task = data.staged.task(manifest)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp, worker.MODEL_FILE)
         local.write_bytes(storage.read_bytes(storage.join(best["checkpoint_uri"], worker.MODEL_FILE), spec.storage.endpoint))
         net = tf_keras.models.load_model(local)
-        test_loss, test_accuracy = model.evaluate(net, *data.load_split(dataset_uri, "test", spec.storage.endpoint))
+        x, y = data.load_split(dataset_uri, "test", spec.storage.endpoint, manifest)
+        scores = training.evaluate(net, x, y, task=task, loss=spec.model.loss)
         target = storage.join(experiment_uri(spec), BEST_MODEL)
         storage.write_bytes(target, local.read_bytes(), spec.storage.endpoint)
-    best.update(test_accuracy=test_accuracy, test_loss=test_loss, model_uri=target)
+    best.update({f"test_{k}": v for k, v in scores.items()}, model_uri=target)
 
 
 def write_summary(spec: Spec, summary: dict) -> str:

@@ -26,57 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import numpy as np
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+
+from tuner import raycompat
 
 log = logging.getLogger(__name__)
-
-
-class ResumableASHA(ASHAScheduler):
-    """ASHA (Li et al., MLSys 2020, https://arxiv.org/abs/1810.05934) whose rungs can
-    be saved and loaded as plain data. With several ``brackets`` (asynchronous
-    Hyperband), new trials are spread over them by a generator seeded with ``seed``
-    (Ray draws from NumPy's global one), as likely as in Ray."""
-
-    def __init__(self, *args, seed: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._bracket_of: dict[str, int] = {}  # trial id -> bracket index, kept after a trial ends
-        self._rng = np.random.default_rng(seed)
-
-    def on_trial_add(self, tune_controller, trial) -> None:
-        super().on_trial_add(tune_controller, trial)
-        # A trial that comes back after a restore stays in the bracket it was judged in.
-        if trial.trial_id not in self._bracket_of:
-            sizes = np.array([len(b._rungs) for b in self._brackets])
-            weights = np.e ** (sizes - sizes.max())  # Ray's AsyncHyperBandScheduler.on_trial_add
-            self._bracket_of[trial.trial_id] = int(self._rng.choice(len(self._brackets), p=weights / weights.sum()))
-        self._trial_info[trial.trial_id] = self._brackets[self._bracket_of[trial.trial_id]]
-
-    def __setstate__(self, state: dict) -> None:
-        state.setdefault("_rng", np.random.default_rng(0))  # pickled before brackets were seeded
-        self.__dict__.update(state)
-
-    def rungs(self) -> list[list[tuple[float, dict[str, float]]]]:
-        """Per bracket, its rungs (highest milestone first): (milestone, {trial id: reward})."""
-        return [[(m, dict(recorded)) for m, recorded in b._rungs] for b in self._brackets]
-
-    def state(self) -> dict:
-        return {"rungs": self.rungs(), "bracket_of": dict(self._bracket_of), "rng": self._rng.bit_generator.state}
-
-    def load(self, state: dict) -> None:
-        saved = state["rungs"]
-        ours = [[m for m, _ in b._rungs] for b in self._brackets]
-        if [[m for m, _ in rungs] for rungs in saved] != ours:
-            # Cannot happen through the CLI (a changed spec is refused); never judge
-            # trials against rungs of another shape.
-            raise ValueError(f"saved ASHA rungs {saved} do not match this scheduler's milestones {ours}")
-        for bracket, rungs in zip(self._brackets, saved):
-            bracket._rungs = [(m, dict(recorded)) for m, recorded in rungs]
-        self._bracket_of.update(state["bracket_of"])
-        if "rng" in state:
-            self._rng.bit_generator.state = state["rng"]
 
 
 @ray.remote(num_cpus=0)
@@ -212,13 +167,7 @@ class Keeper(tune.Callback):
         # count against it. (Re-added trials ask for this run's driver bundle: Tune
         # derives it again from the trainable passed to `Tuner.restore`.)
         self.searcher.max_concurrent = self.max_concurrent
-        waiting = {t.trial_id for t in trials if t.status in ("PENDING", "PAUSED")}
-        if hasattr(self.searcher, "_live_trials"):  # BasicVariantGenerator's count
-            self.searcher._live_trials.update(waiting)
-        elif hasattr(self.searcher, "live_trials"):  # ConcurrencyLimiter's
-            new = waiting - self.searcher.live_trials
-            self.searcher.live_trials.update(new)
-            self.searcher.num_unfinished_live_trials += len(new)
+        raycompat.count_as_live(self.searcher, {t.trial_id for t in trials if t.status in ("PENDING", "PAUSED")})
 
     def _follow_pauses(self, trials) -> None:
         """With ``PromotingASHA``: free the slots of trials paused at a rung (Tune stops
@@ -271,13 +220,23 @@ def release_slot(name: str, trial_id: str) -> None:
 
 def restored_keeper(tuner, max_concurrent: int, slots_name: str) -> Keeper:
     """The ``Keeper`` unpickled with a restored ``Tuner``, pointed at this run (Tune offers
-    no public way to reach a restored run's callbacks; a test pins this to Ray 2.60).
+    no public way to reach a restored run's callbacks).
     An experiment stored without one gets one that keeps no rungs."""
-    run_config = tuner._local_tuner.get_run_config()
+    run_config = raycompat.restored_run_config(tuner)
     keepers = [c for c in run_config.callbacks or [] if isinstance(c, Keeper)]
     if keepers:
         keepers[0].this_run(max_concurrent, slots_name)
         return keepers[0]
-    keeper = Keeper(None, tuner._local_tuner._tune_config.search_alg, max_concurrent, slots_name)
+    keeper = Keeper(None, raycompat.restored_search_alg(tuner), max_concurrent, slots_name)
     run_config.callbacks = [*(run_config.callbacks or []), keeper]
     return keeper
+
+
+def __getattr__(name: str):
+    # Experiments interrupted under an older tuner pickled their scheduler as
+    # tuner.resume.ResumableASHA; it lives in tuner.schedulers now.
+    if name == "ResumableASHA":
+        from tuner.schedulers import ResumableASHA
+
+        return ResumableASHA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

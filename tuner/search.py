@@ -1,5 +1,4 @@
-"""The spec's ``search.algorithm`` and ``scheduler`` as Ray Tune searchers, schedulers and
-a stopper.
+"""The spec's ``search.algorithm`` as a Ray Tune searcher (schedulers: ``tuner.schedulers``).
 
 Searchers (each with at most ``max_concurrent`` suggestions out at once):
 
@@ -15,14 +14,9 @@ Searchers (each with at most ``max_concurrent`` suggestions out at once):
   hyperparameter only when it is active. Tune saves their state (the Optuna study,
   the sampler's RNG) with every experiment checkpoint and restores it on a resume.
 
-Conditional hyperparameters (``spec.CONDITIONS``): momentum is used only by sgd, the
+Conditional hyperparameters (``space.CONDITIONS``): momentum is used only by sgd, the
 decay settings only by the exponential schedule. In a trial whose config does not use
 one, its value is None.
-
-Schedulers: ``asha``, ``asha_promote`` (``PromotingASHA``: the paper's rule, trials wait
-paused at a rung until promoted), ``hyperband`` (asynchronous, one bracket per halving
-rate), ``median_stopping`` and ``fifo``; the ``Plateau`` stopper combines with any of them.
-All but FIFO, and the stopper, keep their state across a resume through ``resume.Keeper``.
 
 Imports Ray: load it only where Tune runs.
 """
@@ -35,27 +29,26 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from ray import tune
-from ray.tune.experiment import Trial
-from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from tuner.spec import HYPERPARAMETERS, Dim, Spec, active, searched
+from tuner.space import CONDITIONS, Dim, active, ordered, searched
+from tuner.spec import Spec
 
 # --- the space ------------------------------------------------------------------------
 
 
 def value_at(name: str, dim: Dim, u: float):
     """The value of hyperparameter ``name`` at ``u`` in [0, 1) along ``dim``."""
-    is_int = HYPERPARAMETERS[name].type is int
+    is_int = dim.is_int
     if dim.kind == "choice":
         return dim.values[min(int(u * len(dim.values)), len(dim.values) - 1)]
     low, high = dim.values
-    if dim.kind == "uniform":
+    if dim.kind in ("uniform", "int_uniform"):
         if is_int:
             return int(low) + min(int(u * (high - low + 1)), int(high - low))
         return low + u * (high - low)
-    if dim.kind == "loguniform":
+    if dim.kind in ("loguniform", "int_loguniform"):
         if is_int:  # as tune.lograndint(low, high + 1); exp(log(16)) may come out as 15.999...
             value = int(math.exp(math.log(low) + u * (math.log(high + 1) - math.log(low))) + 1e-9)
             return max(int(low), min(value, int(high)))
@@ -71,7 +64,7 @@ def config_from_unit(space: Mapping[str, Dim], u: Sequence[float]) -> dict:
         raise ValueError(f"expected {len(names)} coordinates, got {len(u)}")
     coords = dict(zip(names, u))
     config = {name: value_at(name, space[name], float(coords[name])) if name in coords else space[name].values[0]
-              for name in HYPERPARAMETERS}
+              for name in ordered(space)}
     return {name: value if active(name, config) else None for name, value in config.items()}
 
 
@@ -148,7 +141,7 @@ class OptunaSpace:
 
     def __call__(self, trial) -> dict:
         config, fixed = {}, {}
-        for name in HYPERPARAMETERS:  # conditions come after what they depend on
+        for name in ordered(self.space):  # conditions come after what they depend on
             dim = self.space[name]
             if not active(name, config):
                 config[name] = fixed[name] = None
@@ -158,8 +151,8 @@ class OptunaSpace:
                 config[name] = trial.suggest_categorical(name, list(dim.values))
             else:
                 low, high = dim.values
-                log = dim.kind == "loguniform"
-                if HYPERPARAMETERS[name].type is int:
+                log = dim.is_log
+                if dim.is_int:
                     config[name] = trial.suggest_int(name, int(low), int(high), log=log)
                 else:
                     config[name] = trial.suggest_float(name, low, high, log=log)
@@ -186,8 +179,6 @@ def optuna_sampler(algorithm: str, seed: int):
 def searcher_for(spec: Spec, max_concurrent: int, metric: str, mode: str):
     """(search_alg, param_space) for ``tune.Tuner``: Tune's variant generator with the
     param space for ``grid``, else a searcher that holds the space itself."""
-    from tuner.tune import param_space
-
     se = spec.search
     if se.algorithm == "grid":
         # The generator's own limit: Tune ignores max_concurrent_trials for it.
@@ -204,261 +195,57 @@ def searcher_for(spec: Spec, max_concurrent: int, metric: str, mode: str):
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), {}
 
 
-# --- schedulers and the plateau stopper ------------------------------------------------
 
 
-def hyperband_brackets(max_t: int, grace_period: int, reduction_factor: int) -> int:
-    """Hyperband's bracket count: one per halving rate, s = 0 .. floor(log_rf(max_t / grace))."""
-    return int(math.floor(math.log(max_t / grace_period, reduction_factor) + 1e-9)) + 1
+# --- grid: Tune's variant generator -----------------------------------------------------
 
 
-def scheduler_for(spec: Spec, search: bool, time_attr: str):
-    """The spec's scheduler (ASHA, Hyperband and median stopping resumable), FIFO for a
-    single training run."""
-    from tuner.resume import ResumableASHA
-
-    a, kind = spec.asha, spec.scheduler.kind if search else "fifo"
-    if kind == "asha":
-        return ResumableASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
-                             reduction_factor=a.reduction_factor)
-    if kind == "asha_promote":
-        return PromotingASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
-                             reduction_factor=a.reduction_factor)
-    if kind == "hyperband":
-        return ResumableASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
-                             reduction_factor=a.reduction_factor, seed=spec.search.seed,
-                             brackets=hyperband_brackets(a.max_t, a.grace_period, a.reduction_factor))
-    if kind == "median_stopping":
-        return ResumableMedian(time_attr=time_attr, grace_period=a.grace_period,
-                               min_samples_required=spec.scheduler.median_min_trials)
-    if kind == "fifo":
-        return FIFOScheduler()
-    raise ValueError(f"unknown scheduler {kind!r}")  # pragma: no cover - validated in the spec
-
-
-class PromotingASHA(FIFOScheduler):
-    """ASHA with the promotion rule of Li et al. (MLSys 2020, https://arxiv.org/abs/1810.05934,
-    Algorithm 2): a trial reaching a rung goes on only if it is among the top
-    1/reduction_factor of the trials recorded there and not promoted from there before;
-    otherwise it pauses (Tune stops its actor, so its worker group is gone) and waits. When
-    a trial slot frees, the best waiting trial that has become promotable (highest rung
-    first) resumes from its newest checkpoint before any new trial starts. Once no new
-    trial comes, none runs and none is promotable, the waiting trials end where they are.
-
-    Ray's ASHA (``asha``) decides at once instead: a trial goes on unless it is below the
-    top 1/reduction_factor of those recorded at the rung so far, so the first trial at a
-    rung always goes on, and early trials are judged against few. Here each rung sends on
-    at most floor(n / reduction_factor) of its n trials, as synchronous successive halving
-    would, at the price of a worker-group start per resume.
-
-    Rewards are the trials' ``metric`` at the rung's epoch (``time_attr``). ``max_concurrent``
-    is the number of trial slots (set by ``tune.run``): free slots go to promotions first,
-    and ``resume.Keeper`` lets the searcher suggest new trials only for slots left over.
-    """
-
-    def __init__(self, time_attr: str, max_t: int, grace_period: int, reduction_factor: int,
-                 metric: str | None = None, mode: str | None = None, max_concurrent: int = 1):
-        super().__init__()
-        self._time_attr, self._metric, self._mode = time_attr, metric, mode
-        self.max_t, self.reduction_factor, self.max_concurrent = max_t, reduction_factor, max_concurrent
-        count = hyperband_brackets(max_t, grace_period, reduction_factor)
-        self._rungs = [(grace_period * reduction_factor ** k, {}) for k in reversed(range(count))]
-        self._promoted: dict[int, set[str]] = {m: set() for m, _ in self._rungs}
-        self._waiting: dict[str, int] = {}  # paused at a rung: trial id -> milestone
-        self._resume: set[str] = set()  # promoted from waiting, not yet running again
-        # Ended while waiting. Tune saves their state as it was (PAUSED), and a later
-        # restore would re-add them as PENDING and run them on.
-        self._ended_waiting: set[str] = set()
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        if self._metric and metric and self._metric != metric or self._mode and mode and self._mode != mode:
-            return False
-        self._metric, self._mode = self._metric or metric, self._mode or mode
-        return True
-
-    def _reward(self, value) -> float:
-        if value is None or not math.isfinite(value):
-            return -math.inf
-        return value if self._mode == "max" else -value
-
-    def _promotable(self, milestone: int, also: str | None = None) -> list[str]:
-        """Waiting trials (and ``also``) among the rung's top floor(n / rf) not yet
-        promoted from it, best first."""
-        recorded = dict(self._rungs)[milestone]
-        top = sorted(recorded, key=lambda t: recorded[t], reverse=True)[:len(recorded) // self.reduction_factor]
-        return [t for t in top if t not in self._promoted[milestone]
-                and (t == also or self._waiting.get(t) == milestone and t not in self._resume)]
-
-    def _fill(self, tune_controller, leaving: str | None = None) -> None:
-        """Give free trial slots to promotable waiting trials, highest rung first
-        (``leaving``: a trial that ends now but may still show as running)."""
-        busy = sum(1 for t in tune_controller.get_trials() if t.trial_id != leaving and (
-            t.status in (Trial.RUNNING, Trial.PENDING) and t.trial_id not in self._waiting
-            or t.status == Trial.PAUSED and t.trial_id in self._resume))
-        for milestone, _ in self._rungs:
-            for trial_id in self._promotable(milestone) if milestone < self.max_t else []:
-                if busy >= self.max_concurrent:
-                    return
-                self._promote(trial_id, milestone)
-                self._resume.add(trial_id)
-                busy += 1
-
-    def _promote(self, trial_id: str, milestone: int) -> None:
-        self._promoted[milestone].add(trial_id)
-        self._waiting.pop(trial_id, None)
-
-    def on_trial_add(self, tune_controller, trial) -> None:
-        # A resume re-adds unfinished trials as PENDING, and Tune starts every pending
-        # trial: one that was waiting at a rung goes back to waiting.
-        if trial.status != Trial.PENDING:
-            return
-        if trial.trial_id in self._ended_waiting:
-            trial.set_status(Trial.TERMINATED)
-        elif trial.trial_id in self._waiting and trial.trial_id not in self._resume:
-            trial.set_status(Trial.PAUSED)
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if self._time_attr not in result or self._metric not in result:
-            return TrialScheduler.CONTINUE
-        trial_id, epoch = trial.trial_id, result[self._time_attr]
-        self._resume.discard(trial_id)  # it runs
-        for milestone, recorded in self._rungs:  # the highest rung reached decides, as in Ray's ASHA
-            if epoch < milestone:
-                continue
-            if trial_id in recorded:  # judged there already (or reported again after a restart)
-                break
-            recorded[trial_id] = self._reward(result[self._metric])
-            if milestone >= self.max_t:
-                break
-            above = [t for m, _ in self._rungs if milestone < m < self.max_t for t in self._promotable(m)]
-            if not above and trial_id in self._promotable(milestone, also=trial_id):
-                self._promote(trial_id, milestone)
-                break
-            self._waiting[trial_id] = milestone
-            self._fill(tune_controller)
-            return TrialScheduler.PAUSE
-        return TrialScheduler.CONTINUE
-
-    def _ended(self, tune_controller, trial) -> None:
-        self._waiting.pop(trial.trial_id, None)
-        self._resume.discard(trial.trial_id)
-        self._fill(tune_controller, leaving=trial.trial_id)
-
-    def on_trial_complete(self, tune_controller, trial, result) -> None:
-        self._ended(tune_controller, trial)
-
-    def on_trial_error(self, tune_controller, trial) -> None:
-        self._ended(tune_controller, trial)
-
-    def on_trial_remove(self, tune_controller, trial) -> None:
-        self._waiting.pop(trial.trial_id, None)
-        self._resume.discard(trial.trial_id)
-
-    def choose_trial_to_run(self, tune_controller):
-        self._fill(tune_controller)
-        trials = tune_controller.get_trials()
-        for t in trials:
-            if t.status == Trial.PAUSED and t.trial_id in self._resume:
-                return t
-        for t in trials:
-            if t.status == Trial.PENDING:
-                return t
-        if (not self._resume and tune_controller.search_alg.is_finished()
-                and not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)):
-            for t in trials:  # nothing will come that could promote them
-                if t.status == Trial.PAUSED:
-                    self._ended_waiting.add(t.trial_id)
-                    tune_controller.stop_trial(t)
-        return None
-
-    def waiting(self) -> int:
-        """Paused trials that wait at a rung (they hold no trial slot)."""
-        return len(self._waiting)
-
-    def rungs(self) -> list[list[tuple[float, dict[str, float]]]]:
-        """As ``ResumableASHA.rungs``: one bracket."""
-        return [[(m, dict(recorded)) for m, recorded in self._rungs]]
-
-    def state(self) -> dict:
-        return {"rungs": self.rungs(), "promoted": {str(m): sorted(t) for m, t in self._promoted.items()},
-                "waiting": dict(self._waiting), "resume": sorted(self._resume), "ended": sorted(self._ended_waiting)}
-
-    def load(self, state: dict) -> None:
-        (saved,) = state["rungs"]
-        if [m for m, _ in saved] != [m for m, _ in self._rungs]:
-            raise ValueError(f"saved rungs {saved} do not match this scheduler's milestones")
-        self._rungs = [(m, dict(recorded)) for m, recorded in saved]
-        self._promoted = {int(m): set(t) for m, t in state["promoted"].items()}
-        self._waiting = {t: int(m) for t, m in state["waiting"].items()}
-        # Promoted but not resumed when the run stopped: still promoted.
-        self._resume = set(state["resume"])
-        self._ended_waiting = set(state.get("ended", ()))
-
-    def debug_string(self) -> str:
-        return "Using ASHA with promotion: " + ", ".join(
-            f"rung {m}: {len(r)} reached, {len(self._promoted[m])} promoted" for m, r in reversed(self._rungs)
-            if m < self.max_t) + f"; {len(self._waiting)} waiting"
+def param_space(spec: Spec) -> dict:
+    """The spec's search space as a Ray Tune ``param_space`` (grid search: choices become
+    ``grid_search`` axes). A conditional hyperparameter is None where it does not count."""
+    out = {}
+    grid = spec.search.algorithm == "grid"
+    for name in ordered(spec.search.space):
+        dim = spec.search.space[name]
+        if dim.is_fixed:
+            out[name] = dim.values[0]
+        elif dim.kind == "choice":
+            out[name] = tune.grid_search(list(dim.values)) if grid else tune.choice(list(dim.values))
+        elif dim.is_log:
+            low, high = dim.values
+            out[name] = tune.lograndint(int(low), int(high) + 1) if dim.is_int else tune.loguniform(low, high)
+        elif dim.is_range:
+            low, high = dim.values
+            out[name] = tune.randint(int(low), int(high) + 1) if dim.is_int else tune.uniform(low, high)
+        else:  # pragma: no cover - spec validation admits no other kind
+            raise ValueError(f"unknown dimension kind {dim.kind!r}")
+    for name, (parent, value) in CONDITIONS.items():
+        parents = spec.search.space[parent]
+        if parents.is_fixed:
+            out[name] = out[name] if parents.values[0] == value else None
+        elif set(parents.values) != {value}:  # the spec admits only one value here
+            out[name] = tune.sample_from(_IfActive(name, spec.search.space[name].values[0]))
+    return out
 
 
-class ResumableMedian(MedianStoppingRule):
-    """The median stopping rule (Golovin et al., KDD 2017: stop a trial whose best so far
-    is below the median of the other trials' running means at the same epoch) whose
-    records can be saved and loaded as plain data. It never pauses a trial: a pause
-    would tear its worker group down."""
+class _IfActive:
+    """A fixed value where its condition holds, else None (picklable, unlike a lambda)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, hard_stop=True, **kwargs)
-        self._saved: dict[str, list] = {}  # loaded records of trials not re-added yet
+    def __init__(self, name: str, value):
+        self.name, self.value = name, value
 
-    def _on_insufficient_samples(self, tune_controller, trial, time) -> str:
-        return TrialScheduler.CONTINUE
-
-    def on_trial_add(self, tune_controller, trial) -> None:
-        super().on_trial_add(tune_controller, trial)
-        saved = self._saved.pop(trial.trial_id, None)
-        if saved:  # a trial re-added by a resume: its results so far
-            self._results[trial] = [{self._time_attr: t, self._metric: m} for t, m in saved]
-
-    def state(self) -> dict:
-        records = {t.trial_id: [[r[self._time_attr], r[self._metric]] for r in results
-                                if r and self._time_attr in r and self._metric in r]
-                   for t, results in self._results.items()}
-        return {"results": {**self._saved, **records}}
-
-    def load(self, state: dict) -> None:
-        self._saved = {k: [list(r) for r in v] for k, v in state["results"].items()}
+    def __call__(self, spec) -> object:
+        # Tune's variant generator passes the whole trial spec ({"config": {...}, ...}).
+        parent, value = CONDITIONS[self.name]
+        config = spec["config"] if "config" in spec and parent not in spec else spec
+        return self.value if config[parent] == value else None
 
 
-class Plateau(tune.Stopper):
-    """Stops a trial whose ``metric`` has not improved by more than ``min_delta`` for
-    ``patience`` epochs (as Keras' EarlyStopping; higher is better). Epochs come from the
-    result's ``time_attr``, so a trial that resumes and reports an epoch again is judged
-    by the epochs it trained, not by how many reports came in."""
+def __getattr__(name: str):
+    # Experiments interrupted under an older tuner pickled these as tuner.search.*; they
+    # live in tuner.schedulers now.
+    if name in ("PromotingASHA", "ResumableMedian", "Plateau"):
+        from tuner import schedulers
 
-    def __init__(self, metric: str, time_attr: str, patience: int, min_delta: float = 0.0):
-        self.metric, self.time_attr, self.patience, self.min_delta = metric, time_attr, patience, min_delta
-        self.best: dict[str, list] = {}  # trial id -> [best value, its epoch]
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        value, epoch = result.get(self.metric), result.get(self.time_attr)
-        if value is None or epoch is None or not math.isfinite(value):
-            return False
-        best = self.best.get(trial_id)
-        if best is None or value - self.min_delta > best[0]:
-            self.best[trial_id] = [value, epoch]
-            return False
-        return epoch - best[1] >= self.patience
-
-    def stop_all(self) -> bool:
-        return False
-
-    def state(self) -> dict:
-        return {"best": {k: list(v) for k, v in self.best.items()}}
-
-    def load(self, state: dict) -> None:
-        self.best.update({k: list(v) for k, v in state["best"].items()})
-
-
-def stopper_for(spec: Spec, metric: str, time_attr: str) -> Plateau | None:
-    s = spec.scheduler
-    return Plateau(metric, time_attr, s.plateau_patience, s.plateau_min_delta) if s.plateau_patience else None
+        return getattr(schedulers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,18 +21,15 @@ from typing import Any, Mapping
 import yaml
 
 from tuner import storage
+from tuner.space import Dim, check_conditions, default_space, parse_space
 
 PRESET_PACKAGE = "tuner.presets"
 
-OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
-SCHEDULES = ("constant", "exponential")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 ALGORITHMS = ("random", "grid", "quasi_random", "tpe", "bayesian")
 SCHEDULERS = ("asha", "asha_promote", "hyperband", "median_stopping", "fifo")
-RANGE_KINDS = ("loguniform", "uniform")
 CHECKPOINT_UPLOADS = ("async", "sync")
-MAX_DEPTH = 3
-MAX_WIDTH = 4096
+MODES = ("max", "min")
 
 
 class SpecError(ValueError):
@@ -43,107 +40,16 @@ class SpecError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-# --- the search space ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dim:
-    """One hyperparameter's values: a fixed value, a range, or a list of choices.
-
-    YAML: ``0.001`` (fixed), ``{loguniform: [1e-4, 1e-2]}``, ``{uniform: [0.0, 0.5]}``,
-    or ``{choice: [64, 128, 256]}``.
-    """
-
-    kind: str  # "fixed", "loguniform", "uniform" or "choice"
-    values: tuple  # one value when fixed, (low, high) for a range, the choices otherwise
-
-    @property
-    def is_fixed(self) -> bool:
-        return self.kind == "fixed"
-
-    def to_yaml(self) -> Any:
-        if self.is_fixed:
-            return self.values[0]
-        return {self.kind: list(self.values)}
-
-
-@dataclass(frozen=True)
-class Hyperparameter:
-    """What one hyperparameter may be: its type, bounds and a default."""
-
-    type: type
-    default: Any
-    low: float | None = None  # inclusive lower bound
-    high: float | None = None  # upper bound (inclusive unless high_open)
-    high_open: bool = False
-    low_open: bool = False
-    allowed: tuple | None = None  # the only values a string hyperparameter may take
-    doc: str = ""
-
-
-# The tunable knobs of one trial. Each trial's config holds exactly these keys.
-HYPERPARAMETERS: dict[str, Hyperparameter] = {
-    "learning_rate": Hyperparameter(
-        float, 1e-3, low=0.0, low_open=True, high=10.0, doc="peak learning rate at the reference batch"
-    ),
-    "schedule": Hyperparameter(str, "constant", allowed=SCHEDULES, doc="learning-rate schedule"),
-    "decay_epochs": Hyperparameter(
-        float, 1.0, low=0.0, low_open=True, high=1e6, doc="exponential schedule: epochs per decay step"
-    ),
-    "decay_rate": Hyperparameter(
-        float, 0.5, low=0.0, low_open=True, high=1.0, doc="exponential schedule: factor per decay step"
-    ),
-    "staircase": Hyperparameter(bool, True, doc="exponential schedule: decay in whole steps"),
-    "optimizer": Hyperparameter(str, "adam", allowed=OPTIMIZERS, doc="optimizer"),
-    "momentum": Hyperparameter(float, 0.9, low=0.0, high=1.0, high_open=True, doc="sgd momentum"),
-    "batch_size": Hyperparameter(int, 32, low=1, high=65536, doc="per-worker batch size"),
-    "dropout": Hyperparameter(float, 0.2, low=0.0, high=1.0, high_open=True, doc="dropout after each hidden layer"),
-    "width": Hyperparameter(int, 128, low=1, high=MAX_WIDTH, doc="units per hidden layer"),
-    "depth": Hyperparameter(int, 1, low=1, high=MAX_DEPTH, doc="hidden layers"),
-}
-
-
-# Conditional hyperparameters: name -> (the hyperparameter it depends on, the value that
-# makes it count). Anywhere else a trial's config holds None for it.
-CONDITIONS: dict[str, tuple[str, str]] = {
-    "momentum": ("optimizer", "sgd"),
-    "decay_epochs": ("schedule", "exponential"),
-    "decay_rate": ("schedule", "exponential"),
-    "staircase": ("schedule", "exponential"),
-}
-
-
-def active(name: str, config: Mapping[str, Any]) -> bool:
-    """Whether hyperparameter ``name`` counts in a trial with ``config``."""
-    if name not in CONDITIONS:
-        return True
-    parent, value = CONDITIONS[name]
-    return config.get(parent) == value
-
-
-def default_space() -> dict[str, Dim]:
-    return {name: Dim("fixed", (hp.default,)) for name, hp in HYPERPARAMETERS.items()}
-
-
-def searched(space: Mapping[str, Dim]) -> list[str]:
-    """The hyperparameters a search varies, in ``HYPERPARAMETERS`` order."""
-    return [name for name in HYPERPARAMETERS if not space[name].is_fixed]
-
-
-def possible(dim: Dim) -> tuple | None:
-    """Every value ``dim`` can take, or None for a range."""
-    return None if dim.kind in RANGE_KINDS else dim.values
-
-
 # --- the spec sections -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    # Where the MNIST IDX .gz files come from: "builtin" (the subset shipped in the
-    # package), a local folder, an s3://bucket/prefix, or "download" (public mirrors).
+    # Where MNIST comes from when `tuner tune` stages it itself: "builtin" (the subset
+    # shipped in the package), a folder or s3://bucket/prefix of the IDX .gz files, or
+    # "download" (public mirrors). Your own data: stage it with `tuner stage-data`, set `uri`.
     source: str = "builtin"
-    # Where the staged Parquet lives; default <storage.uri>/datasets/<mnist|mnist-subset>.
+    # Where the staged dataset lives; default <storage.uri>/datasets/<mnist|mnist-subset>.
     uri: str | None = None
     # Share of the training images carved off, once, as the fixed validation split.
     validation_fraction: float = 1 / 12
@@ -168,8 +74,28 @@ class SearchSpec:
     num_samples: int = 8
     # Seeds the sampler and every trial's weight initialisation and shuffling.
     seed: int = 0
-    # Hyperparameter -> fixed value, {loguniform|uniform: [low, high]} or {choice: [...]}.
+    # Hyperparameter -> fixed value, {loguniform|uniform|int_uniform|int_loguniform: [low, high]}
+    # or {choice: [...]}: the training knobs (learning_rate, schedule, decay_epochs,
+    # decay_rate, staircase, optimizer, momentum, batch_size) and any model hyperparameter.
     space: Mapping[str, Dim] = field(default_factory=default_space)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    # The model builder, "module:function": build(hp, inputs) -> an uncompiled tf_keras.Model.
+    builder: str = "tuner.models:mnist_mlp"
+    # A Keras loss name (e.g. "huber"); default from the task: sparse categorical
+    # cross-entropy from logits (classification) or mean squared error (regression).
+    loss: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    # The validation metric that schedulers, searchers and the best trial follow:
+    # val_loss, and val_accuracy (classification) or val_mae (regression).
+    metric: str = "val_accuracy"
+    # "max" or "min".
+    mode: str = "max"
 
 
 @dataclass(frozen=True)
@@ -202,7 +128,7 @@ class SchedulerSpec:
     kind: str = "asha"
     # median_stopping: trials that must have reached an epoch before any is judged there.
     median_min_trials: int = 3
-    # With any scheduler: stop a trial whose val_accuracy has not improved by more than
+    # With any scheduler: stop a trial whose objective has not improved by more than
     # plateau_min_delta for plateau_patience epochs; null: never.
     plateau_patience: int | None = None
     plateau_min_delta: float = 0.0
@@ -252,6 +178,8 @@ class FailureSpec:
 class Spec:
     # Experiment name: the folder under storage.uri.
     name: str = "mnist-asha"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     data: DataSpec = field(default_factory=DataSpec)
     storage: StorageSpec = field(default_factory=StorageSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
@@ -360,8 +288,8 @@ def _check_known_path(parts: list[str]) -> str | None:
     fields = _field_names(parts[0])
     if parts[1] not in fields:
         return f"Unknown key `{key}`; known keys under `{parts[0]}`: {', '.join(fields)}."
-    if parts[:2] == ["search", "space"] and len(parts) >= 3 and parts[2] not in HYPERPARAMETERS:
-        return f"Unknown hyperparameter `{key}`; known: {', '.join(HYPERPARAMETERS)}."
+    if parts[:2] == ["search", "space"] and len(parts) >= 3 and not parts[2].isidentifier():
+        return f"The hyperparameter name `{key}` must be an identifier (letters, digits and _)."
     return None
 
 
@@ -424,7 +352,7 @@ def _build_section(section: str, default: Any, given: Mapping, problems: list[st
             problems.append(f"Unknown key `{section}.{key}`; known keys under `{section}`: {', '.join(fields)}.")
             continue
         if section == "search" and key == "space":
-            values[key] = _build_space(value, problems)
+            values[key] = parse_space(value, problems)
             continue
         current = getattr(default, key)
         coerced = _coerce(f"{section}.{key}", value, current, fields[key].type, problems)
@@ -466,88 +394,6 @@ def _coerce(key: str, value: Any, current: Any, annotation: str, problems: list[
     return _INVALID
 
 
-def _build_space(given: Any, problems: list[str]) -> dict[str, Dim]:
-    space = default_space()
-    if not isinstance(given, Mapping):
-        problems.append("The value of `search.space` must be a mapping of hyperparameter -> value, range or choice.")
-        return space
-    for name, value in given.items():
-        key = f"search.space.{name}"
-        if name not in HYPERPARAMETERS:
-            problems.append(f"Unknown hyperparameter `{key}`; known: {', '.join(HYPERPARAMETERS)}.")
-            continue
-        dim = _parse_dim(key, value, problems)
-        if dim is not None:
-            space[name] = dim
-    return space
-
-
-def _parse_dim(key: str, value: Any, problems: list[str]) -> Dim | None:
-    hp = HYPERPARAMETERS[key.rsplit(".", 1)[1]]
-    if isinstance(value, Mapping):
-        if len(value) != 1:
-            problems.append(f"The value of `{key}` must have exactly one of: loguniform, uniform, choice.")
-            return None
-        ((kind, args),) = value.items()
-        if kind in RANGE_KINDS:
-            if hp.type not in (int, float):
-                problems.append(f"`{key}` takes no {kind} range; use `choice: [...]`.")
-                return None
-            if not (isinstance(args, list) and len(args) == 2):
-                problems.append(f"The value of `{key}.{kind}` must be [low, high].")
-                return None
-            low, high = (_check_value(f"{key}.{kind}", v, hp, problems) for v in args)
-            if low is _INVALID or high is _INVALID:
-                return None
-            if not low < high:
-                problems.append(f"The range of `{key}` is [{low}, {high}], but low must be < high.")
-                return None
-            if kind == "loguniform" and low <= 0:
-                problems.append(f"The range of `{key}` starts at {low}, but a loguniform range must start > 0.")
-                return None
-            return Dim(kind, (low, high))
-        if kind == "choice":
-            if not (isinstance(args, list) and args):
-                problems.append(f"The value of `{key}.choice` must be a non-empty list.")
-                return None
-            checked = [_check_value(f"{key}.choice", v, hp, problems) for v in args]
-            if any(v is _INVALID for v in checked):
-                return None
-            return Dim("choice", tuple(checked))
-        problems.append(f"`{key}` has `{kind}`, but must be a value or one of: loguniform, uniform, choice.")
-        return None
-    checked = _check_value(key, value, hp, problems)
-    return None if checked is _INVALID else Dim("fixed", (checked,))
-
-
-def _check_value(key: str, value: Any, hp: Hyperparameter, problems: list[str]) -> Any:
-    if hp.type is bool:
-        if isinstance(value, bool):
-            return value
-        problems.append(f"The value of `{key}` is {value!r}, but must be true or false.")
-        return _INVALID
-    if hp.type is str:
-        if value in hp.allowed:
-            return value
-        problems.append(f"The value of `{key}` is {value!r}, but must be one of: {', '.join(hp.allowed)}.")
-        return _INVALID
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        problems.append(f"The value of `{key}` is {value!r}, but must be a number.")
-        return _INVALID
-    if hp.type is int and value != int(value):
-        problems.append(f"The value of `{key}` is {value!r}, but must be a whole number.")
-        return _INVALID
-    value = hp.type(value)
-    lo_ok = value > hp.low if hp.low_open else value >= hp.low
-    hi_ok = value < hp.high if hp.high_open else value <= hp.high
-    if not (lo_ok and hi_ok):
-        lo = f"> {hp.low:g}" if hp.low_open else f">= {hp.low:g}"
-        hi = f"< {hp.high:g}" if hp.high_open else f"<= {hp.high:g}"
-        problems.append(f"The value of `{key}` is {value!r}, but must be {lo} and {hi}.")
-        return _INVALID
-    return value
-
-
 def _check_spec(spec: Spec) -> list[str]:
     """Checks on scalar fields and across fields."""
     p: list[str] = []
@@ -578,9 +424,20 @@ def _check_spec(spec: Spec) -> list[str]:
     need(se.seed >= 0, "search.seed", se.seed, ">= 0")
     if se.algorithm == "grid":
         for name, dim in se.space.items():
-            if dim.kind in RANGE_KINDS:
+            if dim.is_range:
                 p.append(f"`search.space.{name}` is a {dim.kind} range, but grid search needs `choice: [...]` or a fixed value.")
-    p.extend(_check_conditions(se))
+    p.extend(check_conditions(se.space, grid=se.algorithm == "grid"))
+
+    m, o = spec.model, spec.objective
+    module, sep, function = m.builder.partition(":")
+    if not (sep and all(part.isidentifier() for part in [*module.split("."), function])):
+        p.append(f"The value of `model.builder` is {m.builder!r}, but must be `module:function` "
+                 "(e.g. `my_models:build`, for my_models.py in the working directory).")
+    if m.loss is not None and not m.loss.strip():
+        p.append("The value of `model.loss` is empty; give a Keras loss name or null (the task's default).")
+    need(o.mode in MODES, "objective.mode", o.mode, "max or min")
+    need(o.metric.startswith("val_") and o.metric[4:].isidentifier(), "objective.metric", o.metric,
+         "a validation metric: val_loss, val_accuracy (classification) or val_mae (regression)")
 
     need(t.lr_scaling in LR_SCALING_RULES, "training.lr_scaling", t.lr_scaling, f"one of: {', '.join(LR_SCALING_RULES)}")
     need(t.reference_batch >= 1, "training.reference_batch", t.reference_batch, ">= 1")
@@ -620,24 +477,6 @@ def _check_spec(spec: Spec) -> list[str]:
     need(c.upload in CHECKPOINT_UPLOADS, "checkpoint.upload", c.upload, f"one of: {', '.join(CHECKPOINT_UPLOADS)}")
     need(f.max_failures >= 0, "failure.max_failures", f.max_failures, ">= 0")
     need(f.controller_failure_limit >= 0, "failure.controller_failure_limit", f.controller_failure_limit, ">= 0 (-1 would retry forever)")
-    return p
-
-
-def _check_conditions(se: SearchSpec) -> list[str]:
-    """A conditional hyperparameter the search would vary but no trial would use, or (for
-    grid) vary in trials that do not use it: the searcher would silently waste trials."""
-    p = []
-    for name, (parent, value) in CONDITIONS.items():
-        dim, parents = se.space[name], possible(se.space[parent])
-        if dim.is_fixed or parents is None:
-            continue
-        if value not in parents:
-            p.append(f"`search.space.{name}` is searched, but only {parent} `{value}` uses it and "
-                     f"`search.space.{parent}` never is `{value}`; fix {name} to one value or add `{value}`.")
-        elif se.algorithm == "grid" and len(dim.values) > 1 and set(parents) != {value}:
-            others = ", ".join(str(v) for v in parents if v != value)
-            p.append(f"Grid search over `search.space.{name}` would repeat each {others} trial once per {name} "
-                     f"(only {parent} `{value}` uses it); fix {name} to one value, or fix {parent} to `{value}`.")
     return p
 
 

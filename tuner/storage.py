@@ -174,6 +174,8 @@ def preflight(uri: str, endpoint: str | None = None) -> None:
     fs, path = filesystem(uri, endpoint, quick_fail=True)
     marker = posixpath.join(path, f".tuner-preflight-{uuid.uuid4().hex}")
     payload = b"tuner preflight"
+    # Local folders this check creates, to remove again: it leaves nothing behind.
+    created = [] if loc.is_s3 else [p for p in [Path(path), *Path(path).parents] if not p.exists()]
     try:
         if not loc.is_s3:
             fs.create_dir(path, recursive=True)
@@ -184,6 +186,12 @@ def preflight(uri: str, endpoint: str | None = None) -> None:
         fs.delete_file(marker)
     except (OSError, ValueError) as e:
         raise StorageError(f"Cannot use storage {where}: {_explain(e)}") from None
+    finally:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
     if back != payload:
         raise StorageError(f"Cannot use storage {where}: a marker written there read back different bytes.")
 

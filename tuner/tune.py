@@ -10,7 +10,6 @@ with an explicit ``epoch`` metric as its time attribute.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import posixpath
@@ -20,9 +19,8 @@ from dataclasses import dataclass, replace
 
 from tuner import storage
 from tuner.interrupt import StopOnSignal
-from tuner.spec import CONDITIONS, HYPERPARAMETERS, RANGE_KINDS, Spec
+from tuner.spec import Spec
 
-METRIC, MODE = "val_accuracy", "max"
 TIME_ATTR = "epoch"
 RUNS_DIR = "runs"  # <storage>/<name>/runs/<trial_id>/: each trial's Ray Train run
 TF_ENV = {
@@ -39,13 +37,6 @@ TF_ENV = {
 # `max_concurrent` trials' worth: Tune then starts no more drivers than that (a
 # driver waiting for a trial slot would hold a CPU the running trials' workers need).
 LOCAL_DRIVER_RESOURCE = "tuner_trial_driver"
-# ray.train.v2._internal.constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR (Ray 2.60).
-NO_PREEMPTION_WATCHER = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-# ray._private.runtime_env.constants.RAY_JOB_CONFIG_JSON_ENV_VAR (Ray 2.60): a submitted
-# job's config, runtime environment included, as its driver gets it.
-JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-# ray._private.ray_constants.RAY_API_SERVER_ADDRESS_ENVIRONMENT_VARIABLE (Ray 2.60).
-API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
 
 
 class ResourceError(RuntimeError):
@@ -55,50 +46,6 @@ class ResourceError(RuntimeError):
 # --- pure parts -----------------------------------------------------------------------
 
 
-def param_space(spec: Spec) -> dict:
-    """The spec's search space as a Ray Tune ``param_space`` (grid search: choices become
-    ``grid_search`` axes). A conditional hyperparameter is None where it does not count."""
-    from ray import tune
-
-    out = {}
-    grid = spec.search.algorithm == "grid"
-    for name, dim in spec.search.space.items():
-        is_int = HYPERPARAMETERS[name].type is int
-        if dim.is_fixed:
-            out[name] = dim.values[0]
-        elif dim.kind == "choice":
-            out[name] = tune.grid_search(list(dim.values)) if grid else tune.choice(list(dim.values))
-        elif dim.kind == "loguniform":
-            low, high = dim.values
-            out[name] = tune.lograndint(int(low), int(high) + 1) if is_int else tune.loguniform(low, high)
-        elif dim.kind == "uniform":
-            low, high = dim.values
-            out[name] = tune.randint(int(low), int(high) + 1) if is_int else tune.uniform(low, high)
-        else:  # pragma: no cover - spec validation admits no other kind
-            raise ValueError(f"unknown dimension kind {dim.kind!r}")
-    for name, (parent, value) in CONDITIONS.items():
-        parents = spec.search.space[parent]
-        if parents.is_fixed:
-            out[name] = out[name] if parents.values[0] == value else None
-        elif set(parents.values) != {value}:  # the spec admits only one value here
-            out[name] = tune.sample_from(_IfActive(name, spec.search.space[name].values[0]))
-    assert set(out) == set(HYPERPARAMETERS)
-    return out
-
-
-class _IfActive:
-    """A fixed value where its condition holds, else None (picklable, unlike a lambda)."""
-
-    def __init__(self, name: str, value):
-        self.name, self.value = name, value
-
-    def __call__(self, spec) -> object:
-        # Tune's variant generator passes the whole trial spec ({"config": {...}, ...}).
-        parent, value = CONDITIONS[self.name]
-        config = spec["config"] if "config" in spec and parent not in spec else spec
-        return self.value if config[parent] == value else None
-
-
 def batch_sizes(spec: Spec) -> list[int]:
     """Every per-worker batch size the space can produce (the extremes of a range)."""
     dim = spec.search.space["batch_size"]
@@ -106,7 +53,7 @@ def batch_sizes(spec: Spec) -> list[int]:
 
 
 def uses_ranges(spec: Spec) -> bool:
-    return any(d.kind in RANGE_KINDS for d in spec.search.space.values())
+    return any(d.is_range for d in spec.search.space.values())
 
 
 @dataclass(frozen=True)
@@ -190,10 +137,15 @@ def local_cpus(res: TrialResources) -> int:
 # --- the trial function ---------------------------------------------------------------
 
 
-def train_loop_config(spec: Spec, dataset_uri: str) -> dict:
-    """The static part of every worker's config (the trial adds ``params``)."""
+def train_loop_config(spec: Spec, dataset_uri: str, inputs: dict) -> dict:
+    """The static part of every worker's config (the trial adds ``params``).
+
+    ``inputs``: the dataset's ``InputSpec.to_dict()``."""
     return {
         "dataset_uri": dataset_uri,
+        "builder": spec.model.builder,
+        "loss": spec.model.loss,
+        "inputs": inputs,
         "endpoint": storage.endpoint_from_env(spec.storage.endpoint),
         "max_t": spec.asha.max_t,
         "seed": spec.search.seed,
@@ -211,9 +163,9 @@ class TrialRunner:
     Pickled to each trial's actor; holds only plain data.
     """
 
-    def __init__(self, spec: Spec, dataset_uri: str, slots_name: str):
+    def __init__(self, spec: Spec, dataset_uri: str, inputs: dict, slots_name: str):
         self.spec_dict = spec.to_dict()
-        self.loop_config = train_loop_config(spec, dataset_uri)
+        self.loop_config = train_loop_config(spec, dataset_uri, inputs)
         self.slots_name = slots_name  # the run's `resume.Slots`
         self.__name__ = "trial"  # Tune names trials <__name__>_<id>
 
@@ -235,7 +187,7 @@ class TrialRunner:
         import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-        from tuner import raytf, worker  # raytf first: keeps TensorFlow out of this process
+        from tuner import raycompat, worker  # raycompat first: keeps TensorFlow out of this process
 
         from ray.tune.integration.ray_train import TuneReportCallback
         from tuner.spec import build_spec
@@ -246,11 +198,11 @@ class TrialRunner:
         driver_gpus = len(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
         fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
         run_uri = storage.join(spec.storage.uri, spec.name, RUNS_DIR, trial_id)
-        trainer = raytf.trainer(
+        trainer = raycompat.trainer(
             train_loop_per_worker=worker.train_loop_per_worker,
             train_loop_config={**self.loop_config, "params": dict(params), "trial_start": trial_start,
                                "run_uri": run_uri, "driver_gpus": driver_gpus},
-            tensorflow_config=raytf.Config(),
+            tensorflow_config=raycompat.Config(),
             scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu,
                                          resources_per_worker=TrialResources.of(spec).worker_bundle),
             run_config=RunConfig(
@@ -261,8 +213,8 @@ class TrialRunner:
                 storage_filesystem=fs,
                 checkpoint_config=CheckpointConfig(
                     num_to_keep=spec.checkpoint.num_to_keep,
-                    checkpoint_score_attribute=METRIC,
-                    checkpoint_score_order=MODE,
+                    checkpoint_score_attribute=spec.objective.metric,
+                    checkpoint_score_order=spec.objective.mode,
                 ),
                 failure_config=FailureConfig(
                     max_failures=spec.failure.max_failures,
@@ -287,7 +239,17 @@ class Cluster:
     concurrent: int  # trials at once
 
 
-def connect(address: str | None, spec: Spec) -> Cluster:
+def runtime_env_for(spec: Spec, working_dir: str | None = None, excludes: list[str] = ()) -> dict:
+    """The job's runtime environment: the S3 settings and TensorFlow's switches for every
+    process, and ``working_dir`` (the user's builder module) shipped to every worker."""
+    env = {"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}}
+    if working_dir:
+        env["working_dir"] = working_dir
+        env["excludes"] = list(excludes)
+    return env
+
+
+def connect(address: str | None, spec: Spec, runtime_env: dict | None = None) -> Cluster:
     """Connect to Ray (``address``, ``$RAY_ADDRESS``, else a new in-process local Ray).
 
     Raises:
@@ -295,7 +257,10 @@ def connect(address: str | None, spec: Spec) -> Cluster:
     """
     import ray
 
-    runtime_env = {"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}}
+    from tuner import raycompat
+
+    runtime_env = dict(runtime_env or runtime_env_for(spec))
+    runtime_env["env_vars"] = dict(runtime_env.get("env_vars", {}))
     address = address or os.environ.get("RAY_ADDRESS")
     res = TrialResources.of(spec)
     if address:
@@ -310,7 +275,7 @@ def connect(address: str | None, spec: Spec) -> Cluster:
     # One machine has no node to lose to preemption: Ray Train's preemption watcher
     # (one more actor process per trial, booting while the workers start) has
     # nothing to watch. Clusters keep it.
-    runtime_env["env_vars"][NO_PREEMPTION_WATCHER[0]] = NO_PREEMPTION_WATCHER[1]
+    runtime_env["env_vars"][raycompat.NO_PREEMPTION_WATCHER[0]] = raycompat.NO_PREEMPTION_WATCHER[1]
     # The dashboard hosts the state API that Ray Train uses to clean up worker placement
     # groups after a trial ends; without it they leak. Ray Train's cleaner finds it
     # through $RAY_API_SERVER_ADDRESS, else through the `ray_current_cluster` file in
@@ -318,7 +283,7 @@ def connect(address: str | None, spec: Spec) -> Cluster:
     # or alive: its cleaner would never see this Ray (and the next trial would wait for
     # workers forever), or would see another one. Pinned to this Ray's own dashboard.
     dashboard_port = free_port()
-    runtime_env["env_vars"][API_SERVER_ADDRESS] = f"http://127.0.0.1:{dashboard_port}"
+    runtime_env["env_vars"][raycompat.API_SERVER_ADDRESS] = f"http://127.0.0.1:{dashboard_port}"
     context = ray.init(
         address="local",
         num_cpus=cpus,
@@ -342,9 +307,14 @@ def beside_job_runtime_env(runtime_env: dict) -> dict:
     or an environment variable that the job's (``ray job submit --runtime-env-json``,
     ``--working-dir``) sets too: "Failed to merge the Job's runtime env". The job's values
     are what its processes get, and this driver has them in its environment already, so
-    the ones tuner would derive from there are the same.
+    the ones tuner would derive from there are the same; the job's working directory is
+    this driver's, where the builder was found.
     """
-    job = json.loads(os.environ.get(JOB_CONFIG_VAR) or "{}").get("runtime_env") or {}
+    from tuner import raycompat
+
+    job = raycompat.job_runtime_env()
+    if job.get("working_dir"):
+        runtime_env = {k: v for k, v in runtime_env.items() if k != "excludes"}
     out = {k: v for k, v in runtime_env.items() if k not in job or k == "env_vars"}
     env_vars = {k: v for k, v in runtime_env.get("env_vars", {}).items() if k not in (job.get("env_vars") or {})}
     out.pop("env_vars", None)
@@ -374,7 +344,7 @@ def can_resume(spec: Spec) -> bool:
     return tune.Tuner.can_restore(path, storage_filesystem=fs)
 
 
-def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, resume: bool = False,
+def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bool = True, resume: bool = False,
         stop: "StopOnSignal | None" = None):
     """Run the experiment on the connected Ray; returns Tune's ``ResultGrid`` and the
     rungs of ASHA or Hyperband (``ResumableASHA.rungs()``, else None).
@@ -392,6 +362,7 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
     from ray import tune
 
     from tuner import resume as keep
+    from tuner import schedulers
     from tuner import search as searching
     from tuner.tensorboard import EpochTensorBoard
 
@@ -403,7 +374,8 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
     slots = keep.start_slots(slots_name, cluster.concurrent)  # noqa: F841 (alive until fit returns)
     # On a restore, Tune gives the re-added trials these resources too.
-    trainable = tune.with_resources(TrialRunner(spec, dataset_uri, slots_name), cluster.trial.driver_bundle)
+    trainable = tune.with_resources(TrialRunner(spec, dataset_uri, inputs, slots_name), cluster.trial.driver_bundle)
+    metric, mode = spec.objective.metric, spec.objective.mode
     if resume:
         _, path = experiment_path(spec)
         tuner = tune.Tuner.restore(
@@ -412,17 +384,17 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
         )
         keeper = keep.restored_keeper(tuner, cluster.concurrent, slots_name)
     else:
-        scheduler = searching.scheduler_for(spec, search, TIME_ATTR)
-        searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, METRIC, MODE)
-        stopper = searching.stopper_for(spec, METRIC, TIME_ATTR) if search else None
+        scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR)
+        searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, metric, mode)
+        stopper = schedulers.stopper_for(spec, metric, mode, TIME_ATTR) if search else None
         keeper = keep.Keeper(scheduler if hasattr(scheduler, "state") else None, searcher, cluster.concurrent,
                              slots_name, stopper)
         tuner = tune.Tuner(
             trainable,
             param_space=space,
             tune_config=tune.TuneConfig(
-                metric=METRIC,
-                mode=MODE,
+                metric=metric,
+                mode=mode,
                 scheduler=scheduler,
                 num_samples=spec.search.num_samples if search else 1,
                 search_alg=searcher,
@@ -446,3 +418,12 @@ def run(spec: Spec, dataset_uri: str, cluster: Cluster, search: bool = True, res
 def single_run(spec: Spec) -> Spec:
     """``tuner train``'s spec: one trial of the space's values, drawn by plain random search."""
     return replace(spec, search=replace(spec.search, algorithm="random"))
+
+
+def __getattr__(name: str):
+    # A grid experiment interrupted under an older tuner pickled tuner.tune._IfActive.
+    if name == "_IfActive":
+        from tuner.search import _IfActive
+
+        return _IfActive
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """The Ray Train function that runs on each of a trial's workers.
 
-It reads the Ray context, enters ``MultiWorkerMirroredStrategy``, builds (or restores)
-the model through ``tuner.model``, trains with ``model.fit`` and reports each epoch.
+It reads the Ray context, enters ``MultiWorkerMirroredStrategy``, builds the model with
+the spec's builder (or restores it from the newest checkpoint), compiles it with
+``tuner.training``, trains with ``model.fit`` and reports each epoch.
 Imports TensorFlow lazily: the module is imported by trial drivers that never train.
 """
 
@@ -39,7 +40,9 @@ def train_loop_per_worker(cfg: dict) -> None:
     """Train one trial's configuration on this worker.
 
     Args:
-        cfg: ``params`` (the trial's hyperparameters), ``dataset_uri``, ``endpoint``,
+        cfg: ``params`` (the trial's hyperparameters), ``dataset_uri``, ``builder``
+            ("module:function"), ``loss`` (None: the task's), ``inputs`` (the dataset's
+            ``InputSpec`` as a dict), ``endpoint``,
             ``run_uri`` (this trial's Ray Train run folder, where its checkpoints are),
             ``max_t`` (epochs), ``seed``, ``lr_scaling``, ``reference_batch``,
             ``warmup_epochs``, ``threads`` (TensorFlow intra-op threads, 0 = default),
@@ -51,7 +54,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     import tensorflow as tf
     import tf_keras
 
-    from tuner import data, model, schedule
+    from tuner import data, models, schedule, space, training
 
     imported = time.time()
 
@@ -64,8 +67,10 @@ def train_loop_per_worker(cfg: dict) -> None:
     tf_keras.utils.set_random_seed(cfg["seed"])
 
     params = cfg["params"]
-    x_train, y_train = data.load_split(cfg["dataset_uri"], "train", cfg["endpoint"])
-    x_val, y_val = data.load_split(cfg["dataset_uri"], "validation", cfg["endpoint"])
+    inputs = models.InputSpec.from_dict(cfg["inputs"])
+    manifest = data.read_manifest(cfg["dataset_uri"], cfg["endpoint"])
+    x_train, y_train = data.load_split(cfg["dataset_uri"], "train", cfg["endpoint"], manifest)
+    x_val, y_val = data.load_split(cfg["dataset_uri"], "validation", cfg["endpoint"], manifest)
     plan = schedule.BatchPlan(world, params["batch_size"], len(y_train))
     lr_schedule = schedule.schedule_for(
         params, plan, cfg["lr_scaling"], cfg["reference_batch"], cfg["warmup_epochs"]
@@ -80,7 +85,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         ds = tf.data.Dataset.from_tensor_slices((xs, ys))
         ds = ds.shuffle(len(ys), seed=cfg["seed"] * 1009 + i, reshuffle_each_iteration=True).repeat()
         ds = ds.batch(per_replica, drop_remainder=True)
-        ds = ds.map(lambda x, y: (model.normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y: (training.to_model_input(x), y), num_parallel_calls=tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -91,11 +96,12 @@ def train_loop_per_worker(cfg: dict) -> None:
             net, start_epoch = restored
         else:
             start_epoch = 0
-            net = model.build_model(params)
-            optimizer = model.build_optimizer(
-                params, model.EpochSchedule.from_schedule(lr_schedule, plan.steps_per_epoch)
+            net = models.load_builder(cfg["builder"])(space.model_hyperparameters(params), inputs)
+            optimizer = training.build_optimizer(
+                params, training.EpochSchedule.from_schedule(lr_schedule, plan.steps_per_epoch)
             )
-            model.compile_model(net, optimizer, steps_per_execution=min(STEPS_PER_EXECUTION, plan.steps_per_epoch))
+            training.compile_model(net, optimizer, inputs.task, cfg.get("loss"),
+                                   steps_per_execution=min(STEPS_PER_EXECUTION, plan.steps_per_epoch))
 
     if start_epoch >= cfg["max_t"]:
         # The trial had trained to its budget when its driver was lost, before Tune took
@@ -109,7 +115,8 @@ def train_loop_per_worker(cfg: dict) -> None:
                "startup_worker_entered_seconds": entered - cfg["trial_start"],
                "startup_imported_seconds": imported - cfg["trial_start"],
                "startup_ready_seconds": time.time() - cfg["trial_start"]}
-    reporter = _epoch_reporter(cfg, plan, lr_schedule, rank, world, net, (x_val, y_val), start_epoch, startup)
+    reporter = _epoch_reporter(cfg, plan, lr_schedule, rank, world, net, (x_val, y_val), inputs.task, start_epoch,
+                               startup)
     net.fit(
         tf_keras.utils.experimental.DatasetCreator(dataset_fn),
         epochs=cfg["max_t"],
@@ -201,11 +208,12 @@ def _epoch_reporter(*args, **kwargs):
     class EpochReporter(tf_keras.callbacks.Callback):
         """Scores the validation split, checkpoints on every rank, reports to Ray Train."""
 
-        def __init__(self, cfg, plan, lr_schedule, rank, world, net, validation, resumed_from, startup):
+        def __init__(self, cfg, plan, lr_schedule, rank, world, net, validation, task, resumed_from, startup):
             super().__init__()
             self.cfg, self.plan, self.lr_schedule, self.rank, self.world = cfg, plan, lr_schedule, rank, world
             self.net = net
             self.validation = validation
+            self.task = task
             self.resumed_from = resumed_from
             # Reported with this worker-group start's first epoch only: it marks each
             # start in the results (results.worker_group_starts counts the restarts).
@@ -230,16 +238,17 @@ def _epoch_reporter(*args, **kwargs):
             loss = float(logs.get("loss", math.nan))
             if not math.isfinite(loss):
                 raise DivergedError(f"training loss became {loss} in epoch {epoch + 1}")
-            from tuner import model
+            from tuner import training
 
-            val_loss, val_accuracy = model.evaluate(self.net, *self.validation)
+            scores = training.evaluate(self.net, *self.validation, task=self.task, loss=self.cfg.get("loss"))
+            name = training.TASK_METRIC[self.task]
             done = epoch + 1
             metrics = {
                 "epoch": done,
-                "val_accuracy": val_accuracy,
-                "val_loss": val_loss,
+                f"val_{name}": scores[name],
+                "val_loss": scores["loss"],
                 "loss": loss,
-                "accuracy": float(logs.get("accuracy", math.nan)),
+                name: float(logs.get(name, math.nan)),
                 "learning_rate": self.lr_schedule(done),
                 "train_seconds": train_seconds,
                 "samples_per_second": self.plan.steps_per_epoch * self.plan.global_batch / train_seconds,

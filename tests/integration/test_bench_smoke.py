@@ -21,10 +21,10 @@ def test_bench_smoke(tmp_path):
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             results.update(json.loads(line))
-    assert set(results) == {"b1", "b2", "b3", "tuned", "economy", "scaling", "ckpt", "peers", "searchers"}
+    assert set(results) == {"b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers"}
     assert results["b1"]["ratio"] > 0 and results["b2"]["workers_2"]["median_startup_seconds"] > 0
     assert 0 < results["b1"]["trial_fraction_of_peak"] < 1
-    assert 0 < results["tuned"]["best_test_accuracy"] <= 1
+    assert 0 < results["tuned"]["best_test_accuracy"] <= 1 and 0 < results["cnn"]["best_test_accuracy"] <= 1
     assert results["economy"]["asha"]["trials"] == results["economy"]["asha_promote"]["trials"] == results["economy"]["fifo"]["trials"]
     assert set(results["scaling"]["linear"]) == {"workers_1", "workers_2", "spread_pt"}
     assert results["ckpt"]["sync"]["median_fraction_of_epoch"] > 0 < results["ckpt"]["async"]["median_fraction_of_epoch"]

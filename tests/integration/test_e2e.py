@@ -96,7 +96,7 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
     # The exported best model reloads and reproduces the summary's test accuracy.
     import tf_keras
 
-    from tuner import model
+    from tuner import training
 
     local = tmp_path / "best.keras"
     local.write_bytes(get(client, f"{prefix}/best_model.keras"))
@@ -105,8 +105,8 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
     assert zipfile.is_zipfile(local)
     net = tf_keras.models.load_model(local)
     x, y = _test_split(tmp_path)
-    _, accuracy = model.evaluate(net, x, y)
-    assert accuracy == pytest.approx(best["test_accuracy"], abs=1e-9)
+    scores = training.evaluate(net, x, y)
+    assert scores["accuracy"] == pytest.approx(best["test_accuracy"], abs=1e-9)
 
     # TensorBoard event files, one folder per trial, stepped by epoch.
     events = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="tuner", Prefix=f"{prefix}/")

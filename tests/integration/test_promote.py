@@ -14,7 +14,7 @@ import pytest
 import ray
 from ray import tune
 
-from tuner import resume, search
+from tuner import resume, schedulers, search
 from tuner.spec import load_spec
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def run(folder: Path, name: str, callbacks=()):
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:8]}"
     slots = resume.start_slots(slots_name, 1)  # noqa: F841 (alive until fit returns)
     s = spec()
-    scheduler = search.scheduler_for(s, True, "epoch")
+    scheduler = schedulers.scheduler_for(s, True, "epoch")
     searcher, _ = search.searcher_for(s, 1, "val_accuracy", "max")
     keeper = resume.Keeper(scheduler, searcher, 1, slots_name)
     tuner = tune.Tuner(

@@ -50,17 +50,29 @@ def submit(head, tuner_args: list[str], *options: str):
     return ray_head_service.submit(head, ["python", "-m", "tuner", *tuner_args], *options, working_dir=str(REPO))
 
 
-def test_ray_job_submit(ray_head, moto_s3, unique_name):
-    # The README's command: S3 settings in the job's runtime environment, which tuner's
-    # own (it forwards AWS_* to the trials) must not conflict with.
+def test_ray_job_submit_of_a_users_project(ray_head, moto_s3, tmp_path, unique_name):
+    # The README's command: the user's folder (its builder module) as the job's working
+    # directory, S3 settings in the job's runtime environment, which tuner's own (it
+    # forwards AWS_* to the trials) must not conflict with.
+    from test_examples import example
+
+    here = example("breast_cancer", tmp_path)
+    dataset = f"s3://tuner/datasets/{unique_name}"
+    staged = run_tuner(["stage-data", "--source", "breast_cancer.csv", "--dest", dataset, "--label", "diagnosis"],
+                       env=moto_s3, cwd=here)
+    assert staged.returncode == 0, staged.stderr[-3000:]
     env_json = json.dumps({"env_vars": {k: v for k, v in moto_s3.items() if k.startswith("AWS_")}})
-    proc = submit(ray_head, ["tune", *QUICK, "--storage", "s3://tuner/jobs", "--name", unique_name],
-                  "--runtime-env-json", env_json)
+    proc = ray_head_service.submit(
+        ray_head, ["python", "-m", "tuner", "tune", "--config", "spec.yaml", "--storage", "s3://tuner/jobs",
+                   "--name", unique_name, "--set", f"data.uri={dataset}", "--set", "search.num_samples=2",
+                   "--set", "asha.max_t=1", "--set", "asha.grace_period=1"],
+        "--runtime-env-json", env_json, working_dir=str(here))
     assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(boto3.client(
         "s3", endpoint_url=moto_s3["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="testing",
         aws_secret_access_key="testing").get_object(Bucket="tuner", Key=f"jobs/{unique_name}/summary.json")["Body"].read())
-    assert len(summary["trials"]) == 2 and summary["best"]["test_accuracy"] > 0.3
+    assert len(summary["trials"]) == 2 and summary["best"]["test_accuracy"] > 0.6
+    assert "units" in summary["best"]["config"]
 
 
 def test_ray_job_stop_then_the_same_submit_resumes(ray_head, tmp_path, unique_name):

@@ -13,7 +13,7 @@ import ray
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from tuner import resume
+from tuner import resume, schedulers
 
 pytestmark = pytest.mark.slow
 # Ray's workers cannot import this test module: ship its functions by value.
@@ -42,7 +42,7 @@ def trainable(config):
 def test_restored_asha_judges_a_retried_trial_against_the_rungs_of_the_first_run(local_ray, tmp_path):
     flag = tmp_path / "fail"
     flag.touch()
-    scheduler = resume.ResumableASHA(time_attr="epoch", max_t=MAX_T, grace_period=1, reduction_factor=3)
+    scheduler = schedulers.ResumableASHA(time_attr="epoch", max_t=MAX_T, grace_period=1, reduction_factor=3)
     searcher = BasicVariantGenerator(max_concurrent=1)  # the strong trial first, then the weak one
     slots = resume.start_slots("slots-first", 1)  # noqa: F841 (alive while the run needs it)
     keeper = resume.Keeper(scheduler, searcher, 1, "slots-first")

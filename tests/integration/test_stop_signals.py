@@ -19,7 +19,7 @@ from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
-MAX_T = 4
+MAX_T = 3
 # Two trials, one at a time, no early stopping: the stop comes in the first trial, the
 # re-run has its rest and the whole second trial to do.
 ARGS = ["tune", "--config", "quick", "--set", "search.num_samples=2", "--set", f"asha.max_t={MAX_T}",

@@ -1,27 +1,21 @@
-"""Stage MNIST once into object storage as Parquet, and read it back per worker.
-
-Staging reads the four standard IDX ``.gz`` files (the subset shipped in the package,
-a local folder, an ``s3://`` prefix, or a public mirror), checks their sha256, carves a
-fixed validation split off the training set, and writes ``train``/``validation``/``test``
-Parquet files plus ``manifest.json`` under the dataset URI. Training reads only that.
+"""MNIST as a source: the four standard IDX ``.gz`` files (the subset shipped in the
+package, a local folder, an ``s3://`` prefix, or a public mirror), checked against their
+sha256, with a fixed validation split carved off the training images.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import struct
-import time
 import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tuner import storage
+from tuner.data.errors import DataError
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -41,14 +35,8 @@ MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
 )
 SUBSET_PACKAGE = "tuner.mnist_subset"
-SPLITS = ("train", "validation", "test")
 IMAGE_SHAPE = (28, 28)
 SPLIT_SEED = 20260101  # fixes the validation split for good; part of the manifest
-MANIFEST = "manifest.json"
-
-
-class DataError(RuntimeError):
-    """The source files are missing, corrupt or not MNIST."""
 
 
 # --- pure parts -------------------------------------------------------------------
@@ -97,23 +85,6 @@ def split_validation(n_train: int, fraction: float, seed: int = SPLIT_SEED) -> t
         raise DataError(f"A validation fraction of {fraction:g} leaves {n_val} of {n_train} rows for validation.")
     order = np.random.default_rng(seed).permutation(n_train)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def to_table(images: np.ndarray, labels: np.ndarray) -> pa.Table:
-    flat = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
-    width = flat.shape[1]
-    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(flat), [None, pa.py_buffer(flat.tobytes())])
-    return pa.table({"image": column, "label": pa.array(labels.astype(np.uint8))})
-
-
-def from_table(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    column = table.column("image").combine_chunks()
-    width = column.type.byte_width
-    data = column.buffers()[1]
-    images = np.frombuffer(data, dtype=np.uint8, count=len(column) * width, offset=column.offset * width)
-    images = images.reshape((len(column), *IMAGE_SHAPE))
-    labels = table.column("label").to_numpy().astype(np.int32)
-    return images, labels
 
 
 # --- reading the sources ------------------------------------------------------------
@@ -169,6 +140,16 @@ def subset_checksums() -> dict[str, str]:
     return {name: digest for digest, name in (line.split() for line in text.splitlines() if line.strip())}
 
 
+def is_mnist_source(spec_source: str, endpoint: str | None = None) -> bool:
+    """Whether ``spec_source`` names MNIST (builtin, download, or a folder / prefix that
+    holds the four IDX files), as opposed to a CSV or Parquet source."""
+    if spec_source in ("builtin", "download"):
+        return True
+    if spec_source.lower().endswith((".csv", ".parquet", ".pq")):
+        return False
+    return storage.exists(storage.join(spec_source, FILES["train_images"]), endpoint)
+
+
 def source_for(spec_source: str, endpoint: str | None = None) -> Source:
     if spec_source == "builtin":
         return BuiltinSource("builtin MNIST subset shipped with tuner", subset_checksums())
@@ -194,52 +175,13 @@ def read_source(source: Source) -> dict[str, np.ndarray]:
     return arrays
 
 
-# --- staging and loading ---------------------------------------------------------------
-
-
-def stage(source: Source, dataset_uri: str, validation_fraction: float, endpoint: str | None = None) -> dict:
-    """Write train/validation/test Parquet and the manifest under ``dataset_uri``."""
+def read_splits(source: Source, validation_fraction: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """split -> (images (n, 28, 28) uint8, labels (n,) int32): the test set as published,
+    the validation split carved off the training images by a fixed seed."""
     arrays = read_source(source)
     train_idx, val_idx = split_validation(len(arrays["train_labels"]), validation_fraction)
-    splits = {
-        "train": (arrays["train_images"][train_idx], arrays["train_labels"][train_idx]),
-        "validation": (arrays["train_images"][val_idx], arrays["train_labels"][val_idx]),
-        "test": (arrays["test_images"], arrays["test_labels"]),
+    return {
+        "train": (arrays["train_images"][train_idx], arrays["train_labels"][train_idx].astype(np.int32)),
+        "validation": (arrays["train_images"][val_idx], arrays["train_labels"][val_idx].astype(np.int32)),
+        "test": (arrays["test_images"], arrays["test_labels"].astype(np.int32)),
     }
-    manifest = {
-        "dataset": "mnist",
-        "source": source.description,
-        "source_sha256": dict(source.checksums),
-        "validation_fraction": validation_fraction,
-        "split_seed": SPLIT_SEED,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "splits": {},
-    }
-    for name, (images, labels) in splits.items():
-        sink = io.BytesIO()
-        pq.write_table(to_table(images, labels), sink, compression="zstd")
-        data = sink.getvalue()
-        storage.write_bytes(storage.join(dataset_uri, f"{name}.parquet"), data, endpoint)
-        manifest["splits"][name] = {
-            "file": f"{name}.parquet",
-            "rows": int(len(labels)),
-            "sha256": sha256(data),
-            "class_counts": np.bincount(labels, minlength=10).tolist(),
-        }
-    # The manifest goes last: its presence means the dataset is complete.
-    storage.write_json(storage.join(dataset_uri, MANIFEST), manifest, endpoint)
-    return manifest
-
-
-def read_manifest(dataset_uri: str, endpoint: str | None = None) -> dict | None:
-    uri = storage.join(dataset_uri, MANIFEST)
-    try:
-        return storage.read_json(uri, endpoint)
-    except FileNotFoundError:
-        return None
-
-
-def load_split(dataset_uri: str, split: str, endpoint: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, 28, 28) uint8 and labels (n,) int32 of one staged split."""
-    fs, path = storage.filesystem(storage.join(dataset_uri, f"{split}.parquet"), endpoint)
-    return from_table(pq.read_table(path, filesystem=fs))

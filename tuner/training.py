@@ -1,4 +1,6 @@
-"""The Keras model, optimizer and epoch-based schedule (TensorFlow adapter).
+"""What ``tuner`` owns around a builder's model: optimizer, learning-rate schedule in
+epochs, the task's loss and metrics, compilation, input scaling and evaluation
+(TensorFlow adapter).
 
 Uses ``tf_keras`` (Keras 2) explicitly: Keras 3's ``model.fit`` is broken under
 ``MultiWorkerMirroredStrategy`` (keras #20585, ray #47464), and ``TF_USE_LEGACY_KERAS``
@@ -10,9 +12,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
+from tuner.models import TASK_METRIC
 from tuner.schedule import Schedule
-
-NUM_CLASSES = 10
 
 
 @tf_keras.utils.register_keras_serializable(package="tuner")
@@ -55,16 +56,6 @@ class EpochSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def build_model(params: dict) -> tf_keras.Model:
-    """Flatten -> depth x (Dense(width, relu) -> Dropout) -> Dense(10) logits."""
-    layers = [tf_keras.Input(shape=(28, 28), dtype=tf.float32), tf_keras.layers.Flatten()]
-    for _ in range(params["depth"]):
-        layers.append(tf_keras.layers.Dense(params["width"], activation="relu"))
-        layers.append(tf_keras.layers.Dropout(params["dropout"]))
-    layers.append(tf_keras.layers.Dense(NUM_CLASSES))
-    return tf_keras.Sequential(layers)
-
-
 def build_optimizer(params: dict, learning_rate) -> tf_keras.optimizers.Optimizer:
     name = params["optimizer"]
     if name == "adam":
@@ -78,34 +69,64 @@ def build_optimizer(params: dict, learning_rate) -> tf_keras.optimizers.Optimize
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def compile_model(model: tf_keras.Model, optimizer: tf_keras.optimizers.Optimizer, steps_per_execution: int = 1) -> None:
+def loss_for(task: str, name: str | None = None, reduction: str = "auto") -> tf_keras.losses.Loss:
+    """The spec's ``model.loss`` (a Keras loss name), else the task's: sparse categorical
+    cross-entropy from logits, or mean squared error."""
+    if name:
+        loss = tf_keras.losses.get(name)
+        if isinstance(loss, tf_keras.losses.Loss):
+            loss.reduction = reduction
+            return loss
+        return tf_keras.losses.LossFunctionWrapper(loss, reduction=reduction, name=name)
+    if task == "classification":
+        return tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+    return tf_keras.losses.MeanSquaredError(reduction=reduction)
+
+
+def metric_for(task: str) -> tf_keras.metrics.Metric:
+    return tf_keras.metrics.SparseCategoricalAccuracy("accuracy") if task == "classification" \
+        else tf_keras.metrics.MeanAbsoluteError("mae")
+
+
+def compile_model(model: tf_keras.Model, optimizer: tf_keras.optimizers.Optimizer, task: str = "classification",
+                  loss: str | None = None, steps_per_execution: int = 1) -> None:
     model.compile(
         optimizer=optimizer,
-        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        loss=loss_for(task, loss),
+        metrics=[metric_for(task)],
         steps_per_execution=steps_per_execution,
     )
 
 
-def normalize(images):
-    """uint8 pixels -> float32 in [0, 1]."""
-    return tf.cast(images, tf.float32) / 255.0
+def to_model_input(x):
+    """Stored features -> what the model gets: uint8 pixels as float32 in [0, 1], any other
+    dtype as float32."""
+    if x.dtype == tf.uint8:
+        return tf.cast(x, tf.float32) / 255.0
+    return tf.cast(x, tf.float32)
 
 
-def evaluate(model: tf_keras.Model, images, labels, batch_size: int = 2048) -> tuple[float, float]:
-    """(loss, accuracy) of ``model`` on in-memory data, computed on this process only.
+def evaluate(model: tf_keras.Model, x, y, task: str = "classification", loss: str | None = None,
+             batch_size: int = 2048) -> dict[str, float]:
+    """{"loss": ..., "accuracy" or "mae": ...} of ``model`` on in-memory data, computed on
+    this process only.
 
     Called directly rather than through ``model.evaluate`` so that, under a multi-worker
-    strategy, each worker scores the whole split without a collective.
+    strategy, each worker scores the whole split without a collective. Accuracy is an
+    exact fraction of the rows.
     """
     import numpy as np
 
-    total_loss, correct = 0.0, 0
-    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
-    for start in range(0, len(labels), batch_size):
-        x = normalize(images[start:start + batch_size])
-        y = labels[start:start + batch_size]
-        logits = model(x, training=False)
-        total_loss += float(loss_fn(y, logits))
-        correct += int(np.sum(np.argmax(logits.numpy(), axis=1) == y))
-    return total_loss / len(labels), correct / len(labels)
+    total_loss, score = 0.0, 0.0
+    loss_fn = loss_for(task, loss, reduction="sum")
+    for start in range(0, len(y), batch_size):
+        out = model(to_model_input(x[start:start + batch_size]), training=False)
+        labels = y[start:start + batch_size]
+        if task == "regression" and len(out.shape) == 2:
+            out = tf.squeeze(out, axis=-1)
+        total_loss += float(loss_fn(labels, out))
+        if task == "classification":
+            score += int(np.sum(np.argmax(out.numpy(), axis=1) == labels))
+        else:
+            score += float(np.sum(np.abs(out.numpy() - labels)))
+    return {"loss": total_loss / len(y), TASK_METRIC[task]: score / len(y)}

@@ -1,0 +1,120 @@
+"""The two worked examples as a newcomer runs them (`examples/*/`: prepare.py, stage-data,
+tune, best, report), on moto S3; and a regression task on data the test makes, with
+`objective: val_loss/min`, on Ceph RGW. The user's builder module lives in the example's
+folder and reaches the Train workers through Ray's runtime environment."""
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO, run_tuner
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--set", "search.num_samples=3", "--set", "asha.max_t=3", "--set", "asha.grace_period=1",
+         "--set", "asha.reduction_factor=2", "--set", "scaling.max_concurrent_trials=1"]
+
+
+def example(name: str, tmp_path: Path) -> Path:
+    here = tmp_path / name
+    shutil.copytree(REPO / "examples" / name, here,
+                    ignore=shutil.ignore_patterns("tuner-results", "*.csv", "*.parquet", "*.log"))
+    subprocess.run([sys.executable, "prepare.py"], cwd=here, check=True, capture_output=True, timeout=300)
+    return here
+
+
+def client(env):
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+
+
+def get(env, key: str) -> bytes:
+    return client(env).get_object(Bucket="tuner", Key=key)["Body"].read()
+
+
+def run_example(env, here: Path, source: str, label: str, name: str) -> dict:
+    dataset = f"s3://tuner/datasets/{name}"
+    staged = run_tuner(["stage-data", "--source", source, "--dest", dataset, "--label", label], env=env, cwd=here)
+    assert staged.returncode == 0, staged.stderr[-3000:]
+    tuned = run_tuner(["tune", "--config", "spec.yaml", "--name", name, "--storage", "s3://tuner/examples",
+                       "--set", f"data.uri={dataset}", *SMALL], env=env, cwd=here)
+    assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-5000:]
+    assert "Best trial" in tuned.stdout
+    summary = json.loads(get(env, f"examples/{name}/summary.json"))
+    assert len(summary["trials"]) == 3 and all(t["status"] == "terminated" for t in summary["trials"])
+    best = json.loads(run_tuner(["best", "--storage", "s3://tuner/examples", "--name", name], env=env).stdout)
+    assert best == summary["best"]
+    page = run_tuner(["report", "--storage", "s3://tuner/examples", "--name", name], env=env)
+    assert page.returncode == 0, page.stderr[-3000:]
+    assert get(env, f"examples/{name}/report/report.html").count(b"data:image/png;base64,") == 4
+    return summary
+
+
+def test_breast_cancer_from_csv(moto_s3, tmp_path, unique_name):
+    summary = run_example(moto_s3, example("breast_cancer", tmp_path), "breast_cancer.csv", "diagnosis", unique_name)
+    assert summary["objective"] == {"metric": "val_loss", "mode": "min"} and summary["task"] == "classification"
+    best = summary["best"]
+    assert set(best["config"]) >= {"units", "layers", "dropout", "learning_rate"}
+    assert best["test_accuracy"] > 0.85 and best["test_loss"] < 0.5
+    # The best is the lowest validation loss that has a checkpoint.
+    assert best["val_loss"] == min(t["best_val_loss"] for t in summary["trials"])
+    (rungs,) = summary["asha_rungs"]
+    assert all(v > 0 for rung in rungs for v in rung["recorded"].values())  # losses, not ASHA's negated rewards
+
+
+def test_digits_from_parquet_tensors(moto_s3, tmp_path, unique_name):
+    summary = run_example(moto_s3, example("digits", tmp_path), "digits.parquet", "digit", unique_name)
+    assert summary["best"]["test_accuracy"] > 0.8
+    assert set(summary["best"]["config"]) >= {"filters", "dense", "dropout"}
+    rows = pq.read_table(io.BytesIO(get(moto_s3, f"examples/{unique_name}/results.parquet"))).to_pylist()
+    assert {"config/filters", "config/dense", "val_accuracy"} <= set(rows[0])
+
+
+REGRESSION_BUILDER = '''
+import tf_keras
+
+
+def build(hp, inputs):
+    return tf_keras.Sequential([
+        tf_keras.Input(shape=inputs.shape),
+        tf_keras.layers.Normalization(mean=inputs.mean, variance=[s * s for s in inputs.std]),
+        tf_keras.layers.Dense(hp["units"], activation="tanh"),
+        tf_keras.layers.Dense(1),
+    ])
+'''
+
+
+def test_a_regression_task_on_ceph(ceph_s3, tmp_path, unique_name):
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (600, 3))
+    y = np.sin(x[:, 0]) + 0.5 * x[:, 1] ** 2 - x[:, 2] + rng.normal(0, 0.05, 600)
+    pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "target": y}).to_pandas().to_csv(tmp_path / "r.csv", index=False)
+    (tmp_path / "regress.py").write_text(REGRESSION_BUILDER)
+    dataset = f"s3://tuner/datasets/{unique_name}"
+    staged = run_tuner(["stage-data", "--source", "r.csv", "--dest", dataset, "--label", "target"], env=ceph_s3,
+                       cwd=tmp_path)
+    assert staged.returncode == 0 and "regression" in staged.stdout, staged.stderr[-3000:]
+    tuned = run_tuner(["tune", "--config", "quick", "--name", unique_name, "--storage", "s3://tuner/regression",
+                       "--set", "model.builder=regress:build", "--set", f"data.uri={dataset}",
+                       "--set", "objective.metric=val_loss", "--set", "objective.mode=min",
+                       "--set", "search.space={learning_rate: {loguniform: [3.0e-3, 3.0e-2]}, batch_size: 16, "
+                                "units: {choice: [8, 32]}}",
+                       "--set", "search.num_samples=2", "--set", "asha.max_t=3", "--set", "asha.grace_period=3"],
+                      env=ceph_s3, cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-5000:]
+    summary = json.loads(get(ceph_s3, f"regression/{unique_name}/summary.json"))
+    assert summary["task"] == "regression" and [t["epochs"] for t in summary["trials"]] == [3, 3]
+    best = summary["best"]
+    # Far better than predicting the mean (the target's variance is about 1.9).
+    assert best["val_loss"] < 0.5 and best["test_loss"] < 0.5 and 0 < best["test_mae"] < 0.6, best
+    assert best["config"]["units"] in (8, 32) and "width" not in best["config"]

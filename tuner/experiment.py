@@ -1,0 +1,279 @@
+"""One ``tuner tune`` / ``tuner train`` run, as named steps:
+
+1. ``prepare``: every check that can fail, before anything is written: the spec, the
+   builder (imported, completed with its defaults, and run on a tiny batch), storage
+   (a pre-flight write), the experiment already stored under the name, the dataset
+   (staged, or an MNIST source read and checked in memory), the objective against the
+   task, the batch sizes against the training rows;
+2. ``connect``: Ray, and whether a trial fits on it;
+3. ``stage``: the first writes: the pending dataset, the experiment's ``spec.json``;
+4. ``run``: Tune (``tuner.tune.run``);
+5. ``summarize``: ``results.parquet``, the best model scored on the test split,
+   ``summary.json``.
+
+``tuner.cli`` parses arguments and prints; it calls these steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner import data, models, results, schedule, storage
+from tuner.space import model_hyperparameters, ordered, with_builder_defaults
+from tuner.spec import Spec, differences, load_spec, missing_dependency, require_fixed
+
+SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
+# Fields that say how to run, not what: a re-run may change them.
+RUN_SETTINGS = ("failure.", "scaling.max_concurrent_trials", "checkpoint.upload")
+# Left out of the working directory shipped to the workers (Ray's gitignore-style patterns).
+SHIP_EXCLUDES = [".git", "__pycache__", "*.pyc", ".pytest_cache"]
+
+
+class UsageError(RuntimeError):
+    """A problem the user can fix; printed as lines, exit 2."""
+
+    def __init__(self, *problems: str):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class Plan:
+    """A prepared run: what ``connect``, ``stage`` and ``run`` need."""
+
+    spec: Spec  # resolved: the builder's defaults filled in
+    command: list[str]
+    search: bool
+    state: str  # see experiment_state
+    resume: bool
+    dataset_uri: str
+    inputs: models.InputSpec
+    runtime_env: dict
+    pending: data.Prepared | None = None  # a dataset to stage
+    warnings: list[str] = field(default_factory=list)
+
+
+# --- 1. prepare -----------------------------------------------------------------------
+
+
+def prepare(config: str, overrides: list[str], top_level: dict[str, Any], address: str | None,
+            working_dir: str | None, search: bool, command: list[str]) -> Plan:
+    """Check everything; write nothing (but the storage pre-flight's marker, removed again).
+
+    Raises:
+        UsageError, storage.StorageError, data.DataError: one line per problem.
+    """
+    from tuner import tune as tuning
+
+    working_dir = str(Path(working_dir or os.getcwd()).resolve())
+    spec, builder = load_checked_spec(config, overrides, top_level, address, working_dir, search)
+    # Storage before data: both are cheap, and a bad endpoint should not cost a read.
+    storage.preflight(spec.storage.uri, spec.storage.endpoint)
+    if spec.data.uri:
+        storage.preflight(spec.data.uri, spec.storage.endpoint)
+    state = experiment_state(spec)
+    resume = state in ("interrupted", "failed-trials") and tuning.can_resume(spec)
+    if state == "failed-trials" and not resume:
+        state = "finished"  # no Tune state to retry from: never start it over under its name
+    plan = Plan(spec, command, search, state, resume, spec.dataset_uri(), None, {})  # type: ignore[arg-type]
+    if state == "finished":
+        return plan
+    plan.inputs, train_rows, plan.pending = dataset(spec, plan.dataset_uri, builtin=builder.path.startswith("tuner."))
+    problems = check_objective(spec, plan.inputs.task)
+    problems += sorted({p for b in tuning.batch_sizes(spec)
+                        if (p := schedule.check_plan(schedule.BatchPlan(spec.scaling.workers, b, train_rows)))})
+    if problems:
+        raise UsageError(*problems)
+    plan.warnings += check_builder(builder, spec, plan.inputs)
+    plan.runtime_env = tuning.runtime_env_for(
+        spec, *_shipped(builder, working_dir, [spec.storage.uri, spec.data.uri, spec.data.source]))
+    return plan
+
+
+def load_checked_spec(config: str, overrides: list[str], top_level: dict[str, Any], address: str | None,
+                      working_dir: str, search: bool) -> tuple[Spec, models.Builder]:
+    """The spec, completed with its builder's defaults, and the builder."""
+    spec = load_spec(config, overrides, **top_level).with_absolute_paths()
+    if not search and (problems := require_fixed(spec)):
+        raise UsageError(*problems)
+    if search and (missing := missing_dependency(spec)):
+        raise UsageError(missing)
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if address.startswith("ray://"):
+        raise UsageError(f"The Ray address {address!r} is a Ray Client address, which tuner does not support; "
+                         "run tuner on the cluster (`ray job submit -- tuner ...`) or give the GCS address (HOST:6379).")
+    if not Path(working_dir).is_dir():
+        raise UsageError(f"The value of `--working-dir` is {working_dir!r}, which is not a folder.")
+    try:
+        builder = models.load_builder(spec.model.builder, search_path=working_dir)
+    except models.BuilderError as e:
+        raise UsageError(str(e)) from None
+    space = with_builder_defaults(spec.search.space, builder.defaults)
+    return dataclasses.replace(spec, search=dataclasses.replace(spec.search, space=space)), builder
+
+
+def dataset(spec: Spec, dataset_uri: str, builtin: bool) -> tuple[models.InputSpec, int, data.Prepared | None]:
+    """(the dataset's InputSpec, its training rows, the MNIST source to stage or None).
+
+    ``builtin``: the builder is one of tuner's; only then is a missing dataset MNIST,
+    staged from ``data.source`` (a user's model without its data is a mistake, and their
+    tables are staged by `tuner stage-data`)."""
+    manifest = data.read_manifest(dataset_uri, spec.storage.endpoint)
+    if manifest is not None:
+        return data.input_spec(manifest), manifest["splits"]["train"]["rows"], None
+    if not builtin:
+        raise UsageError(f"No staged dataset at {dataset_uri} (no {data.MANIFEST}); stage yours first: tuner stage-data "
+                         f"--source YOUR_DATA.csv --dest {dataset_uri} --label COLUMN")
+    pending = data.mnist_dataset(data.source_for(spec.data.source, spec.storage.endpoint), spec.data.validation_fraction)
+    return pending.input_spec(), pending.rows("train"), pending
+
+
+def check_objective(spec: Spec, task: str) -> list[str]:
+    reported = ["val_loss", f"val_{models.TASK_METRIC[task]}"]
+    if spec.objective.metric in reported:
+        return []
+    return [f"The value of `objective.metric` is {spec.objective.metric!r}, but the trials of this {task} dataset "
+            f"report {' and '.join(reported)}; choose one of them (with `objective.mode` min for val_loss)."]
+
+
+def check_builder(builder: models.Builder, spec: Spec, inputs: models.InputSpec) -> list[str]:
+    """Build the model at both corners of the space (every hyperparameter at its first,
+    then at its last value) on a tiny batch; returns warnings for model hyperparameters
+    the builder never read."""
+    names = [n for n in ordered(spec.search.space) if n in model_hyperparameters(spec.search.space)]
+    corners = [{n: spec.search.space[n].corners()[i] for n in names} for i in (0, 1)]
+    configs = [corners[0]] if corners[0] == corners[1] else corners
+    try:
+        read = models.check_builder(builder, configs, inputs, spec.model.loss)
+    except models.BuilderError as e:
+        raise UsageError(str(e)) from None
+    return [f"`search.space.{n}` is never read by the builder `{builder.path}` (a typo?); it only multiplies "
+            "trials." for n in names if n not in read and not spec.search.space[n].is_fixed]
+
+
+def _shipped(builder: models.Builder, working_dir: str, local_paths: list) -> tuple[str | None, list[str]]:
+    """(the working directory to ship to the workers, or None, and what to leave out):
+    shipped when the builder's module lives there and is not tuner's own."""
+    if builder.path.startswith("tuner.") or not models.shipped_from(builder, working_dir):
+        return None, []
+    excludes = list(SHIP_EXCLUDES)
+    for path in local_paths:  # results or data kept inside the working directory
+        if path and "://" not in path and path not in ("builtin", "download"):
+            try:
+                excludes.append("/" + Path(path).resolve().relative_to(working_dir).as_posix())
+            except ValueError:
+                pass
+    return working_dir, excludes
+
+
+def spec_json(spec: Spec) -> dict:
+    """The spec as it is stored (JSON types: lists, not tuples)."""
+    return json.loads(json.dumps(spec.to_dict()))
+
+
+def with_defaults(stored: dict) -> dict:
+    """A stored spec with the fields added since it was stored at their defaults (an
+    experiment started before `scheduler` existed ran ASHA, as the default does). Not
+    validated: only the differences matter here."""
+
+    def merge(stored: Any, defaults: Any, path: tuple) -> Any:
+        if not (isinstance(stored, dict) and isinstance(defaults, dict)) or path == ("search", "space"):
+            return stored  # a value, or the space (stored whole)
+        return {**defaults, **{k: merge(v, defaults[k], (*path, k)) if k in defaults else v for k, v in stored.items()}}
+
+    return merge(stored, spec_json(Spec()), ())
+
+
+def experiment_state(spec: Spec) -> str:
+    """``new``, ``interrupted`` (started, no summary yet), ``failed-trials`` (finished with
+    trials that failed, to be retried) or ``finished``, for this spec.
+
+    Running the same command again is safe, which is what a Kubernetes RayJob retry on a
+    new cluster does: an interrupted experiment resumes, a finished one is reported.
+    The same name with a different spec is refused, so nothing stored is mixed or lost.
+    """
+    exp = results.experiment_uri(spec)
+    endpoint = spec.storage.endpoint
+    summary_uri, spec_uri = storage.join(exp, results.SUMMARY), storage.join(exp, SPEC_FILE)
+    if storage.exists(summary_uri, endpoint):
+        summary = storage.read_json(summary_uri, endpoint)
+        state, stored = "finished", summary.get("spec")
+        if spec.failure.retry_errored_on_resume and any(t["status"] == "error" for t in summary.get("trials", [])):
+            state = "failed-trials"  # finished, but some trials failed: retry those
+    elif storage.exists(spec_uri, endpoint):
+        state, stored = "interrupted", storage.read_json(spec_uri, endpoint)
+    else:
+        return "new"
+    changed = [k for k in (differences(with_defaults(stored), spec_json(spec)) if stored is not None else [])
+               if not k.startswith(RUN_SETTINGS)]
+    if changed:
+        shown = ", ".join(f"`{k}`" for k in changed[:3]) + (" ..." if len(changed) > 3 else "")
+        raise UsageError(
+            f"The experiment `{spec.name}` under {spec.storage.uri} was {'started' if state == 'interrupted' else 'run'} "
+            f"with a different spec ({shown} differ); run it with the same spec to "
+            f"{'resume it' if state == 'interrupted' else 'see its results'}, or choose another --name."
+        )
+    return state
+
+
+# --- 2. to 5. -----------------------------------------------------------------------------
+
+
+def connect(plan: Plan, address: str | None):
+    """Ray, and how trials fit on it (``tune.Cluster``); raises UsageError if none fits."""
+    from tuner import tune as tuning
+
+    try:
+        return tuning.connect(address, plan.spec, plan.runtime_env)
+    except tuning.ResourceError as e:
+        raise UsageError(str(e)) from None
+
+
+def stage(plan: Plan) -> None:
+    """The first writes: the pending dataset, then the experiment's spec (a new one)."""
+    spec = plan.spec
+    if plan.pending is not None:
+        plan.pending.write(plan.dataset_uri, spec.storage.endpoint)
+        plan.pending = None
+    if not plan.resume:
+        storage.write_json(storage.join(results.experiment_uri(spec), SPEC_FILE), spec_json(spec), spec.storage.endpoint)
+
+
+def run(plan: Plan, cluster, stop=None):
+    """Tune's ``ResultGrid`` and the scheduler's rungs (or None)."""
+    from tuner import tune as tuning
+
+    return tuning.run(plan.spec, plan.dataset_uri, plan.inputs.to_dict(), cluster, search=plan.search,
+                      resume=plan.resume, stop=stop)
+
+
+def summarize(plan: Plan, cluster, grid, rungs) -> tuple[dict, str]:
+    """Write ``results.parquet``, ``best_model.keras`` and ``summary.json``; returns the
+    summary and its URI."""
+    import pyarrow.fs as pafs
+
+    from tuner import worker
+
+    spec = plan.spec
+    trials = results.trials_from_grid(grid)
+    fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    summary = results.summarize(
+        spec, plan.command, trials,
+        storage_fs_uri=lambda p: storage.to_uri(fs, p),
+        checkpoint_exists=lambda p: fs.get_file_info(posixpath.join(p, worker.MODEL_FILE)).type == pafs.FileType.File,
+    )
+    summary["task"] = plan.inputs.task
+    summary["max_concurrent_trials"] = cluster.concurrent
+    summary["cluster_resources"] = {k: v for k, v in cluster.resources.items() if k in ("CPU", "GPU") or
+                                    k == spec.scaling.driver_resource}
+    if rungs is not None:
+        summary["asha_rungs"] = results.asha_rungs(rungs, spec.objective.mode)
+    results.write_results(spec, results.rows_from_results(trials))
+    results.export_best(spec, summary, plan.dataset_uri)
+    return summary, results.write_summary(spec, summary)

@@ -1,0 +1,284 @@
+"""The search space: hyperparameters, their values and their roles. Pure: no Ray, no TensorFlow.
+
+Two roles (the Deep Learning Tuning Playbook's split of what is searched):
+
+- **training knobs**, owned by ``tuner``: ``learning_rate`` and its schedule in epochs,
+  ``optimizer`` (and sgd's ``momentum``), the per-worker ``batch_size``. Their names,
+  types and bounds are fixed here; each has a default.
+- **model hyperparameters**: every other name in ``search.space``. They go to the model
+  builder in ``hp``; their type follows from their values: a fixed value or a ``choice``
+  keeps its values; a ``uniform`` or ``loguniform`` range draws whole numbers when both
+  its ends are whole numbers (write ``0.0`` for a float range), ``int_uniform`` /
+  ``int_loguniform`` always do; where the builder has a default for the name, a range
+  takes that default's type (``with_builder_defaults``).
+
+A value in YAML: ``0.001`` (fixed), ``{loguniform: [1e-4, 1e-2]}``, ``{uniform: [0.0, 0.5]}``,
+``{int_uniform: [1, 3]}``, ``{int_loguniform: [16, 1024]}`` or ``{choice: [64, 128]}``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
+SCHEDULES = ("constant", "exponential")
+FLOAT_RANGES = ("loguniform", "uniform")
+INT_RANGES = ("int_loguniform", "int_uniform")
+RANGE_KINDS = FLOAT_RANGES + INT_RANGES
+KINDS = ("fixed", "choice", *RANGE_KINDS)
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class Invalid(ValueError):
+    """A value that does not fit; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One hyperparameter's values: a fixed value, a range, or a list of choices."""
+
+    kind: str  # one of KINDS
+    values: tuple  # one value when fixed, (low, high) for a range, the choices otherwise
+    type: type = float  # what a range draws: int or float (fixed values and choices keep theirs)
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.kind == "fixed"
+
+    @property
+    def is_range(self) -> bool:
+        return self.kind in RANGE_KINDS
+
+    @property
+    def is_log(self) -> bool:
+        return self.kind in ("loguniform", "int_loguniform")
+
+    @property
+    def is_int(self) -> bool:
+        return self.type is int
+
+    def to_yaml(self) -> Any:
+        if self.is_fixed:
+            return self.values[0]
+        return {self.kind: list(self.values)}
+
+    def corners(self) -> tuple[Any, Any]:
+        """The first and the last value this dimension gives (a range's ends)."""
+        if self.is_range:
+            low, high = self.values
+            return (int(low), int(high)) if self.is_int else (low, high)
+        return self.values[0], self.values[-1]
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A training knob: its type, bounds and default."""
+
+    type: type
+    default: Any
+    low: float | None = None  # inclusive lower bound
+    high: float | None = None  # upper bound (inclusive unless high_open)
+    high_open: bool = False
+    low_open: bool = False
+    allowed: tuple | None = None  # the only values a string knob may take
+    doc: str = ""
+
+
+# The training knobs: every trial's config holds these keys.
+KNOBS: dict[str, Knob] = {
+    "learning_rate": Knob(float, 1e-3, low=0.0, low_open=True, high=10.0, doc="peak learning rate at the reference batch"),
+    "schedule": Knob(str, "constant", allowed=SCHEDULES, doc="learning-rate schedule"),
+    "decay_epochs": Knob(float, 1.0, low=0.0, low_open=True, high=1e6, doc="exponential schedule: epochs per decay step"),
+    "decay_rate": Knob(float, 0.5, low=0.0, low_open=True, high=1.0, doc="exponential schedule: factor per decay step"),
+    "staircase": Knob(bool, True, doc="exponential schedule: decay in whole steps"),
+    "optimizer": Knob(str, "adam", allowed=OPTIMIZERS, doc="optimizer"),
+    "momentum": Knob(float, 0.9, low=0.0, high=1.0, high_open=True, doc="sgd momentum"),
+    "batch_size": Knob(int, 32, low=1, high=65536, doc="per-worker batch size"),
+}
+
+# Conditional knobs: name -> (the knob it depends on, the value that makes it count).
+# Anywhere else a trial's config holds None for it.
+CONDITIONS: dict[str, tuple[str, str]] = {
+    "momentum": ("optimizer", "sgd"),
+    "decay_epochs": ("schedule", "exponential"),
+    "decay_rate": ("schedule", "exponential"),
+    "staircase": ("schedule", "exponential"),
+}
+
+
+def is_knob(name: str) -> bool:
+    return name in KNOBS
+
+
+def active(name: str, config: Mapping[str, Any]) -> bool:
+    """Whether hyperparameter ``name`` counts in a trial with ``config``."""
+    if name not in CONDITIONS:
+        return True
+    parent, value = CONDITIONS[name]
+    return config.get(parent) == value
+
+
+def default_space() -> dict[str, Dim]:
+    """Every training knob at its default (model hyperparameters come from the spec)."""
+    return {name: Dim("fixed", (k.default,), k.type) for name, k in KNOBS.items()}
+
+
+def ordered(space: Mapping[str, Dim]) -> list[str]:
+    """The space's names: the knobs in their fixed order (conditions after what they
+    depend on), then the model hyperparameters in the spec's order."""
+    return [n for n in KNOBS if n in space] + [n for n in space if n not in KNOBS]
+
+
+def searched(space: Mapping[str, Dim]) -> list[str]:
+    """The hyperparameters a search varies, in ``ordered`` order."""
+    return [name for name in ordered(space) if not space[name].is_fixed]
+
+
+def possible(dim: Dim) -> tuple | None:
+    """Every value ``dim`` can take, or None for a range."""
+    return None if dim.is_range else dim.values
+
+
+def model_hyperparameters(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial config's model hyperparameters (what the builder gets in ``hp``)."""
+    return {k: v for k, v in config.items() if k not in KNOBS}
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+def parse_space(given: Any, problems: list[str]) -> dict[str, Dim]:
+    """``search.space`` from YAML: the knobs at their defaults, overridden by ``given``."""
+    space = default_space()
+    if not isinstance(given, Mapping):
+        problems.append("The value of `search.space` must be a mapping of hyperparameter -> value, range or choice.")
+        return space
+    for name, value in given.items():
+        key = f"search.space.{name}"
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            problems.append(f"The hyperparameter name `{key}` must be an identifier (letters, digits and _).")
+            continue
+        try:
+            space[name] = parse_dim(name, value)
+        except Invalid as e:
+            problems.append(str(e))
+    return space
+
+
+def parse_dim(name: str, value: Any) -> Dim:
+    """One hyperparameter's YAML value as a Dim; raises Invalid with one line."""
+    key = f"search.space.{name}"
+    knob = KNOBS.get(name)
+    if isinstance(value, Mapping):
+        if len(value) != 1:
+            raise Invalid(f"The value of `{key}` must have exactly one of: {', '.join(KINDS[1:])}.")
+        ((kind, args),) = value.items()
+        if kind in RANGE_KINDS:
+            return _parse_range(key, kind, args, knob)
+        if kind == "choice":
+            if not (isinstance(args, list) and args):
+                raise Invalid(f"The value of `{key}.choice` must be a non-empty list.")
+            values = tuple(_check_value(f"{key}.choice", v, knob) for v in args)
+            return Dim("choice", values, knob.type if knob else _type_of(values))
+        raise Invalid(f"`{key}` has `{kind}`, but must be a value or one of: {', '.join(KINDS[1:])}.")
+    checked = _check_value(key, value, knob)
+    return Dim("fixed", (checked,), knob.type if knob else type(checked))
+
+
+def _parse_range(key: str, kind: str, args: Any, knob: Knob | None) -> Dim:
+    if knob is not None and knob.type not in (int, float):
+        raise Invalid(f"`{key}` takes no {kind} range; use `choice: [...]`.")
+    if not (isinstance(args, list) and len(args) == 2):
+        raise Invalid(f"The value of `{key}.{kind}` must be [low, high].")
+    low, high = (_check_value(f"{key}.{kind}", v, knob, number=True) for v in args)
+    if knob is not None:
+        is_int = kind in INT_RANGES or knob.type is int
+    else:  # from the values: whole-number ends draw whole numbers (write 0.0 for a float range)
+        is_int = kind in INT_RANGES or all(isinstance(v, int) and not isinstance(v, bool) for v in args)
+    if is_int and not all(float(v).is_integer() for v in (low, high)):
+        raise Invalid(f"The range of `{key}` is [{low}, {high}], but `{kind}` ranges need whole numbers.")
+    if not low < high:
+        raise Invalid(f"The range of `{key}` is [{low}, {high}], but low must be < high.")
+    if kind in ("loguniform", "int_loguniform") and low <= 0:
+        raise Invalid(f"The range of `{key}` starts at {low}, but `{kind}` ranges must start > 0.")
+    if is_int:
+        return Dim(kind, (int(low), int(high)), int)
+    return Dim(kind, (float(low), float(high)), float)
+
+
+def _type_of(values: tuple) -> type:
+    types = {type(v) for v in values}
+    return types.pop() if len(types) == 1 else object
+
+
+def _check_value(key: str, value: Any, knob: Knob | None, number: bool = False) -> Any:
+    if knob is None:  # a model hyperparameter: any scalar; a number where a range needs one
+        if number and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise Invalid(f"The value of `{key}` is {value!r}, but must be a number.")
+        if not isinstance(value, (bool, int, float, str)):
+            raise Invalid(f"The value of `{key}` is {value!r}, but must be a number, a string or true/false.")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Invalid(f"The value of `{key}` is {value!r}, but must be finite.")
+        return value
+    if knob.type is bool:
+        if isinstance(value, bool):
+            return value
+        raise Invalid(f"The value of `{key}` is {value!r}, but must be true or false.")
+    if knob.type is str:
+        if value in knob.allowed:
+            return value
+        raise Invalid(f"The value of `{key}` is {value!r}, but must be one of: {', '.join(knob.allowed)}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Invalid(f"The value of `{key}` is {value!r}, but must be a number.")
+    if knob.type is int and value != int(value):
+        raise Invalid(f"The value of `{key}` is {value!r}, but must be a whole number.")
+    value = knob.type(value)
+    lo_ok = value > knob.low if knob.low_open else value >= knob.low
+    hi_ok = value < knob.high if knob.high_open else value <= knob.high
+    if not (lo_ok and hi_ok):
+        lo = f"> {knob.low:g}" if knob.low_open else f">= {knob.low:g}"
+        hi = f"< {knob.high:g}" if knob.high_open else f"<= {knob.high:g}"
+        raise Invalid(f"The value of `{key}` is {value!r}, but must be {lo} and {hi}.")
+    return value
+
+
+def check_conditions(space: Mapping[str, Dim], grid: bool) -> list[str]:
+    """A conditional knob the search would vary but no trial would use, or (for grid) vary
+    in trials that do not use it: the searcher would silently waste trials."""
+    p = []
+    for name, (parent, value) in CONDITIONS.items():
+        dim, parents = space[name], possible(space[parent])
+        if dim.is_fixed or parents is None:
+            continue
+        if value not in parents:
+            p.append(f"`search.space.{name}` is searched, but only {parent} `{value}` uses it and "
+                     f"`search.space.{parent}` never is `{value}`; fix {name} to one value or add `{value}`.")
+        elif grid and len(dim.values) > 1 and set(parents) != {value}:
+            others = ", ".join(str(v) for v in parents if v != value)
+            p.append(f"Grid search over `search.space.{name}` would repeat each {others} trial once per {name} "
+                     f"(only {parent} `{value}` uses it); fix {name} to one value, or fix {parent} to `{value}`.")
+    return p
+
+
+def with_builder_defaults(space: Mapping[str, Dim], defaults: Mapping[str, Any]) -> dict[str, Dim]:
+    """The space completed with a builder's ``defaults`` (fixed values for the model
+    hyperparameters the spec leaves out) and typed by them: a ``uniform`` or
+    ``loguniform`` range draws ints where the default is an int, floats where it is a
+    float (``int_*`` ranges always draw ints)."""
+    out = dict(space)
+    for name, default in defaults.items():
+        if name in KNOBS:
+            continue
+        dim = out.get(name)
+        if dim is None:
+            out[name] = Dim("fixed", (default,), type(default))
+        elif dim.kind in FLOAT_RANGES and not isinstance(default, bool) and isinstance(default, (int, float)):
+            low, high = dim.values
+            if isinstance(default, int) and float(low).is_integer() and float(high).is_integer():
+                out[name] = replace(dim, values=(int(low), int(high)), type=int)
+            elif isinstance(default, float):
+                out[name] = replace(dim, values=(float(low), float(high)), type=float)
+    return out
