@@ -78,6 +78,9 @@ def test_stage_a_csv_with_string_classes(here, capsys):
     assert run(capsys, "stage-data", "--source", "t.csv", "--dest", "ds", "--label", "label", "--seed", "3")[0] == 0
     code, err = run(capsys, "stage-data", "--source", "t.csv", "--dest", "ds", "--label", "label", "--seed", "4")
     assert code == 2 and "Another dataset is staged at ds already" in err[0]
+    code, err = run(capsys, "stage-data", "--source", "t.csv", "--dest", "ds", "--label", "label", "--seed", "3",
+                    "--features", "f1")
+    assert code == 2 and "Another dataset is staged at ds already" in err[0]
 
 
 def test_stage_parquet_tensors_a_split_column_and_a_float_target(here):
@@ -113,6 +116,17 @@ def test_a_dataset_staged_before_the_layout_change_still_reads(here):
     assert np.array_equal(x, images) and y.tolist() == [1, 2, 3]
     spec = data.input_spec(data.read_manifest(str(here / "old")))
     assert spec.shape == (28, 28) and spec.num_classes == 10 and spec.task == "classification"
+
+
+def test_mnist_staged_by_an_older_tuner_is_the_same_dataset(here, capsys):
+    (here / "ds").mkdir()
+    (here / "ds" / "manifest.json").write_text(json.dumps({
+        "dataset": "mnist", "source_sha256": data.subset_checksums(), "validation_fraction": 1 / 12,
+        "splits": {"train": {"file": "train.parquet", "rows": 2750}}}))
+    code, err = run(capsys, "stage-data", "--source", "builtin", "--dest", "ds")
+    assert code == 0, err
+    code, err = run(capsys, "stage-data", "--source", "builtin", "--dest", "ds", "--validation-fraction", "0.2")
+    assert code == 2 and "Another dataset is staged" in err[0]
 
 
 def _ragged(here):
@@ -188,6 +202,7 @@ scaling: {workers: 2, cpus_per_worker: 0.5}
      "val_loss and val_accuracy"),
     (["model.loss=no_such_loss"], "The loss 'no_such_loss' does not apply to the model"),
     (["data.uri=elsewhere"], "No staged dataset at"),
+    (["data.uri=null"], "`data.uri` is not set, but the model `my_models:good` needs your dataset"),
 ])
 def test_tune_refuses_a_bad_model_or_objective_before_anything_runs(staged, capsys, sets, message):
     overrides = [a for s in sets for a in ("--set", s)]

@@ -33,6 +33,21 @@ def test_the_builders_defaults_fill_and_type_the_space():
     assert model_hyperparameters({"learning_rate": 1, "width": 2}) == {"width": 2}
 
 
+def test_a_dim_pickled_by_an_older_tuner_gets_its_type_back():
+    # tuner.pkl keeps the searcher's space; older Dims had kind and values only.
+    old = Dim.__new__(Dim)
+    old.__setstate__({"kind": "loguniform", "values": (16, 256)})
+    assert old == Dim("loguniform", (16, 256), int) and old.is_int
+    old.__setstate__({"kind": "uniform", "values": (0.0, 0.5)})
+    assert old == Dim("uniform", (0.0, 0.5), float)
+
+
+def test_choices_of_one_type():
+    assert parse_dim("rate", {"choice": [1, 0.5]}) == Dim("choice", (1, 0.5), float)
+    with pytest.raises(Invalid, match=r"The choices of `search.space.units` mix int and str; give values of one type"):
+        parse_dim("units", {"choice": [64, "auto"]})
+
+
 def test_a_bad_value_is_one_line_naming_the_key():
     with pytest.raises(Invalid, match=r"^The value of `search.space.optimizer` is 'lion', but must be one of"):
         parse_dim("optimizer", "lion")

@@ -63,6 +63,7 @@ def test_seed_baseline_is_the_tutorial():
         ({"model": {"builder": "my-models:build"}}, "must be `module:function`"),
         ({"objective": {"mode": "maximise"}}, "The value of `objective.mode` is 'maximise', but must be max or min."),
         ({"objective": {"metric": "accuracy"}}, "The value of `objective.metric` is 'accuracy', but must be a validation metric"),
+        ({"objective": {"metric": "val_loss", "mode": "max"}}, "but `val_loss` is better when lower; use min"),
         ({"search": {"algorithm": "grid", "space": {"dropout": {"uniform": [0, 0.5]}}}}, "`search.space.dropout` is a uniform range, but grid search needs"),
         ({"scaling": {"workers": 0}}, "The value of `scaling.workers` is 0, but must be >= 1."),
         ({"scaling": {"cpus_per_worker": 0}}, "The value of `scaling.cpus_per_worker` is 0.0, but must be > 0."),
@@ -88,6 +89,12 @@ def test_bad_values_have_one_clear_line(raw, message):
 def test_every_problem_is_reported_at_once():
     found = problems({"asha": {"grace_period": 0, "reduction_factor": 1}, "scaling": {"workers": 0}})
     assert len(found) == 3
+
+
+def test_the_objectives_mode_follows_its_metric_when_left_out():
+    assert build_spec({"objective": {"metric": "val_mae"}}).objective.mode == "min"
+    assert build_spec({"objective": {"metric": "val_accuracy"}}).objective.mode == "max"
+    assert build_spec({}).objective.mode == "max"
 
 
 def test_overrides_parse_yaml_values_and_reject_unknown_keys():

@@ -139,10 +139,7 @@ def cmd_stage(args) -> int:
                                       args.task, args.validation_fraction, args.test_fraction, args.seed)
     existing = data.read_manifest(args.dest, args.endpoint)
     if existing is not None:
-        keys = ("source_sha256", "features", "label", "validation_fraction", "test_fraction", "split_seed")
-        same = all(existing.get(k) == prepared.meta.get(k) for k in keys if k != "features") and \
-            existing.get("features", {}).get("columns") == prepared.meta["features"]["columns"]
-        if not same:
+        if not prepared.matches(existing):
             raise UsageError(f"Another dataset is staged at {args.dest} already; choose another --dest, or delete "
                              "that one first.")
         print(f"Already staged at {args.dest}: the same source and settings.")

@@ -31,8 +31,9 @@ from tuner.spec import Spec, differences, load_spec, missing_dependency, require
 SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
 # Fields that say how to run, not what: a re-run may change them.
 RUN_SETTINGS = ("failure.", "scaling.max_concurrent_trials", "checkpoint.upload")
-# Left out of the working directory shipped to the workers (Ray's gitignore-style patterns).
-SHIP_EXCLUDES = [".git", "__pycache__", "*.pyc", ".pytest_cache"]
+# Left out of the working directory shipped to the workers (Ray's gitignore-style patterns):
+# data files among them, since workers read the staged dataset, never the source.
+SHIP_EXCLUDES = [".git", "__pycache__", "*.pyc", ".pytest_cache", "*.csv", "*.parquet", "*.pq"]
 
 
 class UsageError(RuntimeError):
@@ -124,6 +125,9 @@ def dataset(spec: Spec, dataset_uri: str, builtin: bool) -> tuple[models.InputSp
     ``builtin``: the builder is one of tuner's; only then is a missing dataset MNIST,
     staged from ``data.source`` (a user's model without its data is a mistake, and their
     tables are staged by `tuner stage-data`)."""
+    if not builtin and spec.data.uri is None:
+        raise UsageError(f"`data.uri` is not set, but the model `{spec.model.builder}` needs your dataset: stage it "
+                         "(tuner stage-data --source YOUR_DATA.csv --dest URI --label COLUMN) and set `data.uri` to URI.")
     manifest = data.read_manifest(dataset_uri, spec.storage.endpoint)
     if manifest is not None:
         return data.input_spec(manifest), manifest["splits"]["train"]["rows"], None

@@ -105,8 +105,9 @@ class StopOnSignal:
             self.signum = signum
         tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
         if first and self._in_tune and callable(tune_stop):
-            print(f"tuner: {signal.Signals(signum).name} received: stopping the trials and saving the experiment "
-                  "state (send it again to stop at once).", file=sys.stderr, flush=True)
+            # os.write: a print here could re-enter a write the signal interrupted.
+            os.write(2, f"tuner: {signal.Signals(signum).name} received: stopping the trials and saving the "
+                        "experiment state (send it again to stop at once).\n".encode())
             tune_stop(signum, frame)
             return
         raise Interrupted(self.signum)

@@ -65,6 +65,16 @@ class Dim:
             return self.values[0]
         return {self.kind: list(self.values)}
 
+    def __setstate__(self, state: dict) -> None:
+        # A Dim pickled by an older tuner (the searcher's space in tuner.pkl) has no type;
+        # it stored whole numbers as ints exactly for its integer hyperparameters.
+        if "type" not in state:
+            values = state["values"]
+            whole = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+            state = {**state, "type": int if whole else _type_of(values) if state["kind"] in ("fixed", "choice")
+                     else float}
+        object.__setattr__(self, "__dict__", state)
+
     def corners(self) -> tuple[Any, Any]:
         """The first and the last value this dimension gives (a range's ends)."""
         if self.is_range:
@@ -182,6 +192,10 @@ def parse_dim(name: str, value: Any) -> Dim:
             if not (isinstance(args, list) and args):
                 raise Invalid(f"The value of `{key}.choice` must be a non-empty list.")
             values = tuple(_check_value(f"{key}.choice", v, knob) for v in args)
+            if knob is None and _type_of(values) is object:
+                kinds = sorted({type(v).__name__ for v in values})
+                raise Invalid(f"The choices of `{key}` mix {' and '.join(kinds)}; give values of one type "
+                              "(whole numbers and decimals may mix).")
             return Dim("choice", values, knob.type if knob else _type_of(values))
         raise Invalid(f"`{key}` has `{kind}`, but must be a value or one of: {', '.join(KINDS[1:])}.")
     checked = _check_value(key, value, knob)
@@ -211,6 +225,8 @@ def _parse_range(key: str, kind: str, args: Any, knob: Knob | None) -> Dim:
 
 def _type_of(values: tuple) -> type:
     types = {type(v) for v in values}
+    if types == {int, float}:
+        return float
     return types.pop() if len(types) == 1 else object
 
 

@@ -30,6 +30,7 @@ ALGORITHMS = ("random", "grid", "quasi_random", "tpe", "bayesian")
 SCHEDULERS = ("asha", "asha_promote", "hyperband", "median_stopping", "fifo")
 CHECKPOINT_UPLOADS = ("async", "sync")
 MODES = ("max", "min")
+LOWER_IS_BETTER = ("val_loss", "val_mae")
 
 
 class SpecError(ValueError):
@@ -94,7 +95,7 @@ class ObjectiveSpec:
     # The validation metric that schedulers, searchers and the best trial follow:
     # val_loss, and val_accuracy (classification) or val_mae (regression).
     metric: str = "val_accuracy"
-    # "max" or "min".
+    # "max" or "min"; left out: min for val_loss and val_mae, max otherwise.
     mode: str = "max"
 
 
@@ -330,6 +331,11 @@ def build_spec(raw: Mapping) -> Spec:
             problems.append(f"The value of `{section}` must be a mapping of its fields.")
             given = {}
         sections[section] = _build_section(section, factory(), given, problems)
+    objective = raw.get("objective")
+    if isinstance(objective, Mapping) and "metric" in objective and "mode" not in objective:
+        # The mode follows from the metric where left out: lower is better for a loss or an error.
+        mode = "min" if sections["objective"].metric in LOWER_IS_BETTER else "max"
+        sections["objective"] = dataclasses.replace(sections["objective"], mode=mode)
 
     name = raw.get("name", Spec.name)
     if not isinstance(name, str) or not name or any(c in name for c in "/\\ ") or name in (".", ".."):
@@ -436,6 +442,9 @@ def _check_spec(spec: Spec) -> list[str]:
     if m.loss is not None and not m.loss.strip():
         p.append("The value of `model.loss` is empty; give a Keras loss name or null (the task's default).")
     need(o.mode in MODES, "objective.mode", o.mode, "max or min")
+    if o.metric in LOWER_IS_BETTER and o.mode == "max":
+        p.append(f"The value of `objective.mode` is 'max', but `{o.metric}` is better when lower; use min "
+                 "(or leave the mode out).")
     need(o.metric.startswith("val_") and o.metric[4:].isidentifier(), "objective.metric", o.metric,
          "a validation metric: val_loss, val_accuracy (classification) or val_mae (regression)")
 

@@ -17,7 +17,7 @@ import numpy as np
 from tuner.data import mnist, staged, tables
 from tuner.data.errors import DataError
 from tuner.data.mnist import (FILES, MNIST_SHA256, SPLIT_SEED, BuiltinSource, DownloadSource, Source, UriSource,
-                              encode_idx, is_mnist_source, parse_idx, read_source, sha256, source_for,
+                              encode_idx, is_mnist_source, parse_idx, read_source, sha256, source_for, subset_checksums,
                               split_validation, verify)
 from tuner.data.staged import MANIFEST, from_table, input_spec, load_split, read_manifest, to_table
 from tuner.data.tables import SPLITS, TASKS, TableSource
@@ -26,7 +26,7 @@ __all__ = [
     "DataError", "Prepared", "mnist_dataset", "table_dataset", "stage", "read_manifest", "load_split", "input_spec",
     "is_mnist_source", "source_for", "TableSource", "MANIFEST", "SPLITS", "TASKS", "FILES", "MNIST_SHA256",
     "SPLIT_SEED", "Source", "BuiltinSource", "DownloadSource", "UriSource", "encode_idx", "parse_idx", "read_source",
-    "sha256", "split_validation", "verify", "from_table", "to_table",
+    "sha256", "split_validation", "subset_checksums", "verify", "from_table", "to_table",
 ]
 
 
@@ -47,6 +47,19 @@ class Prepared:
         if not hasattr(self, "_stats"):
             self._stats = staged.input_stats(self.splits["train"][0])
         return self._stats
+
+    def matches(self, manifest: dict) -> bool:
+        """Whether ``manifest`` is this dataset staged already: the same source, features
+        (columns, shape, dtype), label and splits. A manifest from before the current
+        layout (MNIST only) matches the same MNIST source and validation split."""
+        x = self.splits["train"][0]
+        if manifest.get("format") is None:
+            return (self.meta.get("dataset") == "mnist" == manifest.get("dataset")
+                    and manifest.get("source_sha256") == self.meta.get("source_sha256")
+                    and manifest.get("validation_fraction") == self.meta.get("validation_fraction"))
+        features = {**self.meta["features"], "shape": list(x.shape[1:]), "dtype": str(x.dtype)}
+        keys = ("source_sha256", "label", "validation_fraction", "test_fraction", "split_seed", "split_column")
+        return manifest.get("features") == features and all(manifest.get(k) == self.meta.get(k) for k in keys)
 
     def input_spec(self):
         return staged.input_spec({**self.meta, "features": {**self.meta["features"],
