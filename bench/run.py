@@ -12,6 +12,7 @@
     python bench/run.py ckpt --mnist ../shared/data/mnist     # checkpoint save + upload to S3 vs epoch time
     python bench/run.py peers --mnist ../shared/data/mnist    # vs Keras Tuner, Optuna, plain Ray Tune (~40 min)
     python bench/run.py searchers --mnist ../shared/data/mnist  # random, quasi_random, tpe, bayesian (~40 min)
+    python bench/run.py data --mnist ../shared/data/mnist     # streaming shards vs in-memory vs Ray Data, 1x/5x/20x MNIST on S3 (~20 min)
     python bench/run.py b1 --smoke                        # tiny and quick, on the shipped subset
 
 Each run prints its figures as JSON and appends them, with the date, the machine and the
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
 # Experiment names unique per run, so a reused --work folder never refuses a rerun.
 NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned", "cnn", "economy", "scaling",
-                                                             "ckpt", "peers", "searchers")}
+                                                             "ckpt", "peers", "searchers", "data")}
 
 
 def tuner(args: list[str], cwd: Path) -> dict:
@@ -466,11 +467,12 @@ def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
     return {"max_t": max_t, "reduction_factor": 3, "samples": samples, **out}
 
 
-from reliability import reliability  # noqa: E402 - bench/ is the script's folder
+from data import data  # noqa: E402 - bench/ is the script's folder
+from reliability import reliability  # noqa: E402
 
 BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "cnn": cnn, "reliability": reliability, "economy": economy,
-           "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers}
-ALL = ["b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers"]  # `all`; reliability runs on its own (~15 min, Ceph)
+           "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers, "data": data}
+ALL = ["b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data"]  # `all`; reliability runs on its own (~15 min, Ceph)
 
 
 def record(command: str, results: dict) -> None:

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import posixpath
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,10 @@ def dataset(spec: Spec, dataset_uri: str, builtin: bool) -> tuple[models.InputSp
                          "(tuner stage-data --source YOUR_DATA.csv --dest URI --label COLUMN) and set `data.uri` to URI.")
     manifest = data.read_manifest(dataset_uri, spec.storage.endpoint)
     if manifest is not None:
+        if "files" not in manifest["splits"]["train"]:
+            print(f"tuner: the dataset at {dataset_uri} was staged by an older tuner (one file per split): each worker "
+                  "reads all of it every epoch. Stage it again to a new --dest to stream each worker's share.",
+                  file=sys.stderr)
         return data.input_spec(manifest), manifest["splits"]["train"]["rows"], None
     if not builtin:
         raise UsageError(f"No staged dataset at {dataset_uri} (no {data.MANIFEST}); stage yours first: tuner stage-data "

@@ -28,6 +28,7 @@ BEST_MODEL = "best_model.keras"
 # Per-epoch metrics kept in results.parquet (plus the trial's hyperparameters).
 ROW_METRICS = (
     "epoch", "val_accuracy", "val_mae", "val_loss", "loss", "accuracy", "mae", "learning_rate", "train_seconds",
+    "validation_seconds",
     "samples_per_second", "workers", "per_worker_batch", "global_batch", "steps_per_epoch",
     "resumed_from_epoch", "startup_seconds", "startup_process_seconds", "startup_worker_entered_seconds",
     "startup_imported_seconds", "startup_ready_seconds", "startup_cpu_seconds",
@@ -227,8 +228,8 @@ def export_best(spec: Spec, summary: dict, dataset_uri: str) -> None:
         local = Path(tmp, worker.MODEL_FILE)
         local.write_bytes(storage.read_bytes(storage.join(best["checkpoint_uri"], worker.MODEL_FILE), spec.storage.endpoint))
         net = tf_keras.models.load_model(local)
-        x, y = data.load_split(dataset_uri, "test", spec.storage.endpoint, manifest)
-        scores = training.evaluate(net, x, y, task=task, loss=spec.model.loss)
+        test = data.SplitReader(dataset_uri, manifest, "test", spec.storage.endpoint)
+        scores = training.evaluate(net, test.chunks(), task=task, loss=spec.model.loss)
         target = storage.join(experiment_uri(spec), BEST_MODEL)
         storage.write_bytes(target, local.read_bytes(), spec.storage.endpoint)
     best.update({f"test_{k}": v for k, v in scores.items()}, model_uri=target)

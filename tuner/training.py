@@ -106,27 +106,48 @@ def to_model_input(x):
     return tf.cast(x, tf.float32)
 
 
-def evaluate(model: tf_keras.Model, x, y, task: str = "classification", loss: str | None = None,
+def streaming_dataset(generate, shape: tuple, dtype: str, label_dtype: str, batch: int, shuffle_rows: int,
+                      seed: int, read_ahead: int = 2) -> tf.data.Dataset:
+    """Batches of (model input, labels) from ``generate``, a function yielding (features,
+    labels) arrays of one pass over a worker's share per call: ``read_ahead`` arrays read
+    ahead in the background, their rows mixed in a shuffle buffer of ``shuffle_rows``
+    that each pass empties (so each pass gives every row once), passes repeated without
+    end, full batches of ``batch`` (the last of a pass filled from the next)."""
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec((None, *shape), tf.as_dtype(dtype)), tf.TensorSpec((None,), tf.as_dtype(label_dtype))))
+    ds = ds.prefetch(read_ahead).unbatch()
+    ds = ds.shuffle(shuffle_rows, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(batch, drop_remainder=True)
+    ds = ds.map(lambda x, y: (to_model_input(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluate(model: tf_keras.Model, chunks, task: str = "classification", loss: str | None = None,
              batch_size: int = 2048) -> dict[str, float]:
-    """{"loss": ..., "accuracy" or "mae": ...} of ``model`` on in-memory data, computed on
-    this process only.
+    """{"loss": ..., "accuracy" or "mae": ...} of ``model`` on ``chunks``, (features,
+    labels) arrays (a split read piece by piece, or one in-memory pair in a list),
+    computed on this process only.
 
     Called directly rather than through ``model.evaluate`` so that, under a multi-worker
-    strategy, each worker scores the whole split without a collective. Accuracy is an
+    strategy, one worker scores the whole split without a collective. Accuracy is an
     exact fraction of the rows.
     """
     import numpy as np
 
-    total_loss, score = 0.0, 0.0
+    total_loss, score, rows = 0.0, 0.0, 0
     loss_fn = loss_for(task, loss, reduction="sum")
-    for start in range(0, len(y), batch_size):
-        out = model(to_model_input(x[start:start + batch_size]), training=False)
-        labels = y[start:start + batch_size]
-        if task == "regression" and len(out.shape) == 2:
-            out = tf.squeeze(out, axis=-1)
-        total_loss += float(loss_fn(labels, out))
-        if task == "classification":
-            score += int(np.sum(np.argmax(out.numpy(), axis=1) == labels))
-        else:
-            score += float(np.sum(np.abs(out.numpy() - labels)))
-    return {"loss": total_loss / len(y), TASK_METRIC[task]: score / len(y)}
+    for x, y in chunks:
+        for start in range(0, len(y), batch_size):
+            out = model(to_model_input(x[start:start + batch_size]), training=False)
+            labels = y[start:start + batch_size]
+            if task == "regression" and len(out.shape) == 2:
+                out = tf.squeeze(out, axis=-1)
+            total_loss += float(loss_fn(labels, out))
+            if task == "classification":
+                score += int(np.sum(np.argmax(out.numpy(), axis=1) == labels))
+            else:
+                score += float(np.sum(np.abs(out.numpy() - labels)))
+        rows += len(y)
+    return {"loss": total_loss / rows, TASK_METRIC[task]: score / rows}

@@ -21,7 +21,7 @@ def test_bench_smoke(tmp_path):
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             results.update(json.loads(line))
-    assert set(results) == {"b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers"}
+    assert set(results) == {"b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data"}
     assert results["b1"]["ratio"] > 0 and results["b2"]["workers_2"]["median_startup_seconds"] > 0
     assert 0 < results["b1"]["trial_fraction_of_peak"] < 1
     assert 0 < results["tuned"]["best_test_accuracy"] <= 1 and 0 < results["cnn"]["best_test_accuracy"] <= 1
@@ -34,5 +34,9 @@ def test_bench_smoke(tmp_path):
     assert "trials" in searched["bayesian"] or (not REQUIRE_SERVICES and "skipped" in searched["bayesian"])
     assert {"tuner", "kerastuner", "optuna", "raytune"} <= set(results["peers"])
     assert [p for p, r in results["peers"].items() if isinstance(r, dict) and r["multi_worker_trials"]] == ["tuner"]
+    streamed = results["data"]
+    assert streamed["stream_vs_memory_samples_per_second_x1"] > 0 and streamed["raydata"]["x1"]["startup_seconds"] > 0
+    assert streamed["stream"]["x1"]["s3_per_worker_epoch"]["get_requests"] > 0
+    assert streamed["tuner_train_x1"]["s3_per_trial_epoch_store"]["requests"] > 0
     # A smoke run records nothing.
     assert (doc.read_text() if doc.exists() else None) == before

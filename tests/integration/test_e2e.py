@@ -105,7 +105,7 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
     assert zipfile.is_zipfile(local)
     net = tf_keras.models.load_model(local)
     x, y = _test_split(tmp_path)
-    scores = training.evaluate(net, x, y)
+    scores = training.evaluate(net, [(x, y)])
     assert scores["accuracy"] == pytest.approx(best["test_accuracy"], abs=1e-9)
 
     # TensorBoard event files, one folder per trial, stepped by epoch.

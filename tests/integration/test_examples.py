@@ -1,7 +1,11 @@
 """The two worked examples as a newcomer runs them (`examples/*/`: prepare.py, stage-data,
 tune, best, report), on moto S3; and a regression task on data the test makes, with
 `objective: val_loss/min`, on Ceph RGW. The user's builder module lives in the example's
-folder and reaches the Train workers through Ray's runtime environment."""
+folder and reaches the Train workers through Ray's runtime environment.
+
+Both check what the two Train workers of each trial stream (`TUNER_DEBUG_ROWS_DIR`: the
+labels of the rows each read in each pass over its share): together, every training row
+once per epoch, from a split staged as several files of many row groups."""
 
 import io
 import json
@@ -40,6 +44,42 @@ def get(env, key: str) -> bytes:
     return client(env).get_object(Bucket="tuner", Key=key)["Body"].read()
 
 
+def rows_read(debug: Path, run: str, epoch: int) -> list[np.ndarray]:
+    """The labels each worker of a trial's Train run read in one pass, by rank."""
+    return [np.load(debug / f"{run}-rank{rank}-epoch{epoch}.npy") for rank in (0, 1)]
+
+
+def assert_every_row_once(env, debug: Path, dataset: str, exact: bool) -> None:
+    """Each trial's two workers read the training split's rows once per pass between them,
+    in shares one row apart (``exact``: labels are unique, so compare rows, not counts)."""
+    from tuner import data
+
+    prefix = dataset.removeprefix("s3://tuner/")
+    manifest = json.loads(get(env, f"{prefix}/manifest.json"))
+    train, features = manifest["splits"]["train"], manifest["features"]
+    assert len(train["files"]) >= 2 and sum(len(f["row_groups"]) for f in train["files"]) >= 32
+    labels = np.concatenate([
+        data.from_table(pq.read_table(io.BytesIO(get(env, f"{prefix}/{f['path']}"))), features["shape"],
+                        features["dtype"])[1] for f in train["files"]])
+    runs = {p.name.split("-rank")[0] for p in debug.glob("*-rank0-epoch0.npy")}
+    # A pass is written once read whole; a trial stopped after epoch 1 may not have read
+    # its second pass to the end.
+    passes = [(run, epoch) for run in runs for epoch in (0, 1)
+              if all((debug / f"{run}-rank{r}-epoch{epoch}.npy").exists() for r in (0, 1))]
+    assert {run for run, _ in passes} == runs and any(epoch == 1 for _, epoch in passes), passes
+    for run, epoch in passes:
+        shares = rows_read(debug, run, epoch)
+        assert abs(len(shares[0]) - len(shares[1])) <= 1
+        both = np.concatenate(shares)
+        if exact:
+            assert len(set(both.tolist())) == len(both) == len(labels)
+            assert np.array_equal(np.sort(both), np.sort(labels))
+        else:
+            assert np.array_equal(np.bincount(both), np.bincount(labels))
+        if epoch == 1:  # each pass reads its pieces in another order
+            assert not np.array_equal(rows_read(debug, run, 0)[0], shares[0])
+
+
 def run_example(env, here: Path, source: str, label: str, name: str) -> dict:
     dataset = f"s3://tuner/datasets/{name}"
     staged = run_tuner(["stage-data", "--source", source, "--dest", dataset, "--label", label], env=env, cwd=here)
@@ -71,7 +111,11 @@ def test_breast_cancer_from_csv(moto_s3, tmp_path, unique_name):
 
 
 def test_digits_from_parquet_tensors(moto_s3, tmp_path, unique_name):
-    summary = run_example(moto_s3, example("digits", tmp_path), "digits.parquet", "digit", unique_name)
+    debug = tmp_path / "rows"
+    debug.mkdir()
+    env = {**moto_s3, "TUNER_DEBUG_ROWS_DIR": str(debug)}
+    summary = run_example(env, example("digits", tmp_path), "digits.parquet", "digit", unique_name)
+    assert_every_row_once(moto_s3, debug, f"s3://tuner/datasets/{unique_name}", exact=False)
     assert summary["best"]["test_accuracy"] > 0.8
     assert set(summary["best"]["config"]) >= {"filters", "dense", "dropout"}
     rows = pq.read_table(io.BytesIO(get(moto_s3, f"examples/{unique_name}/results.parquet"))).to_pylist()
@@ -97,9 +141,11 @@ def test_a_regression_task_on_ceph(ceph_s3, tmp_path, unique_name):
 
     rng = np.random.default_rng(0)
     x = rng.uniform(-2, 2, (600, 3))
-    y = np.sin(x[:, 0]) + 0.5 * x[:, 1] ** 2 - x[:, 2] + rng.normal(0, 0.05, 600)
+    y = np.sin(x[:, 0]) + 0.5 * x[:, 1] ** 2 - x[:, 2] + rng.normal(0, 0.05, 600)  # unique: names its row
     pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "target": y}).to_pandas().to_csv(tmp_path / "r.csv", index=False)
     (tmp_path / "regress.py").write_text(REGRESSION_BUILDER)
+    debug = tmp_path / "rows"
+    debug.mkdir()
     dataset = f"s3://tuner/datasets/{unique_name}"
     staged = run_tuner(["stage-data", "--source", "r.csv", "--dest", dataset, "--label", "target"], env=ceph_s3,
                        cwd=tmp_path)
@@ -110,7 +156,7 @@ def test_a_regression_task_on_ceph(ceph_s3, tmp_path, unique_name):
                        "--set", "search.space={learning_rate: {loguniform: [3.0e-3, 3.0e-2]}, batch_size: 16, "
                                 "units: {choice: [8, 32]}}",
                        "--set", "search.num_samples=2", "--set", "asha.max_t=3", "--set", "asha.grace_period=3"],
-                      env=ceph_s3, cwd=tmp_path)
+                      env={**ceph_s3, "TUNER_DEBUG_ROWS_DIR": str(debug)}, cwd=tmp_path)
     assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-5000:]
     summary = json.loads(get(ceph_s3, f"regression/{unique_name}/summary.json"))
     assert summary["task"] == "regression" and [t["epochs"] for t in summary["trials"]] == [3, 3]
@@ -118,3 +164,4 @@ def test_a_regression_task_on_ceph(ceph_s3, tmp_path, unique_name):
     # Far better than predicting the mean (the target's variance is about 1.9).
     assert best["val_loss"] < 0.5 and best["test_loss"] < 0.5 and 0 < best["test_mae"] < 0.6, best
     assert best["config"]["units"] in (8, 32) and "width" not in best["config"]
+    assert_every_row_once(ceph_s3, debug, dataset, exact=True)

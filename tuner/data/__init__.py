@@ -14,16 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tuner.data import mnist, staged, tables
+from tuner.data import mnist, shards, staged, tables
 from tuner.data.errors import DataError
 from tuner.data.mnist import (FILES, MNIST_SHA256, SPLIT_SEED, BuiltinSource, DownloadSource, Source, UriSource,
                               encode_idx, is_mnist_source, parse_idx, read_source, sha256, source_for, subset_checksums,
                               split_validation, verify)
-from tuner.data.staged import MANIFEST, from_table, input_spec, load_split, read_manifest, to_table
+from tuner.data.staged import MANIFEST, SplitReader, from_table, input_spec, load_split, read_manifest, to_table
 from tuner.data.tables import SPLITS, TASKS, TableSource
 
 __all__ = [
-    "DataError", "Prepared", "mnist_dataset", "table_dataset", "stage", "read_manifest", "load_split", "input_spec",
+    "DataError", "Prepared", "SplitReader", "shards", "mnist_dataset", "table_dataset", "stage", "read_manifest", "load_split", "input_spec",
     "is_mnist_source", "source_for", "TableSource", "MANIFEST", "SPLITS", "TASKS", "FILES", "MNIST_SHA256",
     "SPLIT_SEED", "Source", "BuiltinSource", "DownloadSource", "UriSource", "encode_idx", "parse_idx", "read_source",
     "sha256", "split_validation", "subset_checksums", "verify", "from_table", "to_table",

@@ -1,15 +1,18 @@
 """A staged dataset: ``train``/``validation``/``test`` Parquet files plus ``manifest.json``
 under one URI (local or ``s3://``), written once by ``stage`` and read by every worker.
 
-Each split holds two columns: ``x``, one example's features as raw little-endian bytes
+Each split is a folder of Parquet files (``train/part-00000.parquet``, ...) in row groups
+sized for streaming (``tuner.data.shards``); the manifest lists every file with its row
+count per row group, so a worker knows its share without reading data. Each holds two
+columns: ``x``, one example's features as raw little-endian bytes
 of the manifest's dtype (uint8 or float32) and shape (a fixed-size binary column: no
 per-value overhead, decoded without a copy), and ``y``, the class index (int32) or the
 target (float32). The manifest records the feature columns, shape and dtype, the label
 column, the task and its classes, the input statistics, the row counts and checksums,
 and the source's sha256. It is written last: its presence means the dataset is whole.
 
-Datasets staged before this layout (MNIST only: ``image``/``label`` columns, no
-``format`` in the manifest) are read as they are.
+Datasets staged in an older layout are read as they are: format 2 (one file per split)
+and format 1 (MNIST only: ``image``/``label`` columns, no ``format`` in the manifest).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tuner import storage
+from tuner.data import shards
 from tuner.data.errors import DataError
 from tuner.data.tables import SPLITS
 
 MANIFEST = "manifest.json"
-FORMAT = 2
+FORMAT = 3  # 3: each split in several files of row groups (2: one file per split)
 LEGACY_MNIST = {"shape": [28, 28], "dtype": "uint8", "columns": ["image"]}
 
 
@@ -70,8 +74,10 @@ def input_stats(x: np.ndarray, chunk: int = 4096) -> tuple:
 
 def write(dataset_uri: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict,
           endpoint: str | None = None, stats: tuple | None = None) -> dict:
-    """Write the three splits and then the manifest (``meta`` plus what the arrays tell;
-    ``stats``: ``input_stats`` of the training split, if known)."""
+    """Write the three splits (see ``tuner.data.shards.layout``) and then the manifest
+    (``meta`` plus what the arrays tell; ``stats``: ``input_stats`` of the training split,
+    if known). The training rows are written in a seeded random order (``meta``'s
+    ``split_seed``): a worker's contiguous share of them is then a random sample."""
     x_train = splits["train"][0]
     mean, std = stats or input_stats(x_train)
     manifest = {
@@ -85,16 +91,36 @@ def write(dataset_uri: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], me
     classes = meta["label"].get("classes")
     for name in SPLITS:
         x, y = splits[name]
-        sink = io.BytesIO()
-        pq.write_table(to_table(x, y), sink, compression="zstd")
-        raw = sink.getvalue()
-        storage.write_bytes(storage.join(dataset_uri, f"{name}.parquet"), raw, endpoint)
-        entry = {"file": f"{name}.parquet", "rows": int(len(y)), "sha256": storage_sha256(raw)}
+        if name == "train":
+            order = np.random.default_rng(meta.get("split_seed", 0)).permutation(len(y))
+            x, y = x[order], y[order]
+        row_bytes = int(np.prod(x.shape[1:])) * x.itemsize
+        plan = shards.layout(len(y), row_bytes, shards.MIN_TRAIN_ROW_GROUPS if name == "train" else 1)
+        files, offset = [], 0
+        for i, groups in enumerate(plan):
+            path = f"{name}/part-{i:05d}.parquet"
+            raw = _parquet(x[offset:offset + sum(groups)], y[offset:offset + sum(groups)], groups)
+            storage.write_bytes(storage.join(dataset_uri, path), raw, endpoint)
+            files.append({"path": path, "rows": sum(groups), "row_groups": groups, "sha256": storage_sha256(raw)})
+            offset += sum(groups)
+        entry = {"rows": int(len(y)), "files": files}
         if classes is not None:
             entry["class_counts"] = np.bincount(y, minlength=len(classes)).tolist()
         manifest["splits"][name] = entry
     storage.write_json(storage.join(dataset_uri, MANIFEST), manifest, endpoint)
     return manifest
+
+
+def _parquet(x: np.ndarray, y: np.ndarray, row_groups: list[int]) -> bytes:
+    """One Parquet file of the rows, in row groups of the given sizes."""
+    table = to_table(x, y)
+    sink = io.BytesIO()
+    with pq.ParquetWriter(sink, table.schema, compression="zstd") as out:
+        offset = 0
+        for n in row_groups:
+            out.write_table(table.slice(offset, n), row_group_size=max(n, 1))
+            offset += n
+    return sink.getvalue()
 
 
 def storage_sha256(raw: bytes) -> str:
@@ -133,22 +159,83 @@ def input_spec(manifest: dict):
                      mean=stats.get("mean"), std=stats.get("std"))
 
 
+class SplitReader:
+    """Reads one staged split by row group, each file opened once (its footer read once);
+    every S3 request goes through ``tuner.storage``'s retrying filesystem."""
+
+    def __init__(self, dataset_uri: str, manifest: dict, split: str, endpoint: str | None = None):
+        f = features(manifest)
+        self.shape, self.dtype = tuple(f["shape"]), f["dtype"]
+        self.label_dtype = "int32" if task(manifest) == "classification" else "float32"  # as from_table gives
+        self.split = split
+        self._fs, _ = storage.filesystem(dataset_uri, endpoint)  # one S3 client for every file
+        self._handles: dict[int, pq.ParquetFile] = {}
+        entry = manifest["splits"][split]
+        self.rows = entry["rows"]
+        if "files" in entry:
+            self.files = [storage.join(dataset_uri, e["path"]) for e in entry["files"]]
+            self.row_groups = [list(e["row_groups"]) for e in entry["files"]]
+        else:  # formats 1 and 2: one file per split, its row groups known from its footer
+            self.files = [storage.join(dataset_uri, entry.get("file", f"{split}.parquet"))]
+            self._handles[0] = self._parquet_file(self.files[0])
+            meta = self._handles[0].metadata
+            self.row_groups = [[meta.row_group(i).num_rows for i in range(meta.num_row_groups)]]
+        if sum(map(sum, self.row_groups)) != self.rows:
+            raise DataError(f"The staged files of the {split} split hold {sum(map(sum, self.row_groups))} rows, but "
+                            f"the manifest lists {self.rows}; stage the dataset again.")
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+    def _parquet_file(self, uri: str) -> pq.ParquetFile:
+        try:
+            source = self._fs.open_input_file(storage.parse(uri).path)
+        except FileNotFoundError:
+            raise DataError(f"The staged file {uri} is missing; stage the dataset again.") from None
+        try:
+            return pq.ParquetFile(source, pre_buffer=True)
+        except pa.ArrowInvalid as e:
+            raise DataError(f"The staged file {uri} is not a whole Parquet file ({e}); stage the dataset "
+                            "again.") from None
+
+    def _open(self, i: int) -> pq.ParquetFile:
+        if i not in self._handles:
+            handle = self._parquet_file(self.files[i])
+            listed = self.row_groups[i]
+            found = [handle.metadata.row_group(g).num_rows for g in range(handle.metadata.num_row_groups)]
+            if found != listed:
+                raise DataError(f"The staged file {self.files[i]} has {sum(found)} rows in {len(found)} row groups, "
+                                f"but the manifest lists {sum(listed)} in {len(listed)}; stage the dataset again.")
+            self._handles[i] = handle
+        return self._handles[i]
+
+    def check(self, pieces) -> None:
+        """Open the files ``pieces`` read: a missing or short file fails here, by name."""
+        for i in sorted({p.file for p in pieces}):
+            self._open(i)
+
+    def read(self, piece) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of one ``tuner.data.shards.Piece``."""
+        table = self._open(piece.file).read_row_group(piece.row_group, columns=None)
+        return from_table(table.slice(piece.start, piece.rows), self.shape, self.dtype)
+
+    def pieces(self) -> list:
+        """Every row group of the split, whole, in order."""
+        return shards.assign(self.row_groups, 1, 0)
+
+    def chunks(self):
+        """The whole split as (features, labels) arrays, one row group at a time."""
+        return map(self.read, self.pieces())
+
+
 def load_split(dataset_uri: str, split: str, endpoint: str | None = None,
                manifest: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Features (n, *shape) in the stored dtype and labels (n,) of one staged split."""
+    """Features (n, *shape) in the stored dtype and labels (n,) of one staged split, in
+    memory (for baselines and tests; trials stream theirs with ``SplitReader``)."""
     manifest = manifest or read_manifest(dataset_uri, endpoint)
     if manifest is None:
         raise DataError(f"No staged dataset at {dataset_uri} (no {MANIFEST}); stage it with `tuner stage-data`.")
-    f = features(manifest)
-    entry = manifest["splits"][split]
-    target = storage.join(dataset_uri, entry.get("file", f"{split}.parquet"))
-    fs, path = storage.filesystem(target, endpoint)
-    try:
-        table = pq.read_table(path, filesystem=fs)
-    except FileNotFoundError:
-        raise DataError(f"The staged file {target} is missing; stage the dataset again.") from None
-    x, y = from_table(table, tuple(f["shape"]), f["dtype"])
-    if len(y) != entry["rows"]:
-        raise DataError(f"The staged file {target} has {len(y)} rows, but its manifest lists {entry['rows']}; "
-                        "stage the dataset again.")
-    return x, y
+    reader = SplitReader(dataset_uri, manifest, split, endpoint)
+    xs, ys = zip(*reader.chunks())
+    return np.concatenate(xs), np.concatenate(ys)

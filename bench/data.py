@@ -1,0 +1,187 @@
+"""`bench/run.py data`: streaming each Train worker's shard from S3, against the in-memory
+path and Ray Data, on MNIST enlarged 1x, 5x and 20x (the real training images repeated,
+each copy shifted by up to 2 pixels at random, seeded), staged on a moto S3 server behind
+a counting proxy (``s3count.py``).
+
+- Per scale, `tuner`'s streaming input in a 2-worker Ray Train run (``data_trial.py``):
+  samples/s, each worker's peak RSS, and S3 requests and bytes per worker-epoch.
+- At 1x, the same run with the in-memory input (the baseline: whole split in NumPy) and
+  with Ray Data (``get_dataset_shard().to_tf()``); Ray Data at the largest scale too.
+- A real `tuner train` (2 workers) at 1x through the proxy: S3 requests per trial-epoch
+  for checkpoints and results, and data reads per worker-epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUCKET = "bench"
+
+
+def _enlarge(x, y, scale: int, seed: int = 0):
+    """``scale`` copies of the images: the first as it is, the others each image shifted
+    by a seeded (dy, dx) in [-2, 2]^2 (zeros shifted in)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    xs, ys = [x], [y]
+    for _ in range(scale - 1):
+        shifts = rng.integers(-2, 3, size=(len(x), 2))
+        copy = np.zeros_like(x)
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                rows = np.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))
+                src = x[rows]
+                dst = np.zeros_like(src)
+                h, w = x.shape[1:]
+                dst[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+                    src[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+                copy[rows] = dst
+        xs.append(copy)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _per(counts: dict, prefix: str, divisor: float) -> dict:
+    """Requests and bytes read (GET) and written (PUT/POST) under ``prefix``, per unit."""
+    get = [v for (m, p), v in counts.items() if p.startswith(prefix) and m in ("GET", "HEAD")]
+    put = [v for (m, p), v in counts.items() if p.startswith(prefix) and m in ("PUT", "POST", "DELETE")]
+    return {
+        "requests": round(sum(v["requests"] for v in get + put) / divisor, 1),
+        "get_requests": round(sum(v["requests"] for v in get) / divisor, 1),
+        "mb_read": round(sum(v["bytes_out"] for v in get) / divisor / 2**20, 2),
+        "mb_written": round(sum(v["bytes_in"] for v in put) / divisor / 2**20, 2),
+    }
+
+
+def data(work: Path, mnist: str | None, smoke: bool) -> dict:
+    import boto3
+
+    sys.path.insert(0, str(HERE))
+    from reliability import _free_port
+    from s3count import CountingProxy
+
+    from tuner import data as tdata
+
+    scales = [1] if smoke else [1, 5, 20]
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    proxy = CountingProxy(f"http://127.0.0.1:{port}").start()
+    env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+           "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for _ in range(100):
+            try:
+                boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                time.sleep(0.1)
+        base = tdata.mnist_dataset(tdata.source_for(mnist or "builtin"), 1 / 12)
+        out: dict = {"storage": "moto S3 on 127.0.0.1 behind a counting proxy", "workers": 2,
+                     "per_worker_batch": 128, "shuffle_buffer": "4 row groups, at most 64 MiB of features",
+                     "scales": {}}
+        for scale in scales:
+            x, y = _enlarge(*base.splits["train"], scale)
+            prepared = tdata.Prepared({**base.splits, "train": (x, y)}, dict(base.meta))
+            prepared._stats = base.stats()
+            uri = f"s3://{BUCKET}/datasets/x{scale}"
+            started = time.time()
+            manifest = prepared.write(uri)
+            train = manifest["splits"]["train"]
+            out["scales"][f"x{scale}"] = {
+                "train_rows": train["rows"], "files": len(train["files"]),
+                "row_groups": sum(len(f["row_groups"]) for f in train["files"]),
+                "rows_per_row_group": train["files"][0]["row_groups"][0],
+                "stage_seconds": round(time.time() - started, 1)}
+            del x, y, prepared
+        proxy.take()
+        epochs = 1 if smoke else 3
+        runs = [("memory", 1, epochs), ("stream", 1, epochs), ("raydata", 1, epochs)]
+        if not smoke:
+            runs += [("stream", 5, 2), ("stream", 20, 2), ("raydata", 20, 2)]
+        for mode, scale, n in runs:
+            figures = _trial(work, mode, f"s3://{BUCKET}/datasets/x{scale}", n, smoke)
+            figures["s3_per_worker_epoch"] = _per(proxy.take(), f"{BUCKET}/datasets", 2 * n)
+            # What one worker's share of the staged (compressed) training files weighs.
+            figures["s3_per_worker_epoch"]["share_mb"] = round(_split_bytes(scale, "train") / 2 / 2**20, 2)
+            out.setdefault(mode, {})[f"x{scale}"] = figures
+        out["tuner_train_x1"] = _tuner_run(work, smoke, proxy)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        proxy.stop()
+        server.terminate()
+        server.wait()
+    _ratios(out, scales)
+    return out
+
+
+def _split_bytes(scale: int, split: str) -> int:
+    import boto3
+
+    pages = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1").get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix=f"datasets/x{scale}/{split}/")
+    return sum(o["Size"] for page in pages for o in page.get("Contents", []))
+
+
+def _ratios(out: dict, scales: list[int]) -> None:
+    one = out["stream"]["x1"]
+    out["stream_vs_memory_samples_per_second_x1"] = round(
+        one["samples_per_second"] / out["memory"]["x1"]["samples_per_second"], 3)
+    out["raydata_vs_stream_samples_per_second_x1"] = round(
+        out["raydata"]["x1"]["samples_per_second"] / one["samples_per_second"], 3)
+    largest = f"x{scales[-1]}"
+    out[f"stream_worker_rss_{largest}_vs_x1"] = round(
+        max(out["stream"][largest]["worker_peak_rss_mb"]) / max(one["worker_peak_rss_mb"]), 3)
+    out["memory_worker_rss_x1_vs_stream_x1"] = round(
+        max(out["memory"]["x1"]["worker_peak_rss_mb"]) / max(one["worker_peak_rss_mb"]), 3)
+
+
+def _trial(work: Path, mode: str, dataset: str, epochs: int, smoke: bool) -> dict:
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        cfg = {"mode": mode, "dataset": dataset, "epochs": epochs, "batch": 128, "out": tmp}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(HERE.parent)}
+        proc = subprocess.run([sys.executable, str(HERE / "data_trial.py"), json.dumps(cfg)], capture_output=True,
+                              text=True, env=env, timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"data_trial {mode} {dataset} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        # The figures are the last JSON line (Ray may print after it).
+        return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+
+
+def _tuner_run(work: Path, smoke: bool, proxy) -> dict:
+    """A real `tuner train` through the proxy: S3 per trial-epoch outside the dataset
+    (checkpoints, Tune's state, results) and the dataset's reads per worker-epoch."""
+    import pyarrow.parquet as pq
+
+    from run import NAME, tuner
+
+    from tuner import storage
+
+    epochs = 2 if smoke else 4
+    name = f"{NAME['data']}-tuner"
+    run = tuner(["train", "--config", "seed-baseline", "--name", name, "--storage", f"s3://{BUCKET}/store",
+                 "--set", f"data.uri=s3://{BUCKET}/datasets/x1", "--set", f"asha.max_t={epochs}",
+                 "--set", f"asha.grace_period={epochs}", "--set", "search.space.batch_size=128",
+                 "--set", "scaling.workers=2", "--set", "scaling.cpus_per_worker=1"], work)
+    counts = proxy.take()
+    fs, path = storage.filesystem(f"s3://{BUCKET}/store/{name}/results.parquet")
+    rows = pq.read_table(path, filesystem=fs).to_pylist()
+    return {
+        "epochs": epochs, "seconds": round(run["seconds"], 1), "driver_peak_rss_mb": round(run["driver_peak_rss_mb"]),
+        "worker_peak_rss_mb": round(max(r["peak_rss_mb"] for r in rows)),
+        "samples_per_second": round(max(r["samples_per_second"] for r in rows)),
+        "s3_per_trial_epoch_store": _per(counts, f"{BUCKET}/store", epochs),
+        "s3_per_worker_epoch_dataset": _per(counts, f"{BUCKET}/datasets", 2 * epochs),
+    }
