@@ -5,6 +5,7 @@ method and key prefix, with the bytes each way.
     proxy = CountingProxy("http://127.0.0.1:9000").start()   # proxy.url: point clients here
     ...
     proxy.take()   # {("GET", "bucket/datasets"): {"requests": n, "bytes_in": b, "bytes_out": b}, ...}; resets
+    proxy.take_log()   # [("PUT", "/bucket/key?uploadId=..."), ...] in order; resets
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class CountingProxy:
         self.upstream = urllib.parse.urlsplit(upstream)
         self.depth = depth  # path components that name a prefix: bucket/top-folder
         self.counts: dict = defaultdict(lambda: {"requests": 0, "bytes_in": 0, "bytes_out": 0})
+        self.log: list[tuple[str, str]] = []  # every request since the last take: (method, path?query)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -42,6 +44,15 @@ class CountingProxy:
         with self.lock:
             out = {k: dict(v) for k, v in self.counts.items()}
             self.counts.clear()
+            self.log.clear()
+        return out
+
+    def take_log(self) -> list[tuple[str, str]]:
+        """The requests since the last take, in order (their counts are taken too)."""
+        with self.lock:
+            out = list(self.log)
+            self.counts.clear()
+            self.log.clear()
         return out
 
     def _count(self, method: str, path: str, sent: int, received: int) -> None:
@@ -52,6 +63,7 @@ class CountingProxy:
             entry["requests"] += 1
             entry["bytes_in"] += sent
             entry["bytes_out"] += received
+            self.log.append((method, path))
 
     def _handler(self):
         proxy = self
@@ -85,6 +97,9 @@ class CountingProxy:
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
                     data = response.read()
+                except OSError:  # the server is not up yet (or gone): a bad gateway, not a traceback
+                    self.send_error(502)
+                    return
                 finally:
                     upstream.close()
                 self.send_response(response.status, response.reason)

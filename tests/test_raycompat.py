@@ -63,3 +63,31 @@ def test_the_private_attributes_it_reaches_exist():
     raycompat.count_as_live(limiter, {"a", "b"})
     raycompat.count_as_live(limiter, {"b"})
     assert limiter.live_trials == {"a", "b"} and limiter.num_unfinished_live_trials == 2
+
+
+def test_experiment_sync_sends_only_changed_files(tmp_path):
+    import os
+
+    import pyarrow.fs as pafs
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    from tuner import raycompat
+
+    raycompat.incremental_experiment_sync()
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    (local / "trial").mkdir(parents=True)
+    (local / "experiment_state.json").write_text("{}")
+    (local / "trial" / "result.json").write_text("1\n")
+    syncer = _FilesystemSyncer(storage_filesystem=pafs.LocalFileSystem())
+    fn, kwargs = syncer._sync_up_command(str(local), str(remote))
+    assert fn(**kwargs) == 2
+    assert (remote / "trial" / "result.json").read_text() == "1\n"
+    assert fn(**syncer._sync_up_command(str(local), str(remote))[1]) == 0  # nothing changed
+    with open(local / "trial" / "result.json", "a") as f:
+        f.write("2\n")
+    (local / "experiment_state.json").write_text("{}")  # rewritten, same bytes
+    os.utime(local / "experiment_state.json", ns=(1, 1))
+    assert fn(**syncer._sync_up_command(str(local), str(remote))[1]) == 1
+    assert (remote / "trial" / "result.json").read_text() == "1\n2\n"
+    # Ray's own upload where Tune excludes files.
+    assert syncer._sync_up_command(str(local), str(remote), exclude=["*.json"])[0] is not fn

@@ -117,6 +117,10 @@ def s3_filesystem(endpoint: str | None = None, *, quick_fail: bool = False) -> p
                            else pafs.AwsDefaultS3RetryStrategy(max_attempts=RETRIES)),
         "connect_timeout": 5 if quick_fail else 30,
         "request_timeout": 20 if quick_fail else 120,
+        # A file smaller than a part (Tune's state, result logs, small checkpoints) goes up
+        # in one PUT, instead of a multipart upload's three requests; errors that opening
+        # would have raised come when the file is closed.
+        "allow_delayed_open": True,
     }
     endpoint = endpoint_from_env(endpoint)
     if endpoint:

@@ -361,6 +361,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     """
     from ray import tune
 
+    from tuner import raycompat
     from tuner import resume as keep
     from tuner import schedulers
     from tuner import search as searching
@@ -370,6 +371,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     # 10 s or more by default; a driver lost in between forgets trials that finished since
     # and a re-run trains them again. The state is a few KB: save it every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    raycompat.incremental_experiment_sync()
     fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
     slots = keep.start_slots(slots_name, cluster.concurrent)  # noqa: F841 (alive until fit returns)

@@ -125,8 +125,8 @@ def train_loop_per_worker(cfg: dict) -> None:
                "startup_worker_entered_seconds": entered - cfg["trial_start"],
                "startup_imported_seconds": imported - cfg["trial_start"],
                "startup_ready_seconds": time.time() - cfg["trial_start"]}
-    reporter = _epoch_reporter(cfg, plan, lr_schedule, rank, world, net, validation, inputs.task, start_epoch,
-                               startup)
+    reporter = _epoch_reporter(cfg, plan, lr_schedule, rank, world, strategy, net, validation, inputs.task,
+                               start_epoch, startup)
     net.fit(
         tf_keras.utils.experimental.DatasetCreator(dataset_fn),
         epochs=cfg["max_t"],
@@ -238,16 +238,29 @@ def weights_digest(net) -> str:
     return h.hexdigest()
 
 
+def replica_digests(strategy, digest: str) -> list[str]:
+    """Every worker's ``digest``, in rank order (an all-gather: every worker calls it)."""
+    import numpy as np
+    import tensorflow as tf
+
+    code = tf.constant(np.frombuffer(bytes.fromhex(digest), np.uint8).astype(np.int32)[None])
+    every = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(code, axis=0))
+    rows = strategy.experimental_local_results(every)[0].numpy()
+    return [bytes(row.astype(np.uint8).tolist()).hex() for row in rows]
+
+
 def _epoch_reporter(*args, **kwargs):
     """Builds the Keras callback; defined here so that importing this module stays free of TensorFlow."""
     import tf_keras
 
     class EpochReporter(tf_keras.callbacks.Callback):
-        """Scores the validation split, checkpoints on every rank, reports to Ray Train."""
+        """Scores the validation split, saves on every rank, checkpoints rank 0's save, reports to Ray Train."""
 
-        def __init__(self, cfg, plan, lr_schedule, rank, world, net, validation, task, resumed_from, startup):
+        def __init__(self, cfg, plan, lr_schedule, rank, world, strategy, net, validation, task, resumed_from,
+                     startup):
             super().__init__()
             self.cfg, self.plan, self.lr_schedule, self.rank, self.world = cfg, plan, lr_schedule, rank, world
+            self.strategy = strategy
             self.net = net
             self.validation = validation
             self.task = task
@@ -313,18 +326,20 @@ def _epoch_reporter(*args, **kwargs):
                 self.startup = None
             digest = weights_digest(self.net)
             metrics["weights_sha256"] = digest
+            # Every worker's digest, for the checkpoint: equal when the replicas agree.
+            digests = replica_digests(self.strategy, digest)
             # Ray deletes `keep` once it is uploaded; with the async mode that is while
             # the next epoch trains, and the metrics reach Tune after the upload.
             keep = tempfile.mkdtemp(prefix="tuner-checkpoint-")
             try:
                 with tempfile.TemporaryDirectory() as scratch:
                     # Every rank saves (a save on rank 0 alone deadlocks under the strategy);
-                    # only rank 0's model lands in the checkpoint, beside every rank's digest.
+                    # rank 0's save alone is the checkpoint (one upload per epoch).
                     save_started = time.time()
                     self.net.save(Path(keep if self.rank == 0 else scratch) / MODEL_FILE)
-                Path(keep, f"weights-rank{self.rank}.sha256").write_text(digest + "\n")
                 if self.rank == 0:
-                    Path(keep, STATE_FILE).write_text(json.dumps({"epoch": done, "metrics": metrics}, indent=2))
+                    Path(keep, STATE_FILE).write_text(json.dumps(
+                        {"epoch": done, "metrics": metrics, "replica_weights_sha256": digests}, indent=2))
                 metrics["checkpoint_save_seconds"] = time.time() - save_started
                 # Known only once it returns: reported with the next epoch.
                 metrics["previous_report_seconds"] = self.report_seconds
@@ -332,11 +347,13 @@ def _epoch_reporter(*args, **kwargs):
                 report_started = time.time()
                 ray.train.report(
                     metrics,
-                    checkpoint=ray.train.Checkpoint.from_directory(keep),
+                    checkpoint=ray.train.Checkpoint.from_directory(keep) if self.rank == 0 else None,
                     checkpoint_dir_name=checkpoint_dir_name(done),
                     checkpoint_upload_mode=upload,
                     delete_local_checkpoint_after_upload=True,
                 )
+                if self.rank != 0:
+                    shutil.rmtree(keep, ignore_errors=True)
             except BaseException:
                 shutil.rmtree(keep, ignore_errors=True)  # Ray deletes it only after an upload
                 raise

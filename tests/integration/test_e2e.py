@@ -88,8 +88,9 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
             for o in page.get("Contents", [])]
     ckpt = best["checkpoint_uri"].removeprefix("s3://tuner/")
     assert f"{ckpt}/model.keras" in keys
-    digests = {get(client, f"{ckpt}/weights-rank{r}.sha256") for r in (0, 1)}
-    assert len(digests) == 1
+    state = json.loads(get(client, f"{ckpt}/state.json"))
+    assert len(state["replica_weights_sha256"]) == 2
+    assert set(state["replica_weights_sha256"]) == {state["metrics"]["weights_sha256"]}
     for row in rows:
         assert row["checkpoint_path"] and row["weights_sha256"]
 
