@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -160,28 +161,59 @@ def _trial(work: Path, mode: str, dataset: str, epochs: int, smoke: bool) -> dic
         return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
+def _store_kind(path: str) -> str:
+    """What a request under <bucket>/store/<name>/ is for."""
+    key = urllib.parse.unquote(path.split("?")[0]).strip("/").split("/")[3:]
+    if not key or path.split("?")[0].endswith("/"):
+        return "directory_markers"
+    if key[0] == "runs":
+        return "checkpoints"  # Ray Train's: checkpoint folders, its snapshot and markers
+    if len(key) > 1:
+        return "trial_logs"  # Tune's per-trial result.json, progress.csv, events, params
+    if key[0].split("-")[0].split(".")[0] in ("spec", "summary", "results", "best_model", "report"):
+        return "tuner_outputs"
+    return "tune_state"
+
+
 def _tuner_run(work: Path, smoke: bool, proxy) -> dict:
     """A real `tuner train` through the proxy: S3 per trial-epoch outside the dataset
-    (checkpoints, Tune's state, results) and the dataset's reads per worker-epoch."""
+    (checkpoints, Tune's state, results), by kind, and the dataset's reads per
+    worker-epoch. Without --smoke a 1-epoch run too: (N-epoch - 1-epoch) / (N - 1) is the
+    steady cost of one more epoch, without the run's start and end."""
     import pyarrow.parquet as pq
 
     from run import NAME, tuner
 
     from tuner import storage
 
+    def run_for(epochs: int) -> tuple[dict, list, dict, list]:
+        name = f"{NAME['data']}-tuner-{epochs}"
+        run = tuner(["train", "--config", "seed-baseline", "--name", name, "--storage", f"s3://{BUCKET}/store",
+                     "--set", f"data.uri=s3://{BUCKET}/datasets/x1", "--set", f"asha.max_t={epochs}",
+                     "--set", f"asha.grace_period={epochs}", "--set", "search.space.batch_size=128",
+                     "--set", "scaling.workers=2", "--set", "scaling.cpus_per_worker=1"], work)
+        counts, log = proxy.take_log()
+        fs, path = storage.filesystem(f"s3://{BUCKET}/store/{name}/results.parquet")
+        rows = pq.read_table(path, filesystem=fs).to_pylist()
+        proxy.take()  # the bench's own read
+        return run, rows, counts, log
+
     epochs = 2 if smoke else 4
-    name = f"{NAME['data']}-tuner"
-    run = tuner(["train", "--config", "seed-baseline", "--name", name, "--storage", f"s3://{BUCKET}/store",
-                 "--set", f"data.uri=s3://{BUCKET}/datasets/x1", "--set", f"asha.max_t={epochs}",
-                 "--set", f"asha.grace_period={epochs}", "--set", "search.space.batch_size=128",
-                 "--set", "scaling.workers=2", "--set", "scaling.cpus_per_worker=1"], work)
-    counts = proxy.take()
-    fs, path = storage.filesystem(f"s3://{BUCKET}/store/{name}/results.parquet")
-    rows = pq.read_table(path, filesystem=fs).to_pylist()
-    return {
+    run, rows, counts, log = run_for(epochs)
+    store = [path for _, path in log if path.startswith(f"/{BUCKET}/store/")]
+    kinds = {}
+    for path in store:
+        kinds[_store_kind(path)] = kinds.get(_store_kind(path), 0) + 1
+    out = {
         "epochs": epochs, "seconds": round(run["seconds"], 1), "driver_peak_rss_mb": round(run["driver_peak_rss_mb"]),
         "worker_peak_rss_mb": round(max(r["peak_rss_mb"] for r in rows)),
         "samples_per_second": round(max(r["samples_per_second"] for r in rows)),
-        "s3_per_trial_epoch_store": _per(counts, f"{BUCKET}/store", epochs),
+        "s3_requests_per_trial_epoch_store": round(len(store) / epochs, 1),
+        "s3_requests_per_trial_epoch_store_by_kind": {k: round(v / epochs, 1) for k, v in sorted(kinds.items())},
         "s3_per_worker_epoch_dataset": _per(counts, f"{BUCKET}/datasets", 2 * epochs),
     }
+    if not smoke:
+        _, _, _, one = run_for(1)
+        extra = len(store) - sum(1 for _, path in one if path.startswith(f"/{BUCKET}/store/"))
+        out["s3_requests_per_extra_trial_epoch_store"] = round(extra / (epochs - 1), 1)
+    return out

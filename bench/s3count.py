@@ -5,12 +5,13 @@ method and key prefix, with the bytes each way.
     proxy = CountingProxy("http://127.0.0.1:9000").start()   # proxy.url: point clients here
     ...
     proxy.take()   # {("GET", "bucket/datasets"): {"requests": n, "bytes_in": b, "bytes_out": b}, ...}; resets
-    proxy.take_log()   # [("PUT", "/bucket/key?uploadId=..."), ...] in order; resets
+    proxy.take_log()   # (the counts, [("PUT", "/bucket/key?uploadId=..."), ...] in order); resets
 """
 
 from __future__ import annotations
 
 import http.client
+import sys
 import threading
 import urllib.parse
 from collections import defaultdict
@@ -20,6 +21,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client that hangs up (a worker shutting down mid-read) is not the proxy's error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class CountingProxy:
     def __init__(self, upstream: str, depth: int = 2):
         self.upstream = urllib.parse.urlsplit(upstream)
@@ -27,7 +35,7 @@ class CountingProxy:
         self.counts: dict = defaultdict(lambda: {"requests": 0, "bytes_in": 0, "bytes_out": 0})
         self.log: list[tuple[str, str]] = []  # every request since the last take: (method, path?query)
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
@@ -47,10 +55,10 @@ class CountingProxy:
             self.log.clear()
         return out
 
-    def take_log(self) -> list[tuple[str, str]]:
-        """The requests since the last take, in order (their counts are taken too)."""
+    def take_log(self) -> tuple[dict, list[tuple[str, str]]]:
+        """The counts as ``take`` gives them, and the requests in order, since the last take."""
         with self.lock:
-            out = list(self.log)
+            out = {k: dict(v) for k, v in self.counts.items()}, list(self.log)
             self.counts.clear()
             self.log.clear()
         return out

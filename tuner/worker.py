@@ -30,6 +30,8 @@ STEPS_PER_EXECUTION = 32
 # mixes more and stalls longer. MNIST, 2 workers: 4 x 859 rows = 2.6 MB of a 21 MB share.
 SHUFFLE_ROW_GROUPS = 4
 SHUFFLE_BUFFER_BYTES = 64 << 20
+# Pieces (row-group slices) a worker's reader thread holds ahead of its input pipeline.
+READ_AHEAD_PIECES = 4
 # Set (tests only): each worker writes the labels of the rows it read in each pass over
 # its share to <dir>/<trial's run>-rank<R>-epoch<E>.npy.
 DEBUG_ROWS_ENV = "TUNER_DEBUG_ROWS_DIR"
@@ -137,24 +139,42 @@ def train_loop_per_worker(cfg: dict) -> None:
     )
 
 
-def stream_pieces(reader, pieces, seed: int, rank: int, start_epoch: int, tag: str = ""):
+def stream_pieces(reader, pieces, seed: int, rank: int, start_epoch: int, tag: str = "",
+                  read_ahead: int = READ_AHEAD_PIECES):
     """A function yielding (features, labels) of ``pieces``: one pass over them per call,
     each call the next epoch's pass, the pieces and the rows of each in a seeded order of
-    that pass (``tuner.data.shards.pass_order``, ``row_order``)."""
+    that pass (``tuner.data.shards.pass_order``, ``row_order``).
+
+    One background thread reads ``read_ahead`` pieces ahead of the consumer, across the
+    end of a pass too: the next pass's first pieces are in memory when it starts, so the
+    shuffle buffer refills without waiting on storage."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tuner.data import shards
+
     debug = os.environ.get(DEBUG_ROWS_ENV)
-    epochs = iter(range(start_epoch, 1 << 62))
+    order = ((epoch, piece) for epoch in range(start_epoch, 1 << 62)
+             for piece in shards.pass_order(pieces, seed, rank, epoch))
+    reads = ThreadPoolExecutor(1, thread_name_prefix="tuner-read")
+    queued: collections.deque = collections.deque()
+
+    def fill():
+        while len(queued) < read_ahead:
+            epoch, piece = next(order)
+            queued.append((epoch, piece, reads.submit(reader.read, piece)))
 
     def one_pass():
         import numpy as np
 
-        from tuner.data import shards
-
-        epoch = next(epochs)
         seen = []
-        for piece in shards.pass_order(pieces, seed, rank, epoch):
-            x, y = reader.read(piece)
-            order = shards.row_order(piece, seed, rank, epoch)
-            x, y = x[order], y[order]
+        for _ in range(len(pieces)):
+            fill()
+            epoch, piece, read = queued.popleft()
+            fill()  # at a pass's end: the next pass's first pieces
+            x, y = read.result()
+            rows = shards.row_order(piece, seed, rank, epoch)
+            x, y = x[rows], y[rows]
             if debug:
                 seen.append(y)
             yield x, y

@@ -37,6 +37,7 @@ def test_bench_smoke(tmp_path):
     streamed = results["data"]
     assert streamed["stream_vs_memory_samples_per_second_x1"] > 0 and streamed["raydata"]["x1"]["startup_seconds"] > 0
     assert streamed["stream"]["x1"]["s3_per_worker_epoch"]["get_requests"] > 0
-    assert streamed["tuner_train_x1"]["s3_per_trial_epoch_store"]["requests"] > 0
+    assert streamed["tuner_train_x1"]["s3_requests_per_trial_epoch_store"] > 0
+    assert streamed["tuner_train_x1"]["s3_requests_per_trial_epoch_store_by_kind"]["checkpoints"] > 0
     # A smoke run records nothing.
     assert (doc.read_text() if doc.exists() else None) == before
