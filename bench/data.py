@@ -105,6 +105,10 @@ def data(work: Path, mnist: str | None, smoke: bool) -> dict:
                 "row_groups": sum(len(f["row_groups"]) for f in train["files"]),
                 "rows_per_row_group": train["files"][0]["row_groups"][0],
                 "stage_seconds": round(time.time() - started, 1)}
+            if scale == 1:
+                # The same files on local disk: the streaming reader without a storage
+                # server on the machine's 2 cores (moto and the proxy are Python).
+                prepared.write(str(work / "datasets-x1"))
             del x, y, prepared
         proxy.take()
         epochs = 1 if smoke else 3
@@ -112,7 +116,12 @@ def data(work: Path, mnist: str | None, smoke: bool) -> dict:
         if not smoke:
             runs += [("stream", 5, 2), ("stream", 20, 2), ("raydata", 20, 2)]
         for mode, scale, n in runs:
+            if (mode, scale) == ("raydata", 1):
+                out["stream_local_disk"] = {"x1": _trial(work, "stream", str(work / "datasets-x1"), epochs, smoke)}
+            server_cpu = _cpu_seconds(server.pid) + time.process_time()
             figures = _trial(work, mode, f"s3://{BUCKET}/datasets/x{scale}", n, smoke)
+            # CPU the storage side took from the trial: moto, and the proxy's threads here.
+            figures["storage_cpu_seconds"] = round(_cpu_seconds(server.pid) + time.process_time() - server_cpu, 1)
             figures["s3_per_worker_epoch"] = _per(proxy.take(), f"{BUCKET}/datasets", 2 * n)
             # What one worker's share of the staged (compressed) training files weighs.
             figures["s3_per_worker_epoch"]["share_mb"] = round(_split_bytes(scale, "train") / 2 / 2**20, 2)
@@ -128,6 +137,12 @@ def data(work: Path, mnist: str | None, smoke: bool) -> dict:
     return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _split_bytes(scale: int, split: str) -> int:
     import boto3
 
@@ -140,6 +155,8 @@ def _ratios(out: dict, scales: list[int]) -> None:
     one = out["stream"]["x1"]
     out["stream_vs_memory_samples_per_second_x1"] = round(
         one["samples_per_second"] / out["memory"]["x1"]["samples_per_second"], 3)
+    out["stream_local_disk_vs_memory_samples_per_second_x1"] = round(
+        out["stream_local_disk"]["x1"]["samples_per_second"] / out["memory"]["x1"]["samples_per_second"], 3)
     out["raydata_vs_stream_samples_per_second_x1"] = round(
         out["raydata"]["x1"]["samples_per_second"] / one["samples_per_second"], 3)
     largest = f"x{scales[-1]}"

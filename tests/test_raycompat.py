@@ -91,3 +91,45 @@ def test_experiment_sync_sends_only_changed_files(tmp_path):
     assert (remote / "trial" / "result.json").read_text() == "1\n2\n"
     # Ray's own upload where Tune excludes files.
     assert syncer._sync_up_command(str(local), str(remote), exclude=["*.json"])[0] is not fn
+
+
+def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_path, monkeypatch):
+    import boto3
+    import pyarrow.fs as pafs
+    import ray.train
+    from moto.server import ThreadedMotoServer
+    from ray.train.v2._internal.execution.storage import StorageContext
+
+    from tuner import raycompat, storage
+
+    server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for key, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required"}.items():
+            monkeypatch.setenv(key, value)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="bkt")
+        raycompat.marker_free_checkpoint_upload()
+        local = tmp_path / "ckpt"
+        (local / "sub").mkdir(parents=True)
+        (local / "model.keras").write_bytes(b"m" * 1000)
+        (local / "sub" / "state.json").write_text("{}")
+        fs = storage.s3_filesystem(endpoint)
+        context = StorageContext("bkt/store", "exp", storage_filesystem=fs)  # puts Ray's own markers
+
+        def keys():
+            return {o["Key"] for o in s3.list_objects_v2(Bucket="bkt")["Contents"]}
+
+        before = keys()
+        saved = context.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(local)), "epoch-0001")
+        assert keys() - before == {"store/exp/epoch-0001/model.keras", "store/exp/epoch-0001/sub/state.json"}
+        assert s3.get_object(Bucket="bkt", Key="store/exp/epoch-0001/model.keras")["Body"].read() == b"m" * 1000
+        assert saved.path == "bkt/store/exp/epoch-0001" and isinstance(saved.filesystem, pafs.S3FileSystem)
+        # The folder is found by listing, as restores look for it.
+        found = fs.get_file_info(pafs.FileSelector("bkt/store/exp"))
+        assert ("bkt/store/exp/epoch-0001", pafs.FileType.Directory) in [(i.path, i.type) for i in found]
+    finally:
+        server.stop()

@@ -11,6 +11,9 @@ pins the version and exercises each).
   and a submitted job's config.
 - Tune's experiment-folder upload (``_FilesystemSyncer._sync_up_command``), made to send
   only the files changed since its last upload (``incremental_experiment_sync``).
+- Ray Train's checkpoint upload (``StorageContext.persist_current_checkpoint``), made to
+  put each file in one request on S3, without directory markers
+  (``marker_free_checkpoint_upload``).
 
 ``ray/train/tensorflow/__init__.py`` imports TensorFlow (for its checkpoint and dataset
 helpers), so building a ``TensorflowTrainer`` in a trial driver and unpickling its config
@@ -222,3 +225,48 @@ def upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
             count += 1
     return count
 
+
+# --- Ray Train's checkpoint upload ---------------------------------------------------------
+
+
+def marker_free_checkpoint_upload() -> None:
+    """Make a Train worker upload a checkpoint to S3 as one PUT per file.
+
+    Ray Train 2.60 checks its storage marker (a HEAD), then ``create_dir``s the
+    checkpoint folder and ``pyarrow.fs.copy_files`` it: on S3, pyarrow looks for and puts
+    a directory marker at each level of the path, about 8 requests per checkpoint besides
+    its files (``bench/run.py data``: 19.3 -> 11.3 requests per extra trial-epoch). S3
+    has no directories (a listing finds the folder by its files' keys, as Ray's and
+    ``tuner``'s restores do), so on an ``S3FileSystem`` the files are streamed to their
+    keys and nothing else; any other filesystem takes Ray's path.
+    """
+    import pyarrow.fs as pafs
+    from ray.train.v2._internal.execution.storage import StorageContext
+
+    if getattr(StorageContext, "tuner_marker_free", False):
+        return
+    persist = StorageContext.persist_current_checkpoint
+
+    def persist_current_checkpoint(self, checkpoint, checkpoint_dir_name: str):
+        if (self.read_only or not isinstance(self.storage_filesystem, pafs.S3FileSystem)
+                or not isinstance(checkpoint.filesystem, pafs.LocalFileSystem)):
+            return persist(self, checkpoint, checkpoint_dir_name)
+        from ray.train import Checkpoint
+
+        path = self.build_checkpoint_path_from_name(checkpoint_dir_name)
+        upload_files(checkpoint.path, self.storage_filesystem, path)
+        return Checkpoint(filesystem=self.storage_filesystem, path=path)
+
+    StorageContext.persist_current_checkpoint = persist_current_checkpoint
+    StorageContext.tuner_marker_free = True
+
+
+def upload_files(local_path: str, fs, fs_path: str, chunk: int = 64 << 20) -> None:
+    """Copy every file under ``local_path`` to ``fs_path`` on ``fs``, one stream each."""
+    for root, _, names in os.walk(local_path):
+        for name in sorted(names):
+            source = os.path.join(root, name)
+            dest = posixpath.join(fs_path, *os.path.relpath(source, local_path).split(os.sep))
+            with open(source, "rb") as src, fs.open_output_stream(dest) as out:
+                while block := src.read(chunk):
+                    out.write(block)

@@ -65,8 +65,9 @@ def train_loop_per_worker(cfg: dict) -> None:
     import tensorflow as tf
     import tf_keras
 
-    from tuner import data, models, schedule, space, training
+    from tuner import data, models, raycompat, schedule, space, training
 
+    raycompat.marker_free_checkpoint_upload()
     imported = time.time()
 
     if cfg.get("threads"):
