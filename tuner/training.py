@@ -130,9 +130,10 @@ def evaluate(model: tf_keras.Model, chunks, task: str = "classification", loss: 
     labels) arrays (a split read piece by piece, or one in-memory pair in a list),
     computed on this process only.
 
-    Called directly rather than through ``model.evaluate`` so that, under a multi-worker
-    strategy, one worker scores the whole split without a collective. Accuracy is an
-    exact fraction of the rows.
+    Called directly rather than through ``model.evaluate``, which would split the rows
+    between the workers of a multi-worker strategy. Under such a strategy every worker
+    must call it on the same chunks: reading a sync-on-read variable (BatchNormalization's
+    moving statistics) all-reduces it. Accuracy is an exact fraction of the rows.
     """
     import numpy as np
 

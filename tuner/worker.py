@@ -84,10 +84,11 @@ def train_loop_per_worker(cfg: dict) -> None:
     train = data.SplitReader(cfg["dataset_uri"], manifest, "train", cfg["endpoint"])
     pieces = data.shards.assign(train.row_groups, world, rank)
     train.check(pieces)
-    # Rank 0 alone scores the validation split (the scores it reports are the ones Tune gets).
-    validation = data.SplitReader(cfg["dataset_uri"], manifest, "validation", cfg["endpoint"]) if rank == 0 else None
-    if validation is not None:
-        validation.check(validation.pieces())
+    # Every rank scores the whole validation split, in the same batches: a model with
+    # sync-on-read variables (BatchNormalization's moving statistics) all-reduces them at
+    # each read under the strategy, so a rank that scored alone would wait on the others.
+    validation = data.SplitReader(cfg["dataset_uri"], manifest, "validation", cfg["endpoint"])
+    validation.check(validation.pieces())
     plan = schedule.BatchPlan(world, params["batch_size"], train.rows)
     lr_schedule = schedule.schedule_for(
         params, plan, cfg["lr_scaling"], cfg["reference_batch"], cfg["warmup_epochs"]
@@ -312,11 +313,8 @@ def _epoch_reporter(*args, **kwargs):
             from tuner import training
 
             name = training.TASK_METRIC[self.task]
-            scores = {name: math.nan, "loss": math.nan}
             scored = time.time()
-            if self.validation is not None:
-                scores = training.evaluate(self.net, self.validation.chunks(), task=self.task,
-                                           loss=self.cfg.get("loss"))
+            scores = training.evaluate(self.net, self.validation.chunks(), task=self.task, loss=self.cfg.get("loss"))
             done = epoch + 1
             metrics = {
                 "epoch": done,
@@ -326,7 +324,7 @@ def _epoch_reporter(*args, **kwargs):
                 name: float(logs.get(name, math.nan)),
                 "learning_rate": self.lr_schedule(done),
                 "train_seconds": train_seconds,
-                # Reading and scoring the validation split (rank 0's figure).
+                # Reading and scoring the validation split.
                 "validation_seconds": time.time() - scored,
                 "samples_per_second": self.plan.steps_per_epoch * self.plan.global_batch / train_seconds,
                 "workers": self.world,
