@@ -91,6 +91,10 @@ def test_experiment_sync_sends_only_changed_files(tmp_path):
     assert (remote / "trial" / "result.json").read_text() == "1\n2\n"
     # Ray's own upload where Tune excludes files.
     assert syncer._sync_up_command(str(local), str(remote), exclude=["*.json"])[0] is not fn
+    # Bytes go up as they are, whatever the name suggests (pyarrow guesses compression from it).
+    (local / "trial" / "events.gz").write_bytes(b"raw")
+    assert fn(**syncer._sync_up_command(str(local), str(remote))[1]) == 1
+    assert (remote / "trial" / "events.gz").read_bytes() == b"raw"
 
 
 def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_path, monkeypatch):
@@ -117,6 +121,7 @@ def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_pat
         (local / "sub").mkdir(parents=True)
         (local / "model.keras").write_bytes(b"m" * 1000)
         (local / "sub" / "state.json").write_text("{}")
+        (local / "sub" / "log.gz").write_bytes(b"raw")  # not compressed again on the way
         fs = storage.s3_filesystem(endpoint)
         context = StorageContext("bkt/store", "exp", storage_filesystem=fs)  # puts Ray's own markers
 
@@ -125,8 +130,10 @@ def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_pat
 
         before = keys()
         saved = context.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(local)), "epoch-0001")
-        assert keys() - before == {"store/exp/epoch-0001/model.keras", "store/exp/epoch-0001/sub/state.json"}
+        assert keys() - before == {"store/exp/epoch-0001/model.keras", "store/exp/epoch-0001/sub/state.json",
+                                   "store/exp/epoch-0001/sub/log.gz"}
         assert s3.get_object(Bucket="bkt", Key="store/exp/epoch-0001/model.keras")["Body"].read() == b"m" * 1000
+        assert s3.get_object(Bucket="bkt", Key="store/exp/epoch-0001/sub/log.gz")["Body"].read() == b"raw"
         assert saved.path == "bkt/store/exp/epoch-0001" and isinstance(saved.filesystem, pafs.S3FileSystem)
         # The folder is found by listing, as restores look for it.
         found = fs.get_file_info(pafs.FileSelector("bkt/store/exp"))

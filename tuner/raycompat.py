@@ -196,34 +196,40 @@ def upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
     record of this destination; returns how many were sent."""
     files, dirs = sent["files"], sent["dirs"]
     count = 0
+    for source, rel in _files_under(local_path):
+        try:
+            st = os.stat(source)
+        except FileNotFoundError:  # removed since the listing
+            continue
+        mark = (fs_path, st.st_size, st.st_mtime_ns)
+        last = files.get(rel)
+        if last is not None and last[0] == mark:
+            continue
+        with open(source, "rb") as src:
+            body = src.read()
+        digest = hashlib.sha256(body).digest()
+        if last is not None and last[1] == (fs_path, digest):  # rewritten, the same bytes
+            files[rel] = (mark, last[1])
+            continue
+        dest = posixpath.join(fs_path, rel)
+        parent = posixpath.dirname(dest)
+        if parent not in dirs:
+            fs.create_dir(parent)
+            dirs.add(parent)
+        with fs.open_output_stream(dest, compression=None) as out:
+            out.write(body)
+        files[rel] = (mark, (fs_path, digest))
+        count += 1
+    return count
+
+
+def _files_under(local_path: str):
+    """(path, path relative to ``local_path`` with '/' separators) of every file under it,
+    in a stable order."""
     for root, _, names in os.walk(local_path):
         for name in sorted(names):
             source = os.path.join(root, name)
-            rel = os.path.relpath(source, local_path)
-            try:
-                st = os.stat(source)
-            except FileNotFoundError:  # removed since the listing
-                continue
-            mark = (fs_path, st.st_size, st.st_mtime_ns)
-            last = files.get(rel)
-            if last is not None and last[0] == mark:
-                continue
-            with open(source, "rb") as src:
-                body = src.read()
-            digest = hashlib.sha256(body).digest()
-            if last is not None and last[1] == (fs_path, digest):  # rewritten, the same bytes
-                files[rel] = (mark, last[1])
-                continue
-            dest = posixpath.join(fs_path, *rel.split(os.sep))
-            parent = posixpath.dirname(dest)
-            if parent not in dirs:
-                fs.create_dir(parent)
-                dirs.add(parent)
-            with fs.open_output_stream(dest) as out:
-                out.write(body)
-            files[rel] = (mark, (fs_path, digest))
-            count += 1
-    return count
+            yield source, os.path.relpath(source, local_path).replace(os.sep, "/")
 
 
 # --- Ray Train's checkpoint upload ---------------------------------------------------------
@@ -262,11 +268,9 @@ def marker_free_checkpoint_upload() -> None:
 
 
 def upload_files(local_path: str, fs, fs_path: str, chunk: int = 64 << 20) -> None:
-    """Copy every file under ``local_path`` to ``fs_path`` on ``fs``, one stream each."""
-    for root, _, names in os.walk(local_path):
-        for name in sorted(names):
-            source = os.path.join(root, name)
-            dest = posixpath.join(fs_path, *os.path.relpath(source, local_path).split(os.sep))
-            with open(source, "rb") as src, fs.open_output_stream(dest) as out:
-                while block := src.read(chunk):
-                    out.write(block)
+    """Copy every file under ``local_path`` to ``fs_path`` on ``fs``, one stream each, its
+    bytes as they are (no compression guessed from the name)."""
+    for source, rel in _files_under(local_path):
+        with open(source, "rb") as src, fs.open_output_stream(posixpath.join(fs_path, rel), compression=None) as out:
+            while block := src.read(chunk):
+                out.write(block)
