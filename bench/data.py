@@ -178,10 +178,34 @@ def _trial(work: Path, mode: str, dataset: str, epochs: int, smoke: bool) -> dic
         return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
+def _is_store(path: str) -> bool:
+    """Whether a request is for the experiment's storage (under <bucket>/store/): a key
+    there, a listing of a prefix there, or a batch delete (only checkpoints are deleted)."""
+    where, _, query = path.partition("?")
+    if where.startswith(f"/{BUCKET}/store/"):
+        return True
+    params = urllib.parse.parse_qs(query, keep_blank_values=True)
+    return where.rstrip("/") == f"/{BUCKET}" and (
+        "delete" in params or params.get("prefix", [""])[0].startswith("store/"))
+
+
 def _store_kind(path: str) -> str:
     """What a request under <bucket>/store/<name>/ is for."""
-    key = urllib.parse.unquote(path.split("?")[0]).strip("/").split("/")[3:]
-    if not key or path.split("?")[0].endswith("/"):
+    where, _, query = path.partition("?")
+    params = urllib.parse.parse_qs(query, keep_blank_values=True)
+    if where.rstrip("/") == f"/{BUCKET}":  # bucket-level: a listing or a batch delete
+        if "delete" in params:
+            return "checkpoints"
+        where = f"/{BUCKET}/" + params["prefix"][0]
+        listing = "listings"
+    else:
+        listing = None
+    key = urllib.parse.unquote(where).strip("/").split("/")[3:]
+    if listing and key and key[0] == "runs":
+        return "checkpoints"
+    if listing:
+        return listing
+    if not key or where.endswith("/"):
         return "directory_markers"
     if key[0] == "runs":
         return "checkpoints"  # Ray Train's: checkpoint folders, its snapshot and markers
@@ -217,7 +241,7 @@ def _tuner_run(work: Path, smoke: bool, proxy) -> dict:
 
     epochs = 2 if smoke else 4
     run, rows, counts, log = run_for(epochs)
-    store = [path for _, path in log if path.startswith(f"/{BUCKET}/store/")]
+    store = [path for _, path in log if _is_store(path)]
     kinds = {}
     for path in store:
         kinds[_store_kind(path)] = kinds.get(_store_kind(path), 0) + 1
@@ -231,6 +255,6 @@ def _tuner_run(work: Path, smoke: bool, proxy) -> dict:
     }
     if not smoke:
         _, _, _, one = run_for(1)
-        extra = len(store) - sum(1 for _, path in one if path.startswith(f"/{BUCKET}/store/"))
+        extra = len(store) - sum(1 for _, path in one if _is_store(path))
         out["s3_requests_per_extra_trial_epoch_store"] = round(extra / (epochs - 1), 1)
     return out

@@ -65,7 +65,7 @@ def test_the_private_attributes_it_reaches_exist():
     assert limiter.live_trials == {"a", "b"} and limiter.num_unfinished_live_trials == 2
 
 
-def test_experiment_sync_sends_only_changed_files(tmp_path):
+def test_experiment_sync_sends_only_changed_files(tmp_path, monkeypatch):
     import os
 
     import pyarrow.fs as pafs
@@ -74,6 +74,7 @@ def test_experiment_sync_sends_only_changed_files(tmp_path):
     from tuner import raycompat
 
     raycompat.incremental_experiment_sync()
+    monkeypatch.setattr(raycompat, "_CHANGES", {"tracked": False, "pending": False})  # nobody reports changes
     local, remote = tmp_path / "local", tmp_path / "remote"
     (local / "trial").mkdir(parents=True)
     (local / "experiment_state.json").write_text("{}")
@@ -95,6 +96,56 @@ def test_experiment_sync_sends_only_changed_files(tmp_path):
     (local / "trial" / "events.gz").write_bytes(b"raw")
     assert fn(**syncer._sync_up_command(str(local), str(remote))[1]) == 1
     assert (remote / "trial" / "events.gz").read_bytes() == b"raw"
+    # What it sent is kept beside the syncer, and it pickles the same after another
+    # upload: Tune pickles the syncer into every save of the searcher's state.
+    import pickle
+
+    assert "tuner_sent" not in vars(syncer) and raycompat._SENT[syncer]["files"]
+    pickled = pickle.dumps(syncer)
+    (local / "trial" / "result.json").write_text("3\n")
+    syncer.sync_up(str(local), str(remote))
+    syncer.wait()
+    assert (remote / "trial" / "result.json").read_text() == "3\n" and pickle.dumps(syncer) == pickled
+
+
+def test_experiment_sync_waits_for_the_experiment_to_move_on(tmp_path, monkeypatch):
+    """Once trials' changes are reported (the keeper does), a save uploads only after one,
+    or after the sync period: Tune's state file changes at every save (its step counter)."""
+    import pyarrow.fs as pafs
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    from tuner import raycompat
+    from tuner.resume import Keeper
+
+    raycompat.incremental_experiment_sync()
+    monkeypatch.setattr(raycompat, "_CHANGES", {"tracked": False, "pending": False})
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    syncer = _FilesystemSyncer(storage_filesystem=pafs.LocalFileSystem(), sync_period=300)
+
+    def save(step: int) -> int:
+        (local / "experiment_state.json").write_text(f'{{"_iteration": {step}}}')
+        fn, kwargs = syncer._sync_up_command(str(local), str(remote))
+        return fn(**kwargs)
+
+    keeper = Keeper(None, None, 1, "slots")
+    ended = []
+    keeper._slots = type("Slots", (), {"end": type("Method", (), {"remote": staticmethod(ended.append)})()})()
+    trial = type("Trial", (), {"trial_id": "t", "status": "RUNNING"})()
+    keeper.on_step_begin(0, [trial])
+    assert save(1) == 1
+    assert save(2) == 0 and save(3) == 0  # nothing moved on
+    keeper.on_step_begin(1, [trial])  # the same statuses
+    assert save(4) == 0
+    keeper.on_trial_result(2, [trial], trial, {"epoch": 1})
+    assert save(5) == 1 and (remote / "experiment_state.json").read_text() == '{"_iteration": 5}'
+    trial.status = "PAUSED"
+    keeper.on_step_begin(3, [trial])
+    assert save(6) == 1
+    keeper.on_trial_complete(4, [trial], trial)
+    assert save(7) == 1 and ended == ["t"]
+    syncer.sync_period = 0  # the period passed
+    assert save(8) == 1
 
 
 def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_path, monkeypatch):
@@ -138,5 +189,24 @@ def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_pat
         # The folder is found by listing, as restores look for it.
         found = fs.get_file_info(pafs.FileSelector("bkt/store/exp"))
         assert ("bkt/store/exp/epoch-0001", pafs.FileType.Directory) in [(i.path, i.type) for i in found]
+
+        # The Train controller, where the trainer's config unpickles, deletes checkpoints
+        # num_to_keep drops by listing and deleting their files: no probes, no markers.
+        import pickle
+
+        from ray.train.v2._internal.execution.checkpoint import checkpoint_manager
+
+        pickle.loads(pickle.dumps(raycompat.Config()))
+        context.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(local)), "epoch-0002")
+        before = keys()
+        sent = []
+        client = raycompat.boto3_client(fs)
+        client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.method))
+        checkpoint_manager.delete_fs_path(fs=fs, fs_path=saved.path)
+        assert before - keys() == {"store/exp/epoch-0001/model.keras", "store/exp/epoch-0001/sub/state.json",
+                                   "store/exp/epoch-0001/sub/log.gz"} and keys() <= before
+        assert sent == ["GET", "DELETE", "DELETE", "DELETE"]
+        assert [i.path for i in fs.get_file_info(pafs.FileSelector("bkt/store/exp")) if "epoch-" in i.path] == \
+            ["bkt/store/exp/epoch-0002"]
     finally:
         server.stop()

@@ -151,3 +151,51 @@ def test_each_pass_of_the_stream_gives_every_row_of_the_share_once(tmp_path, wor
         assert not np.array_equal(first, second) and not np.array_equal(np.sort(first), first)
         everyone.append(first)
     assert np.array_equal(np.sort(np.concatenate(everyone)), np.arange(1000))
+
+
+@pytest.mark.parametrize("rows,world", [(250, 2), (4097, 2), (5000, 3), (3, 8)])
+def test_validation_shares_sum_to_the_whole_split_in_equal_passes(rows, world):
+    """Each worker scores its share of the validation split; the sums add up to the whole
+    split's scores, and every worker runs as many forward passes (a BatchNormalization
+    model all-reduces at each), padded past its rows."""
+    import tf_keras
+
+    from tuner import training, worker
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 4)).astype("float32")
+    y = rng.integers(0, 3, rows).astype("int32")
+    calls = []
+
+    class Counted(tf_keras.layers.Layer):
+        def call(self, inputs):
+            calls.append(len(inputs))
+            return inputs
+
+    tf_keras.utils.set_random_seed(0)
+    net = tf_keras.Sequential([tf_keras.Input((4,)), Counted(), tf_keras.layers.Dense(3)])
+    whole = training.evaluate(net, [(x, y)])
+    # Staged as files of uneven row groups: shares cut through row groups.
+    row_groups = [[rows // 3, rows - rows // 3 - rows // 5], [rows // 5]]
+    reader = type("Reader", (), {"rows": rows, "row_groups": row_groups, "shape": (4,), "dtype": "float32"})()
+    bounds = np.cumsum([0] + [n for file in row_groups for n in file])
+    groups = [(f, g) for f, file in enumerate(row_groups) for g in range(len(file))]
+
+    def read(piece):
+        lo = bounds[groups.index((piece.file, piece.row_group))] + piece.start
+        return x[lo:lo + piece.rows], y[lo:lo + piece.rows]
+
+    total, passes = np.zeros(3), []
+    for rank in range(world):
+        pieces = shards.assign(row_groups, world, rank)
+        share = worker.ValidationShare(reader, pieces, world)
+        calls.clear()
+        total += training.score_sums(net, map(read, pieces), batches=share.batches, shape=(4,), dtype="float32")
+        passes.append(len(calls))
+        own = math.ceil(sum(p.rows for p in pieces) / training.EVAL_BATCH)
+        assert sum(calls[:own]) == sum(p.rows for p in pieces) and set(calls[own:]) <= {1}
+    assert passes == [math.ceil(math.ceil(rows / world) / training.EVAL_BATCH)] * world
+    assert total[2] == rows
+    scores = training.scores(total, "classification")
+    assert scores["accuracy"] == whole["accuracy"]
+    assert scores["loss"] == pytest.approx(whole["loss"], rel=1e-5)

@@ -10,10 +10,13 @@ pins the version and exercises each).
 - Environment variables Ray reads: the preemption watcher switch, the state API's address
   and a submitted job's config.
 - Tune's experiment-folder upload (``_FilesystemSyncer._sync_up_command``), made to send
-  only the files changed since its last upload (``incremental_experiment_sync``).
+  only the files changed since its last upload, and only once the experiment moved on
+  (``incremental_experiment_sync``, ``experiment_changed``).
 - Ray Train's checkpoint upload (``StorageContext.persist_current_checkpoint``), made to
   put each file in one request on S3, without directory markers
-  (``marker_free_checkpoint_upload``).
+  (``marker_free_checkpoint_upload``), and its deletion of old checkpoints
+  (``checkpoint_manager.delete_fs_path``), made to list and delete their files, without
+  probes or markers (``marker_free_checkpoint_delete``).
 
 ``ray/train/tensorflow/__init__.py`` imports TensorFlow (for its checkpoint and dataset
 helpers), so building a ``TensorflowTrainer`` in a trial driver and unpickling its config
@@ -29,13 +32,18 @@ this module first, which installs the same lazy package there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
 import json
+import logging
+import math
 import os
 import posixpath
 import sys
+import time
+import weakref
 
 RAY_VERSION = "2.60"  # what this module was written against
 PACKAGE = "ray.train.tensorflow"
@@ -75,7 +83,18 @@ from ray.train.tensorflow.config import TensorflowConfig  # noqa: E402
 
 
 class Config(TensorflowConfig):
-    """``TensorflowConfig`` whose pickle names this module, so it unpickles TF-free."""
+    """``TensorflowConfig`` whose pickle names this module, so it unpickles TF-free; where
+    it unpickles (the Train controller), old checkpoints are deleted marker-free."""
+
+    def __reduce__(self):
+        return _unpickled_config, (self.__dict__.copy(),)
+
+
+def _unpickled_config(state: dict) -> Config:
+    marker_free_checkpoint_delete()
+    config = Config()
+    config.__dict__.update(state)
+    return config
 
 
 def trainer(**kwargs):
@@ -162,17 +181,26 @@ def restored_search_alg(tuner):
 
 
 def incremental_experiment_sync() -> None:
-    """Make Tune's driver upload only what changed in its experiment folder.
+    """Make Tune's driver upload its experiment folder only when the experiment moved on,
+    and then only what changed.
 
     At every save of the experiment state (``TUNE_GLOBAL_CHECKPOINT_S``) Tune 2.60 uploads
     the whole folder again: every trial's ``params.*``, ``result.json``, ``progress.csv``
     and event files, finished trials' included, plus a directory marker per level. On S3
     that is ~27 requests per save with one trial and grows with every trial the
-    experiment has had. Here a syncer remembers each file's size, modification time and
-    sha256 as it last uploaded it, and sends a file again only when its bytes changed
-    (read after the stat, so a file Tune appends to meanwhile is sent again next time);
-    directories are made once. Restores, excludes (Tune passes none here) and downloads
-    are Ray's own.
+    experiment has had. And the state file changes at every save even when no trial did
+    (it holds Tune's step counter and clock).
+
+    Here a syncer remembers each file's size, modification time and sha256 as it last
+    uploaded it, and sends a file again only when its bytes changed (read after the
+    stat, so a file Tune appends to meanwhile is sent again next time); directories are
+    made once, and on S3 not at all (keys need none). Once ``experiment_changed`` has
+    been called (``tuner.resume.Keeper`` calls it when a trial is added, starts,
+    reports, pauses or ends), a save uploads only if it has been called since the last
+    upload or the syncer's ``sync_period`` (Tune's ``SyncConfig``, 300 s) has passed.
+    The syncer pickles without what it sent, so the searcher's saved state (which holds
+    it) changes only with the searcher. Restores, excludes (Tune passes none here) and
+    downloads are Ray's own.
     """
     from ray.train._internal.storage import _FilesystemSyncer
 
@@ -183,17 +211,63 @@ def incremental_experiment_sync() -> None:
     def _sync_up_command(self, local_path: str, uri: str, exclude=None):
         if exclude:
             return full(self, local_path, uri, exclude)
-        sent = self.__dict__.setdefault("tuner_sent", {"files": {}, "dirs": set()})
+        # Kept beside the syncer, not in it: Tune pickles the syncer with its experiment
+        # into every save of the searcher's state.
+        sent = _SENT.setdefault(self, {"files": {}, "dirs": set(), "at": -math.inf})
+        now = time.monotonic()
+        if _CHANGES["tracked"] and not _CHANGES["pending"] and now - sent["at"] < self.sync_period:
+            return _nothing, {}
+        _CHANGES["pending"] = False
+        sent["at"] = now
         return upload_changed, {"local_path": local_path, "fs": self.storage_filesystem, "fs_path": uri,
                                 "sent": sent}
 
+    ray_getstate = _FilesystemSyncer.__getstate__
+
+    def __getstate__(self):
+        # Tune pickles the syncer into every save of the searcher's state: without its
+        # last command (which holds what was sent) and sync times, that file changes only
+        # when the searcher's state does.
+        state = ray_getstate(self)
+        state["_current_cmd"] = None
+        state["last_sync_up_time"] = state["last_sync_down_time"] = float("-inf")
+        return state
+
     _FilesystemSyncer._sync_up_command = _sync_up_command
+    _FilesystemSyncer.__getstate__ = __getstate__
     _FilesystemSyncer.tuner_incremental = True
+
+
+# What each syncer has uploaded (see incremental_experiment_sync).
+_SENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# tracked: someone reports the experiment's changes; pending: one since the last upload.
+_CHANGES = {"tracked": False, "pending": False}
+
+
+def experiment_changed() -> None:
+    """The experiment moved on (a trial was added, started, reported, paused or ended):
+    the next save of its state goes to storage."""
+    _CHANGES["tracked"] = _CHANGES["pending"] = True
+
+
+def _nothing() -> int:
+    return 0
 
 
 def upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
     """Upload the files under ``local_path`` whose (size, mtime) differ from ``sent``'s
-    record of this destination; returns how many were sent."""
+    record of this destination; returns how many were sent. If an upload fails, the next
+    save uploads again."""
+    try:
+        return _upload_changed(local_path, fs, fs_path, sent)
+    except BaseException:
+        _CHANGES["pending"] = True
+        raise
+
+
+def _upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
+    import pyarrow.fs as pafs
+
     files, dirs = sent["files"], sent["dirs"]
     count = 0
     for source, rel in _files_under(local_path):
@@ -214,7 +288,8 @@ def upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
         dest = posixpath.join(fs_path, rel)
         parent = posixpath.dirname(dest)
         if parent not in dirs:
-            fs.create_dir(parent)
+            if not isinstance(fs, pafs.S3FileSystem):  # S3 has no folders: keys are enough
+                fs.create_dir(parent)
             dirs.add(parent)
         with fs.open_output_stream(dest, compression=None) as out:
             out.write(body)
@@ -274,3 +349,70 @@ def upload_files(local_path: str, fs, fs_path: str, chunk: int = 64 << 20) -> No
         with open(source, "rb") as src, fs.open_output_stream(posixpath.join(fs_path, rel), compression=None) as out:
             while block := src.read(chunk):
                 out.write(block)
+
+
+def marker_free_checkpoint_delete() -> None:
+    """Make Ray Train's controller delete an old checkpoint from S3 with one listing and
+    a DELETE per file.
+
+    Ray Train 2.60 deletes a checkpoint that ``num_to_keep`` drops through pyarrow: it
+    probes whether the path is a folder (a HEAD and a listing), and pyarrow's
+    ``delete_dir`` probes again, lists, deletes, deletes the folder's marker and puts
+    one for its parent: 7 requests for a checkpoint of 2 files, one per epoch once
+    ``num_to_keep`` checkpoints exist. On an ``S3FileSystem`` the files are listed and
+    deleted with boto3 instead (one request per file: a batch delete needs a checksum
+    header not every S3 server accepts); errors are logged, as Ray does.
+    """
+    from ray.train.v2._internal.execution.checkpoint import checkpoint_manager
+
+    if getattr(checkpoint_manager, "tuner_marker_free", False):
+        return
+    delete = checkpoint_manager.delete_fs_path
+
+    def delete_fs_path(fs, fs_path: str):
+        import pyarrow.fs as pafs
+
+        if not isinstance(fs, pafs.S3FileSystem):
+            return delete(fs=fs, fs_path=fs_path)
+        try:
+            delete_s3_folder(fs, fs_path)
+        except Exception:  # noqa: BLE001 - as Ray's: a checkpoint left behind is not an error
+            logging.getLogger(__name__).exception("Could not delete the checkpoint at %s", fs_path)
+
+    checkpoint_manager.delete_fs_path = delete_fs_path
+    checkpoint_manager.tuner_marker_free = True
+
+
+def delete_s3_folder(fs, fs_path: str) -> int:
+    """Delete every object under ``fs_path``/ (bucket/key, on the S3FileSystem ``fs``):
+    one listing per 1,000 keys and one DELETE per key; returns how many."""
+    bucket, _, folder = fs_path.strip("/").partition("/")
+    client = boto3_client(fs)
+    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder + "/")
+            for item in page.get("Contents", [])]
+    for key in keys:
+        client.delete_object(Bucket=bucket, Key=key)
+    return len(keys)
+
+
+def boto3_client(fs):
+    """A boto3 S3 client to the server, and with the credentials, of the pyarrow
+    S3FileSystem ``fs`` (one per such settings, reused)."""
+    settings = fs.__reduce__()[1][0]
+    return _boto3_client(tuple((k, settings.get(k)) for k in (
+        "endpoint_override", "scheme", "region", "access_key", "secret_key", "session_token")))
+
+
+@functools.lru_cache(maxsize=8)
+def _boto3_client(settings: tuple):
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    s = dict(settings)
+    endpoint = f"{s.get('scheme') or 'https'}://{s['endpoint_override']}" if s.get("endpoint_override") else None
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name=s.get("region") or None,
+        aws_access_key_id=s.get("access_key") or None, aws_secret_access_key=s.get("secret_key") or None,
+        aws_session_token=s.get("session_token") or None,
+        config=BotoConfig(retries={"max_attempts": 12, "mode": "standard"}, connect_timeout=30, read_timeout=120,
+                          s3={"addressing_style": "path" if endpoint else "auto"}))

@@ -7,7 +7,9 @@ against nobody (and so promoted). Tune saves the state of *callbacks*, though, a
 ``tuner.pkl`` pickles the scheduler, the searcher and the callbacks in one go, so a
 callback holding the scheduler holds the very object the restored run uses.
 ``Keeper`` is that callback: it saves ASHA's rungs with every experiment checkpoint
-and puts them back before Tune re-adds the trials.
+and puts them back before Tune re-adds the trials. It also tells the experiment's
+upload when a trial moved on (``raycompat.experiment_changed``): a save in which none
+did stays on the driver's disk.
 
 It also carries this run's concurrency. Tune re-adds unfinished and errored trials
 as pending without telling the searcher (which counts only trials it created and
@@ -128,6 +130,7 @@ class Keeper(tune.Callback):
         state = self.__dict__.copy()
         state["_slots"] = None  # an actor handle of a cluster that will be gone
         state.pop("_paused", None)
+        state.pop("_statuses", None)
         return state
 
     def get_state(self) -> dict | None:
@@ -157,6 +160,11 @@ class Keeper(tune.Callback):
     def on_step_begin(self, iteration, trials, **info) -> None:
         if not self._started and self.searcher is not None:
             self._first_step(trials)
+        # A status Tune changed without a callback (a trial paused at a rung, say).
+        statuses = [t.status for t in trials]
+        if statuses != getattr(self, "_statuses", None):
+            self._statuses = statuses
+            raycompat.experiment_changed()
         if hasattr(self.scheduler, "waiting"):
             self._follow_pauses(trials)
 
@@ -189,10 +197,22 @@ class Keeper(tune.Callback):
         except ValueError:  # no such actor: nothing to free
             log.warning("Trial slots actor %r is gone; cannot free the slot of %s", self.slots_name, trial_id)
 
+    # Each tells the next save of the experiment state to go to storage.
+    def on_trial_add(self, iteration, trials, trial, **info) -> None:
+        raycompat.experiment_changed()
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        raycompat.experiment_changed()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        raycompat.experiment_changed()
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        raycompat.experiment_changed()
         self._release(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        raycompat.experiment_changed()
         self._release(trial.trial_id)
 
 

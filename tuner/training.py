@@ -15,6 +15,9 @@ import tf_keras
 from tuner.models import TASK_METRIC
 from tuner.schedule import Schedule
 
+# Rows per forward pass when scoring a split.
+EVAL_BATCH = 2048
+
 
 @tf_keras.utils.register_keras_serializable(package="tuner")
 class EpochSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
@@ -125,30 +128,79 @@ def streaming_dataset(generate, shape: tuple, dtype: str, label_dtype: str, batc
 
 
 def evaluate(model: tf_keras.Model, chunks, task: str = "classification", loss: str | None = None,
-             batch_size: int = 2048) -> dict[str, float]:
+             batch_size: int = EVAL_BATCH) -> dict[str, float]:
     """{"loss": ..., "accuracy" or "mae": ...} of ``model`` on ``chunks``, (features,
     labels) arrays (a split read piece by piece, or one in-memory pair in a list),
-    computed on this process only.
+    computed on this process only (outside a multi-worker strategy; under one, see
+    ``score_sums``). Accuracy is an exact fraction of the rows."""
+    return scores(score_sums(model, chunks, task, loss, batch_size), task)
+
+
+def score_sums(model: tf_keras.Model, chunks, task: str = "classification", loss: str | None = None,
+               batch_size: int = EVAL_BATCH, batches: int | None = None, shape=None, dtype=None):
+    """[summed loss, correct rows (or summed absolute error), rows] of ``model`` on
+    ``chunks``, scored in batches of ``batch_size`` rows cut across the chunks.
 
     Called directly rather than through ``model.evaluate``, which would split the rows
-    between the workers of a multi-worker strategy. Under such a strategy every worker
-    must call it on the same chunks: reading a sync-on-read variable (BatchNormalization's
-    moving statistics) all-reduces it. Accuracy is an exact fraction of the rows.
+    its own way between the workers of a multi-worker strategy. Under such a strategy
+    each worker scores its share and the sums are added up (``scores`` of the total);
+    every worker must then run the same number of forward passes, ``batches``, because
+    reading a sync-on-read variable (BatchNormalization's moving statistics) all-reduces
+    it: passes past this worker's rows run on one row of zeros (``shape``, ``dtype``: a
+    row's) and count for nothing.
     """
     import numpy as np
 
-    total_loss, score, rows = 0.0, 0.0, 0
+    sums = np.zeros(3)
     loss_fn = loss_for(task, loss, reduction="sum")
-    for x, y in chunks:
-        for start in range(0, len(y), batch_size):
-            out = model(to_model_input(x[start:start + batch_size]), training=False)
-            labels = y[start:start + batch_size]
-            if task == "regression" and len(out.shape) == 2:
-                out = tf.squeeze(out, axis=-1)
-            total_loss += float(loss_fn(labels, out))
-            if task == "classification":
-                score += int(np.sum(np.argmax(out.numpy(), axis=1) == labels))
-            else:
-                score += float(np.sum(np.abs(out.numpy() - labels)))
-        rows += len(y)
+    passes = 0
+    for x, labels in _batches(chunks, batch_size):
+        out = model(to_model_input(x), training=False)
+        passes += 1
+        if task == "regression" and len(out.shape) == 2:
+            out = tf.squeeze(out, axis=-1)
+        sums[0] += float(loss_fn(labels, out))
+        if task == "classification":
+            sums[1] += int(np.sum(np.argmax(out.numpy(), axis=1) == labels))
+        else:
+            sums[1] += float(np.sum(np.abs(out.numpy() - labels)))
+        sums[2] += len(labels)
+    if batches is not None:
+        if passes > batches:
+            raise ValueError(f"{passes} batches to score, more than the {batches} every worker runs")
+        for _ in range(batches - passes):
+            model(to_model_input(np.zeros((1, *shape), dtype)), training=False)
+    return sums
+
+
+def scores(sums, task: str) -> dict[str, float]:
+    """``score_sums``' sums (added up over workers) as {"loss": ..., metric: ...}."""
+    total_loss, score, rows = (float(v) for v in sums)
     return {"loss": total_loss / rows, TASK_METRIC[task]: score / rows}
+
+
+def _batches(chunks, size: int):
+    """(features, labels) batches of ``size`` rows (the last may be short) from chunks of
+    any lengths."""
+    import numpy as np
+
+    held: list = []
+    count = 0
+    for x, y in chunks:
+        start = 0
+        while start < len(y):
+            take = min(size - count, len(y) - start)
+            held.append((x[start:start + take], y[start:start + take]))
+            count += take
+            start += take
+            if count == size:
+                yield _joined(held, np)
+                held, count = [], 0
+    if count:
+        yield _joined(held, np)
+
+
+def _joined(parts, np):
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])

@@ -17,6 +17,7 @@ import resource
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_FILE = "model.keras"
@@ -84,11 +85,11 @@ def train_loop_per_worker(cfg: dict) -> None:
     train = data.SplitReader(cfg["dataset_uri"], manifest, "train", cfg["endpoint"])
     pieces = data.shards.assign(train.row_groups, world, rank)
     train.check(pieces)
-    # Every rank scores the whole validation split, in the same batches: a model with
-    # sync-on-read variables (BatchNormalization's moving statistics) all-reduces them at
-    # each read under the strategy, so a rank that scored alone would wait on the others.
+    # Each rank scores its own share of the validation split and the sums are added up;
+    # every rank runs the same number of forward passes (see training.score_sums).
     validation = data.SplitReader(cfg["dataset_uri"], manifest, "validation", cfg["endpoint"])
-    validation.check(validation.pieces())
+    validation_pieces = data.shards.assign(validation.row_groups, world, rank)
+    validation.check(validation_pieces)
     plan = schedule.BatchPlan(world, params["batch_size"], train.rows)
     lr_schedule = schedule.schedule_for(
         params, plan, cfg["lr_scaling"], cfg["reference_batch"], cfg["warmup_epochs"]
@@ -129,8 +130,8 @@ def train_loop_per_worker(cfg: dict) -> None:
                "startup_worker_entered_seconds": entered - cfg["trial_start"],
                "startup_imported_seconds": imported - cfg["trial_start"],
                "startup_ready_seconds": time.time() - cfg["trial_start"]}
-    reporter = _epoch_reporter(cfg, plan, lr_schedule, rank, world, strategy, net, validation, inputs.task,
-                               start_epoch, startup)
+    reporter = _epoch_reporter(cfg, plan, lr_schedule, rank, world, strategy, net,
+                               ValidationShare(validation, validation_pieces, world), inputs.task, start_epoch, startup)
     net.fit(
         tf_keras.utils.experimental.DatasetCreator(dataset_fn),
         epochs=cfg["max_t"],
@@ -260,6 +261,35 @@ def weights_digest(net) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class ValidationShare:
+    """The validation rows one worker scores (``pieces`` of ``reader``'s split), and the
+    forward passes every worker runs: enough for the largest share."""
+
+    reader: object  # tuner.data.SplitReader
+    pieces: list
+    world: int
+
+    @property
+    def batches(self) -> int:
+        from tuner import data, training
+
+        largest = max(hi - lo for lo, hi in (data.shards.share(self.reader.rows, self.world, r)
+                                              for r in range(self.world)))
+        return math.ceil(largest / training.EVAL_BATCH)
+
+
+def all_summed(strategy, values):
+    """``values`` (a float64 vector) summed over every worker, in rank order, so every
+    worker gets the same bits (an all-gather: every worker calls it)."""
+    import numpy as np
+    import tensorflow as tf
+
+    local = tf.constant(np.asarray(values, np.float64)[None])
+    every = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(local, axis=0))
+    return strategy.experimental_local_results(every)[0].numpy().sum(axis=0)
+
+
 def replica_digests(strategy, digest: str) -> list[str]:
     """Every worker's ``digest``, in rank order (an all-gather: every worker calls it)."""
     import numpy as np
@@ -314,7 +344,10 @@ def _epoch_reporter(*args, **kwargs):
 
             name = training.TASK_METRIC[self.task]
             scored = time.time()
-            scores = training.evaluate(self.net, self.validation.chunks(), task=self.task, loss=self.cfg.get("loss"))
+            v = self.validation
+            sums = training.score_sums(self.net, map(v.reader.read, v.pieces), self.task, self.cfg.get("loss"),
+                                       batches=v.batches, shape=v.reader.shape, dtype=v.reader.dtype)
+            scores = training.scores(all_summed(self.strategy, sums), self.task)
             done = epoch + 1
             metrics = {
                 "epoch": done,

@@ -105,9 +105,15 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
     # its saving module was imported on another thread).
     assert zipfile.is_zipfile(local)
     net = tf_keras.models.load_model(local)
-    x, y = _test_split(tmp_path)
-    scores = training.evaluate(net, [(x, y)])
+    splits = _splits(tmp_path)
+    scores = training.evaluate(net, [splits["test"]])
     assert scores["accuracy"] == pytest.approx(best["test_accuracy"], abs=1e-9)
+    # Its validation score, which the two workers computed half each, on one process.
+    scores = training.evaluate(net, [splits["validation"]])
+    assert scores["accuracy"] == pytest.approx(best["val_accuracy"], abs=1.5 / len(splits["validation"][1]))
+    epoch = int(best["checkpoint_uri"].rsplit("epoch-", 1)[1])
+    (row,) = [r for r in rows if r["trial_id"] == best["trial_id"] and r["epoch"] == epoch]
+    assert scores["loss"] == pytest.approx(row["val_loss"], rel=1e-4)
 
     # TensorBoard event files, one folder per trial, stepped by epoch.
     events = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="tuner", Prefix=f"{prefix}/")
@@ -142,9 +148,9 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
     assert json.loads(get(client, f"{prefix}/summary.json")) == summary
 
 
-def _test_split(tmp_path):
+def _splits(tmp_path):
     from tuner import data
 
     uri = str(tmp_path / "ds")
     data.stage(data.source_for("builtin"), uri, 1 / 12)
-    return data.load_split(uri, "test")
+    return {split: data.load_split(uri, split) for split in ("validation", "test")}
