@@ -279,25 +279,29 @@ class ValidationShare:
         return math.ceil(largest / training.EVAL_BATCH)
 
 
+def _all_gathered(strategy, row):
+    """Every worker's ``row`` (a NumPy vector), stacked in rank order (an all-gather:
+    every worker calls it)."""
+    import tensorflow as tf
+
+    local = tf.constant(row[None])
+    every = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(local, axis=0))
+    return strategy.experimental_local_results(every)[0].numpy()
+
+
 def all_summed(strategy, values):
     """``values`` (a float64 vector) summed over every worker, in rank order, so every
     worker gets the same bits (an all-gather: every worker calls it)."""
     import numpy as np
-    import tensorflow as tf
 
-    local = tf.constant(np.asarray(values, np.float64)[None])
-    every = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(local, axis=0))
-    return strategy.experimental_local_results(every)[0].numpy().sum(axis=0)
+    return _all_gathered(strategy, np.asarray(values, np.float64)).sum(axis=0)
 
 
 def replica_digests(strategy, digest: str) -> list[str]:
     """Every worker's ``digest``, in rank order (an all-gather: every worker calls it)."""
     import numpy as np
-    import tensorflow as tf
 
-    code = tf.constant(np.frombuffer(bytes.fromhex(digest), np.uint8).astype(np.int32)[None])
-    every = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(code, axis=0))
-    rows = strategy.experimental_local_results(every)[0].numpy()
+    rows = _all_gathered(strategy, np.frombuffer(bytes.fromhex(digest), np.uint8).astype(np.int32))
     return [bytes(row.astype(np.uint8).tolist()).hex() for row in rows]
 
 
