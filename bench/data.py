@@ -7,6 +7,8 @@ a counting proxy (``s3count.py``).
   samples/s, each worker's peak RSS, and S3 requests and bytes per worker-epoch.
 - At 1x, the same run with the in-memory input (the baseline: whole split in NumPy) and
   with Ray Data (``get_dataset_shard().to_tf()``); Ray Data at the largest scale too.
+- At 1x, 2 such runs at once reading the same dataset (each a Ray Tune trial that builds
+  its own trainer, as `tuner` runs trials), with `tuner`'s input and with Ray Data.
 - A real `tuner train` (2 workers) at 1x through the proxy: S3 requests per trial-epoch
   for checkpoints and results, and data reads per worker-epoch.
 """
@@ -115,17 +117,22 @@ def data(work: Path, mnist: str | None, smoke: bool) -> dict:
         runs = [("memory", 1, epochs), ("stream", 1, epochs), ("raydata", 1, epochs)]
         if not smoke:
             runs += [("stream", 5, 2), ("stream", 20, 2), ("raydata", 20, 2)]
-        for mode, scale, n in runs:
-            if (mode, scale) == ("raydata", 1):
+        # Two runs at once on the same dataset (the last number: how many). The smoke run
+        # checks the Tune path with `tuner`'s input only: Ray Data's input is the single
+        # run's, and 2 of its runs at once take minutes.
+        runs += [("stream", 1, epochs, 2)] + ([] if smoke else [("raydata", 1, epochs, 2)])
+        for mode, scale, n, *concurrent in runs:
+            if (mode, scale, concurrent) == ("raydata", 1, []):
                 out["stream_local_disk"] = {"x1": _trial(work, "stream", str(work / "datasets-x1"), epochs, smoke)}
+            trials = concurrent[0] if concurrent else 1
             server_cpu = _cpu_seconds(server.pid) + time.process_time()
-            figures = _trial(work, mode, f"s3://{BUCKET}/datasets/x{scale}", n, smoke)
+            figures = _trial(work, mode, f"s3://{BUCKET}/datasets/x{scale}", n, smoke, trials)
             # CPU the storage side took from the trial: moto, and the proxy's threads here.
             figures["storage_cpu_seconds"] = round(_cpu_seconds(server.pid) + time.process_time() - server_cpu, 1)
-            figures["s3_per_worker_epoch"] = _per(proxy.take(), f"{BUCKET}/datasets", 2 * n)
+            figures["s3_per_worker_epoch"] = _per(proxy.take(), f"{BUCKET}/datasets", 2 * n * trials)
             # What one worker's share of the staged (compressed) training files weighs.
             figures["s3_per_worker_epoch"]["share_mb"] = round(_split_bytes(scale, "train") / 2 / 2**20, 2)
-            out.setdefault(mode, {})[f"x{scale}"] = figures
+            out.setdefault(f"{mode}_{trials}_at_once" if concurrent else mode, {})[f"x{scale}"] = figures
         out["tuner_train_x1"] = _tuner_run(work, smoke, proxy)
     finally:
         for k, v in saved.items():
@@ -159,6 +166,20 @@ def _ratios(out: dict, scales: list[int]) -> None:
         out["stream_local_disk"]["x1"]["samples_per_second"] / out["memory"]["x1"]["samples_per_second"], 3)
     out["raydata_vs_stream_samples_per_second_x1"] = round(
         out["raydata"]["x1"]["samples_per_second"] / one["samples_per_second"], 3)
+    for mode in ("stream", "raydata"):
+        if f"{mode}_2_at_once" not in out:  # a smoke run
+            continue
+        # Two trials at once against one: the sum of their samples/s, and the peak RSS of
+        # all Ray processes.
+        two, single = out[f"{mode}_2_at_once"]["x1"], out[mode]["x1"]
+        out[f"{mode}_2_at_once_vs_1_samples_per_second_x1"] = round(
+            two["samples_per_second"] / single["samples_per_second"], 3)
+        out[f"{mode}_2_at_once_vs_1_ray_processes_rss_x1"] = round(
+            two["ray_processes_peak_rss_mb"] / single["ray_processes_peak_rss_mb"], 3)
+    if "raydata_2_at_once" in out:
+        out["raydata_vs_stream_2_at_once_samples_per_second_x1"] = round(
+            out["raydata_2_at_once"]["x1"]["samples_per_second"] / out["stream_2_at_once"]["x1"]["samples_per_second"],
+            3)
     largest = f"x{scales[-1]}"
     out[f"stream_worker_rss_{largest}_vs_x1"] = round(
         max(out["stream"][largest]["worker_peak_rss_mb"]) / max(one["worker_peak_rss_mb"]), 3)
@@ -166,9 +187,9 @@ def _ratios(out: dict, scales: list[int]) -> None:
         max(out["memory"]["x1"]["worker_peak_rss_mb"]) / max(one["worker_peak_rss_mb"]), 3)
 
 
-def _trial(work: Path, mode: str, dataset: str, epochs: int, smoke: bool) -> dict:
+def _trial(work: Path, mode: str, dataset: str, epochs: int, smoke: bool, trials: int = 1) -> dict:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        cfg = {"mode": mode, "dataset": dataset, "epochs": epochs, "batch": 128, "out": tmp}
+        cfg = {"mode": mode, "dataset": dataset, "epochs": epochs, "batch": 128, "out": tmp, "trials": trials}
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(HERE.parent)}
         proc = subprocess.run([sys.executable, str(HERE / "data_trial.py"), json.dumps(cfg)], capture_output=True,
                               text=True, env=env, timeout=3600)

@@ -13,6 +13,12 @@ Tune) training the MLP-128 on a staged dataset, with one of three inputs:
 Prints one JSON line: start-up (``fit()`` called -> first step), seconds per epoch,
 samples/s, each worker's peak RSS, this driver's peak RSS and the peak summed RSS of the
 Ray worker processes (Train workers, Ray Data's tasks and actors).
+
+With ``"trials": K`` (K > 1) it runs K such 2-worker runs at once on the same dataset, the
+way `tuner` runs trials: a Ray Tune function per trial that builds its own
+``TensorflowTrainer`` (and, for ``raydata``, its own Ray Data dataset) and calls ``fit()``.
+Samples/s is then the sum over the trials' steadiest epochs, and also the whole run's
+samples over the span from the first trial's first step to the last trial's end.
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ def train_fn(cfg: dict) -> None:
     net.fit(tf_keras.utils.experimental.DatasetCreator(dataset_fn), epochs=cfg["epochs"], steps_per_epoch=steps,
             callbacks=[Clock()], verbose=0)
     out = {"rank": rank, "startup_seconds": marks["first_step"] - cfg["fit_called"], "epoch_seconds": marks["epochs"],
-           "samples_per_epoch": steps * per_worker * world,
+           "samples_per_epoch": steps * per_worker * world, "first_step": marks["first_step"], "end": time.time(),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     Path(cfg["out"], f"rank{rank}.json").write_text(json.dumps(out))
     ray.train.report({"done": 1})
@@ -132,33 +138,58 @@ def _pixels(batch, shape: tuple, dtype: str) -> dict:
     return {"x": x, "y": y}
 
 
-def main() -> None:
-    cfg = json.loads(sys.argv[1])
+def raydata_datasets(dataset: str) -> dict:
+    """Ray Train's own input: the staged training files through ``ray.data.read_parquet``."""
     import ray
+
+    from tuner import data, storage
+
+    manifest = data.read_manifest(dataset)
+    fs, _ = storage.filesystem(dataset)
+    paths = [storage.filesystem(storage.join(dataset, f["path"]))[1] for f in manifest["splits"]["train"]["files"]]
+    features = manifest["features"]
+    return {"train": ray.data.read_parquet(paths, filesystem=fs).map_batches(
+        _pixels, batch_format="pyarrow", zero_copy_batch=True,
+        fn_kwargs={"shape": tuple(features["shape"]), "dtype": features["dtype"]})}
+
+
+def fit(cfg: dict, name: str) -> None:
+    """One 2-worker Train run writing its workers' figures into ``cfg["out"]``."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from tuner import storage
+    datasets = raydata_datasets(cfg["dataset"]) if cfg["mode"] == "raydata" else None
+    cfg = {**cfg, "fit_called": time.time()}
+    TensorflowTrainer(train_fn, train_loop_config=cfg, datasets=datasets,
+                      scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                      run_config=RunConfig(storage_path=str(Path(cfg["out"], "store")), name=name)).fit()
+
+
+def tune_trial(config: dict) -> None:
+    """A Tune trial as `tuner` runs one: build the trainer, ``fit()``."""
+    cfg = config["cfg"]
+    out = Path(cfg["out"], f"trial{config['trial']}")
+    out.mkdir(parents=True, exist_ok=True)
+    fit({**cfg, "out": str(out)}, f"run{config['trial']}")
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    import ray
 
     # As `tuner` does (tuner/tune.py): Ray Train's placement-group cleaner finds the state
     # API through this variable, else through whichever `ray start` cluster the machine had.
     from reliability import _free_port  # bench/ is this script's folder
 
+    trials = cfg.get("trials", 1)
     port = _free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             log_to_driver=False, runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
-    datasets = None
-    if cfg["mode"] == "raydata":
-        from tuner import data
-
-        manifest = data.read_manifest(cfg["dataset"])
-        fs, _ = storage.filesystem(cfg["dataset"])
-        paths = [storage.filesystem(storage.join(cfg["dataset"], f["path"]))[1]
-                 for f in manifest["splits"]["train"]["files"]]
-        features = manifest["features"]
-        datasets = {"train": ray.data.read_parquet(paths, filesystem=fs).map_batches(
-            _pixels, batch_format="pyarrow", zero_copy_batch=True,
-            fn_kwargs={"shape": tuple(features["shape"]), "dtype": features["dtype"]})}
+    # Per trial: 2 Train workers and 2 CPUs to spare for Ray Data's tasks (trial drivers
+    # hold no CPU, only a resource of their own, so each trial sees the same spare CPUs as
+    # a single run).
+    ray.init(address="local", num_cpus=4 * trials, resources={"trial_driver": trials}, include_dashboard=True,
+             dashboard_host="127.0.0.1",
+             dashboard_port=port, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
     peak, done = [0], threading.Event()
 
     def watch():
@@ -166,24 +197,40 @@ def main() -> None:
             peak[0] = max(peak[0], ray_processes_rss())
 
     threading.Thread(target=watch, daemon=True).start()
-    cfg["fit_called"] = time.time()
-    TensorflowTrainer(train_fn, train_loop_config=cfg, datasets=datasets,
-                      scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-                      run_config=RunConfig(storage_path=str(Path(cfg["out"], "store")), name="run")).fit()
+    if trials == 1:
+        fit(cfg, "run")
+        outs = [Path(cfg["out"])]
+    else:
+        from ray import tune
+
+        tune.Tuner(tune.with_resources(tune_trial, {"CPU": 0, "trial_driver": 1}),
+                   param_space={"cfg": cfg, "trial": tune.grid_search(list(range(trials)))},
+                   tune_config=tune.TuneConfig(max_concurrent_trials=trials),
+                   run_config=tune.RunConfig(storage_path=str(Path(cfg["out"], "tune")), name="trials",
+                                             verbose=0)).fit()
+        outs = [Path(cfg["out"], f"trial{t}") for t in range(trials)]
     done.set()
-    ranks = [json.loads(Path(cfg["out"], f"rank{r}.json").read_text()) for r in (0, 1)]
-    epochs = ranks[0]["epoch_seconds"]
-    print(json.dumps({
+    runs = [[json.loads(Path(out, f"rank{r}.json").read_text()) for r in (0, 1)] for out in outs]
+    ranks = [r for run in runs for r in run]
+    figures = {
         "startup_seconds": round(max(r["startup_seconds"] for r in ranks), 2),
-        "epoch_seconds": [round(e, 2) for e in epochs],
+        "epoch_seconds": [round(e, 2) for e in runs[0][0]["epoch_seconds"]],
         # The steadiest epoch: the first also pays for filling the shuffle buffer.
-        "samples_per_second": round(ranks[0]["samples_per_epoch"] / min(epochs)),
+        "samples_per_second": round(sum(run[0]["samples_per_epoch"] / min(run[0]["epoch_seconds"]) for run in runs)),
         "worker_peak_rss_mb": [round(r["peak_rss_mb"]) for r in ranks],
         # VmHWM: ru_maxrss would carry the peak of the process that started this one.
         "driver_peak_rss_mb": round(next(int(line.split()[1]) for line in Path("/proc/self/status").read_text()
                                          .splitlines() if line.startswith("VmHWM:")) / 1024),
         "ray_processes_peak_rss_mb": round(peak[0] / 2**20),
-    }))
+    }
+    if trials > 1:
+        figures["trials"] = trials
+        figures["startup_seconds_per_trial"] = [round(max(r["startup_seconds"] for r in run), 2) for run in runs]
+        figures["epoch_seconds_per_trial"] = [[round(e, 2) for e in run[0]["epoch_seconds"]] for run in runs]
+        span = max(r["end"] for r in ranks) - min(r["first_step"] for r in ranks)
+        figures["samples_per_second_over_span"] = round(
+            sum(run[0]["samples_per_epoch"] * len(run[0]["epoch_seconds"]) for run in runs) / span)
+    print(json.dumps(figures))
     ray.shutdown()
 
 

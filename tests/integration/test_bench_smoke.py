@@ -37,6 +37,9 @@ def test_bench_smoke(tmp_path):
     streamed = results["data"]
     assert streamed["stream_vs_memory_samples_per_second_x1"] > 0 and streamed["raydata"]["x1"]["startup_seconds"] > 0
     assert streamed["stream"]["x1"]["s3_per_worker_epoch"]["get_requests"] > 0
+    # Two trials at once, each a Tune trial with its own trainer: both trained.
+    assert len(streamed["stream_2_at_once"]["x1"]["epoch_seconds_per_trial"]) == 2
+    assert streamed["stream_2_at_once_vs_1_samples_per_second_x1"] > 0
     assert streamed["tuner_train_x1"]["s3_requests_per_trial_epoch_store"] > 0
     assert streamed["tuner_train_x1"]["s3_requests_per_trial_epoch_store_by_kind"]["checkpoints"] > 0
     # A smoke run records nothing.
