@@ -25,7 +25,7 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, c
         # The resource check needs a cluster; give it a fake one instead of starting Ray.
         from tuner import tune
 
-        def connect(address, spec, runtime_env=None):
+        def connect(address, spec, runtime_env=None, console="normal"):
             res = tune.TrialResources.of(spec)
             return tune.Cluster({"CPU": 2.0}, res, tune.concurrent_trials(res, {"CPU": 2.0}, spec.scaling.max_concurrent_trials))
 

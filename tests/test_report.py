@@ -101,3 +101,23 @@ def test_report_page_loads_in_headless_chromium(tmp_path):
 
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (2400, 1200) and pixels.std() > 0.05  # not a blank page
+
+
+@pytest.mark.parametrize("lo,hi", [(1e-3, 1e-2), (5e-4, 5e-3), (1e-4, 1e-2), (16, 1024), (1e-9, 1.0), (2e-3, 2.5e-3)])
+def test_log_axis_labels_do_not_run_into_each_other(lo, hi):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))  # one panel of the hyperparameter figure
+    ax.scatter([lo, (lo * hi) ** 0.5, hi], [0.9, 0.95, 0.97])
+    report.log_xaxis(ax, lo, hi)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True) if t.get_text() and t.get_visible()
+              and lo / 1.1 <= t.get_position()[0] <= hi * 1.1]
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+    plt.close(fig)
+    assert 2 <= len(boxes) <= 5
+    assert all(a.x1 + 2 <= b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in labels]

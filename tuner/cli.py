@@ -32,6 +32,11 @@ def _spec_args(p: argparse.ArgumentParser, default_config: str | None) -> None:
     p.add_argument("--address", help="Ray address (default $RAY_ADDRESS, else an in-process local Ray)")
     p.add_argument("--working-dir", help="folder of the model builder's module, shipped to every worker "
                                          "(default: the current folder)")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_const", dest="console", const="verbose", default="normal",
+                      help="also print Ray's, Ray Tune's, Ray Train's and TensorFlow's own output")
+    loud.add_argument("-q", "--quiet", action="store_const", dest="console", const="quiet",
+                      help="print only failures and the final result")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; ``argv`` None: this process's own command line (then, unless
+    ``--verbose``, its stderr goes through ``tuner.stderr_filter``; a caller that passes
+    ``argv``, a test, keeps its stderr as it is)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    own_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         with StopOnSignal() as stop:
             try:
-                return cmd_run(args, argv, search=args.command == "tune", stop=stop)
+                return cmd_run(args, argv, search=args.command == "tune", stop=stop, filter_stderr=own_process)
             except KeyboardInterrupt:  # `Interrupted`, or what Ray's C++ calls made of it
                 print(f"Interrupted; run the same command to resume: {resume_command(argv)}",
                       file=sys.stderr, flush=True)
@@ -174,7 +183,13 @@ def cmd_best(args) -> int:
     return 0
 
 
-def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = None) -> int:
+def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = None, filter_stderr: bool = False) -> int:
+    if filter_stderr and args.console != "verbose":
+        # From here on: TensorFlow starts in this process (the builder's check, the test
+        # scoring) and in every worker, and Ray forwards the workers' lines to this one.
+        from tuner import stderr_filter
+
+        stderr_filter.start()
     plan = experiment.prepare(
         args.config, args.overrides,
         {"name": args.name, "storage.uri": args.storage, "storage.endpoint": args.endpoint},
@@ -188,19 +203,24 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
         return 0 if best is not None else 1
     for line in plan.warnings:
         print(f"tuner: warning: {line}", file=sys.stderr)
+    say = print if args.console != "quiet" else (lambda *a, **k: None)
+    if spec.scaling.use_gpu:
+        from tuner import stderr_filter
 
-    cluster = experiment.connect(plan, args.address)
+        stderr_filter.keep_gpu_errors()
+
+    cluster = experiment.connect(plan, args.address, args.console)
     if stop:
         stop.install()  # ray.init replaced the SIGTERM handler
-    print(f"Running up to {cluster.concurrent} trial(s) at once, each {cluster.trial.describe()}.", flush=True)
+    say(f"Running up to {cluster.concurrent} trial(s) at once, each {cluster.trial.describe()}.", flush=True)
     if plan.pending is not None:
-        print(f"Staging MNIST from {spec.data.source} to {plan.dataset_uri} ...", flush=True)
+        say(f"Staging MNIST from {spec.data.source} to {plan.dataset_uri} ...", flush=True)
     experiment.stage(plan)
     if plan.resume:
         what = "interrupted experiment" if plan.state == "interrupted" else "failed trials of the experiment"
-        print(f"Resuming the {what} `{spec.name}` from {results.experiment_uri(spec)}: "
-              "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
-    grid, rungs = experiment.run(plan, cluster, stop)
+        say(f"Resuming the {what} `{spec.name}` from {results.experiment_uri(spec)}: "
+            "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
+    grid, rungs = experiment.run(plan, cluster, stop, args.console)
     summary, uri = experiment.summarize(plan, cluster, grid, rungs)
     best = summary["best"]
     failed = [t for t in summary["trials"] if t["status"] == "error"]

@@ -234,12 +234,13 @@ def experiment_state(spec: Spec) -> str:
 # --- 2. to 5. -----------------------------------------------------------------------------
 
 
-def connect(plan: Plan, address: str | None):
-    """Ray, and how trials fit on it (``tune.Cluster``); raises UsageError if none fits."""
+def connect(plan: Plan, address: str | None, console: str = "normal"):
+    """Ray, and how trials fit on it (``tune.Cluster``); raises UsageError if none fits.
+    ``console``: ``tuner.console.LEVELS``."""
     from tuner import tune as tuning
 
     try:
-        return tuning.connect(address, plan.spec, plan.runtime_env)
+        return tuning.connect(address, plan.spec, plan.runtime_env, console)
     except tuning.ResourceError as e:
         raise UsageError(str(e)) from None
 
@@ -254,12 +255,12 @@ def stage(plan: Plan) -> None:
         storage.write_json(storage.join(results.experiment_uri(spec), SPEC_FILE), spec_json(spec), spec.storage.endpoint)
 
 
-def run(plan: Plan, cluster, stop=None):
+def run(plan: Plan, cluster, stop=None, console: str = "normal"):
     """Tune's ``ResultGrid`` and the scheduler's rungs (or None)."""
     from tuner import tune as tuning
 
     return tuning.run(plan.spec, plan.dataset_uri, plan.inputs.to_dict(), cluster, search=plan.search,
-                      resume=plan.resume, stop=stop)
+                      resume=plan.resume, stop=stop, console=console)
 
 
 def summarize(plan: Plan, cluster, grid, rungs) -> tuple[dict, str]:

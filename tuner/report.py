@@ -161,7 +161,7 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
             else:
                 xs = values
                 if kind in ("loguniform", "int_loguniform"):
-                    ax.set_xscale("log")
+                    log_xaxis(ax, *space[name][kind][:2])
             ax.scatter(xs, ys, s=18, alpha=0.8)
             ax.set(title=name, ylabel=f"best {label(metric)}")
             ax.grid(alpha=0.3)
@@ -183,6 +183,36 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
         ax.grid(alpha=0.3)
         out["parallel"] = _png(fig)
     return out
+
+
+def log_ticks(lo: float, hi: float, most: int = 5) -> list[float]:
+    """Ticks for a log axis over [lo, hi]: the densest of the series 1-2-...-9, 1-2-5, 1-3
+    and 1 (times powers of ten) that gives 2 to ``most`` ticks within the range; else
+    every k-th power of ten (a wide range), else the range's ends (a narrow one)."""
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    ticks = []
+    for series in (range(1, 10), (1, 2, 5), (1, 3), (1,)):
+        ticks = [t for t in (float(f"{m}e{d}") for d in decades for m in series)
+                 if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+        if 2 <= len(ticks) <= most:
+            return ticks
+    if len(ticks) > most:  # the powers of ten alone are too many
+        return ticks[::math.ceil(len(ticks) / most)]
+    return [lo, hi]
+
+
+def log_xaxis(ax, lo: float, hi: float) -> None:
+    """A log x scale over the searched range [lo, hi] with a few plain labels (0.002, 500)
+    and no minor tick labels: over a range narrower than a decade or two, matplotlib
+    labels every minor tick (2x10^-3, 3x10^-3, ...) and they run into each other."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ticks = log_ticks(float(lo), float(hi))
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(float(lo) / 1.1, float(hi) * 1.1)
 
 
 def _unit(dim: dict, value) -> float:

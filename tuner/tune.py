@@ -10,6 +10,8 @@ with an explicit ``epoch`` metric as its time attribute.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import math
 import os
 import posixpath
@@ -163,10 +165,11 @@ class TrialRunner:
     Pickled to each trial's actor; holds only plain data.
     """
 
-    def __init__(self, spec: Spec, dataset_uri: str, inputs: dict, slots_name: str):
+    def __init__(self, spec: Spec, dataset_uri: str, inputs: dict, slots_name: str, console: str = "normal"):
         self.spec_dict = spec.to_dict()
         self.loop_config = train_loop_config(spec, dataset_uri, inputs)
         self.slots_name = slots_name  # the run's `resume.Slots`
+        self.console = console  # tuner.console.LEVELS
         self.__name__ = "trial"  # Tune names trials <__name__>_<id>
 
     def __call__(self, params: dict) -> None:
@@ -185,7 +188,7 @@ class TrialRunner:
     def _run(self, params: dict, trial_id: str) -> None:
         trial_start = time.time()  # B2's "trial start": after any wait for a slot
         import ray
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
         from tuner import raycompat, worker  # raycompat first: keeps TensorFlow out of this process
 
@@ -201,7 +204,8 @@ class TrialRunner:
         trainer = raycompat.trainer(
             train_loop_per_worker=worker.train_loop_per_worker,
             train_loop_config={**self.loop_config, "params": dict(params), "trial_start": trial_start,
-                               "run_uri": run_uri, "driver_gpus": driver_gpus},
+                               "run_uri": run_uri, "driver_gpus": driver_gpus,
+                               "console": getattr(self, "console", "normal")},
             tensorflow_config=raycompat.Config(),
             scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu,
                                          resources_per_worker=TrialResources.of(spec).worker_bundle),
@@ -221,6 +225,10 @@ class TrialRunner:
                     controller_failure_limit=spec.failure.controller_failure_limit,
                 ),
                 callbacks=[TuneReportCallback()],
+                # Ray Train's INFO lines (each report with its metrics, each checkpoint)
+                # are for `--verbose`; warnings and errors always show.
+                logging_config=LoggingConfig(log_level="INFO" if getattr(self, "console", "normal") == "verbose"
+                                             else "WARNING"),
                 worker_runtime_env={"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}},
             ),
         )
@@ -249,8 +257,12 @@ def runtime_env_for(spec: Spec, working_dir: str | None = None, excludes: list[s
     return env
 
 
-def connect(address: str | None, spec: Spec, runtime_env: dict | None = None) -> Cluster:
+def connect(address: str | None, spec: Spec, runtime_env: dict | None = None, console: str = "normal") -> Cluster:
     """Connect to Ray (``address``, ``$RAY_ADDRESS``, else a new in-process local Ray).
+
+    Below ``console="verbose"`` (``tuner.console.LEVELS``), Ray's INFO lines are off in
+    this driver (``TrialRunner`` and ``worker.train_loop_per_worker`` do the same for Ray
+    Train and the workers); warnings and errors still reach this console.
 
     Raises:
         ResourceError: a trial cannot fit, or not ``scaling.max_concurrent_trials`` of them.
@@ -263,8 +275,9 @@ def connect(address: str | None, spec: Spec, runtime_env: dict | None = None) ->
     runtime_env["env_vars"] = dict(runtime_env.get("env_vars", {}))
     address = address or os.environ.get("RAY_ADDRESS")
     res = TrialResources.of(spec)
+    logs = {} if console == "verbose" else {"logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, runtime_env=beside_job_runtime_env(runtime_env), log_to_driver=True)
+        ray.init(address=address, runtime_env=beside_job_runtime_env(runtime_env), log_to_driver=True, **logs)
         resources = ray.cluster_resources()
         return Cluster(resources, res, concurrent_trials(res, resources, spec.scaling.max_concurrent_trials))
     # Sized before Ray starts: the node's driver resource is what limits the drivers.
@@ -284,6 +297,10 @@ def connect(address: str | None, spec: Spec, runtime_env: dict | None = None) ->
     # workers forever), or would see another one. Pinned to this Ray's own dashboard.
     dashboard_port = free_port()
     runtime_env["env_vars"][raycompat.API_SERVER_ADDRESS] = f"http://127.0.0.1:{dashboard_port}"
+    if console != "verbose":
+        # "Token authentication is enabled for this Ray cluster": this process started it,
+        # on 127.0.0.1, for itself.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     context = ray.init(
         address="local",
         num_cpus=cpus,
@@ -293,6 +310,7 @@ def connect(address: str | None, spec: Spec, runtime_env: dict | None = None) ->
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,
         runtime_env=runtime_env,
+        **logs,
     )
     if not (context.dashboard_url or "").endswith(f":{dashboard_port}"):
         raise ResourceError(f"Ray's dashboard did not start on port {dashboard_port} ({context.dashboard_url!r}); "
@@ -345,7 +363,7 @@ def can_resume(spec: Spec) -> bool:
 
 
 def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bool = True, resume: bool = False,
-        stop: "StopOnSignal | None" = None):
+        stop: "StopOnSignal | None" = None, console: str = "normal"):
     """Run the experiment on the connected Ray; returns Tune's ``ResultGrid`` and the
     rungs of ASHA or Hyperband (``ResumableASHA.rungs()``, else None).
 
@@ -358,6 +376,9 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
 
     ``stop``: the run's signal handling; a signal while Tune runs stops it gracefully, and
     ``interrupt.Interrupted`` is raised once Tune has saved its state.
+
+    ``console``: ``quiet``, ``normal`` or ``verbose`` (``tuner.console``): what is printed
+    while Tune runs. Only ``verbose`` keeps Tune's own progress tables.
     """
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -366,6 +387,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     from tuner import resume as keep
     from tuner import schedulers
     from tuner import search as searching
+    from tuner.console import Console
     from tuner.tensorboard import EpochTensorBoard
 
     # Tune saves the experiment state (which trials finished, the scheduler's records) every
@@ -380,8 +402,17 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
     slots = keep.start_slots(slots_name, cluster.concurrent)  # noqa: F841 (alive until fit returns)
     # On a restore, Tune gives the re-added trials these resources too.
-    trainable = tune.with_resources(TrialRunner(spec, dataset_uri, inputs, slots_name), cluster.trial.driver_bundle)
+    trainable = tune.with_resources(TrialRunner(spec, dataset_uri, inputs, slots_name, console),
+                                    cluster.trial.driver_bundle)
     metric, mode = spec.objective.metric, spec.objective.mode
+    printer = console_for(spec, search, console)
+    # Tune's own reporter: its progress table at every status change (verbose 1), or each
+    # result as a table of its own (2); `Console` prints a line per event instead. Tune's
+    # newer output engine prints a header box and paths even at verbose 0; the older one
+    # prints nothing there but Tune's errors (a failed trial's traceback included).
+    verbose = 1 if console == "verbose" else 0
+    if console != "verbose":
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     if resume:
         _, path = experiment_path(spec)
         tuner = tune.Tuner.restore(
@@ -389,9 +420,14 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
             storage_filesystem=fs,
         )
         keeper = keep.restored_keeper(tuner, cluster.concurrent, slots_name)
-        callbacks = raycompat.restored_run_config(tuner).callbacks
+        run_config = raycompat.restored_run_config(tuner)
+        run_config.verbose = verbose
+        callbacks = run_config.callbacks
         if not any(isinstance(c, JsonLoggerCallback) for c in callbacks):  # stored by an older tuner
             callbacks.append(JsonLoggerCallback())
+        # This run's console level, whatever the interrupted run's was (an older tuner
+        # stored none).
+        callbacks[:] = [c for c in callbacks if not isinstance(c, Console)] + [printer]
     else:
         scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR)
         searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, metric, mode)
@@ -414,14 +450,34 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
                 storage_filesystem=fs,
                 stop=stopper,
                 failure_config=tune.FailureConfig(max_failures=0),
+                verbose=verbose,
                 # The keeper first: Tune restores callback state by list position.
-                callbacks=[keeper, EpochTensorBoard(TIME_ATTR), JsonLoggerCallback()],
+                callbacks=[keeper, EpochTensorBoard(TIME_ATTR), JsonLoggerCallback(), printer],
             ),
         )
     with stop.tune_running() if stop else contextlib.nullcontext():
         grid = tuner.fit()
     del slots
     return grid, keeper.scheduler.rungs() if hasattr(keeper.scheduler, "rungs") else None
+
+
+def console_for(spec: Spec, search: bool, level: str):
+    """The ``tuner.console.Console`` callback for this run."""
+    from tuner.console import Console
+    from tuner.report import rungs
+    from tuner.space import searched
+
+    kind = spec.scheduler.kind if search else "fifo"
+    trials = spec.search.num_samples if search else 1
+    if search and spec.search.algorithm == "grid":
+        trials *= math.prod(len(d.values) for d in spec.search.space.values() if not d.is_fixed)
+    stopper = {"asha": "ASHA", "asha_promote": "ASHA", "hyperband": "Hyperband", "median_stopping": "the median rule",
+               "fifo": "FIFO"}[kind]
+    if search and spec.scheduler.plateau_patience:
+        stopper += " or the plateau rule"
+    return Console(level, spec.objective.metric, spec.objective.mode, spec.asha.max_t, trials * spec.asha.max_t,
+                   stopper, rungs(dataclasses.asdict(spec.asha)) if kind in ("asha", "asha_promote") else [],
+                   searched(spec.search.space) if search else [])
 
 
 def single_run(spec: Spec) -> Spec:

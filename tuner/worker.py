@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import posixpath
@@ -62,6 +63,12 @@ def train_loop_per_worker(cfg: dict) -> None:
             ``driver_gpus`` (GPUs Ray gave the trial driver, reported as is).
     """
     entered = time.time()
+    if cfg.get("console", "normal") != "verbose":
+        # Ray Train sets this process's root logger to INFO, and some of its own loggers
+        # (its per-report "Reporting training result ...") are named by file path, out of
+        # reach of its LoggingConfig; TensorFlow's INFO lines (the strategy's collective
+        # set-up) go to the root logger too. Warnings and errors still show.
+        logging.getLogger().setLevel(logging.WARNING)
     import ray.train
     import tensorflow as tf
     import tf_keras
@@ -279,14 +286,31 @@ class ValidationShare:
         return math.ceil(largest / training.EVAL_BATCH)
 
 
+_GATHERS: dict = {}  # id(strategy) -> its all-gather as a tf.function
+
+
 def _all_gathered(strategy, row):
     """Every worker's ``row`` (a NumPy vector), stacked in rank order (an all-gather:
-    every worker calls it)."""
+    every worker calls it).
+
+    One ``tf.function`` per strategy, traced once per row shape and dtype: run eagerly,
+    the all-gather builds a new function at each call, which TensorFlow warns about
+    (retracing, and "CollectiveAllReduceStrategy eagerly has significant overhead")."""
     import tensorflow as tf
 
-    local = tf.constant(row[None])
-    every = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(local, axis=0))
-    return strategy.experimental_local_results(every)[0].numpy()
+    gather = _GATHERS.get(id(strategy))
+    if gather is None:
+        @tf.function
+        def gather(local):
+            # tf.identity places the row on the replica's device; the argument itself has
+            # none in the graph, and the all-gather then has no destination.
+            every = strategy.run(lambda x: tf.distribute.get_replica_context().all_gather(tf.identity(x), axis=0),
+                                 args=(local,))
+            return strategy.experimental_local_results(every)[0]
+
+        _GATHERS.clear()  # one strategy per worker process; a new one replaces the old
+        _GATHERS[id(strategy)] = gather
+    return gather(tf.constant(row[None])).numpy()
 
 
 def all_summed(strategy, values):

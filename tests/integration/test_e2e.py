@@ -3,6 +3,7 @@
 import io
 import json
 import math
+import re
 import zipfile
 
 import boto3
@@ -34,6 +35,28 @@ E2E_ARGS = [
 ]
 
 
+# Start-up and per-report chatter of TensorFlow, MultiWorkerMirroredStrategy, Ray Train
+# and Ray that `tuner` keeps off the console unless --verbose.
+CHATTER = re.compile("|".join([
+    r"oneDNN custom operations", r"cuInit", r"Could not find cuda drivers", r"absl::InitializeLog",
+    r"MultiWorkerMirroredStrategy with cluster_spec", r"Enabled multi-worker collective ops",
+    r"Using MirroredStrategy", r"Reporting training result", r"Checkpoint successfully created",
+    r"TrainingReport\(", r"placement group", r"Started distributed worker processes",
+    r"Trial status:", r"Trial .* started with configuration", r"Wrote the latest version of all result files",
+]))
+
+
+def assert_readable_console(proc, trials: int) -> None:
+    """The default console: a line per trial start and end, no library chatter, short."""
+    lines = (proc.stdout + proc.stderr).splitlines()
+    noisy = [line for line in lines if CHATTER.search(line)]
+    assert not noisy, "\n".join(noisy[:20])
+    started = [line for line in lines if re.search(r"\] trial \S+ started: ", line)]
+    ended = [line for line in lines if re.search(r"\] trial \S+ (finished|stopped by|failed)", line)]
+    assert len(started) == trials and len(ended) == trials, "\n".join(lines)
+    assert len(lines) <= 80, "\n".join(lines)
+
+
 def s3_client(env):
     return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
@@ -47,6 +70,7 @@ def test_tune_end_to_end_on_s3(moto_s3, unique_name, tmp_path):
     proc = run_tuner(["tune", *E2E_ARGS, "--name", unique_name, "--storage", "s3://tuner/exp"], env=moto_s3, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "Best trial" in proc.stdout
+    assert_readable_console(proc, trials=4)
 
     client = s3_client(moto_s3)
     prefix = f"exp/{unique_name}"

@@ -1,6 +1,7 @@
 """A trial whose loss becomes NaN fails alone; the experiment finishes and reports it."""
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -34,10 +35,13 @@ NAN_ARGS = [
 
 
 def test_diverged_trial_fails_alone(tmp_path, unique_name):
-    proc = run_tuner(["tune", *NAN_ARGS, "--name", unique_name, "--storage", str(tmp_path)], cwd=tmp_path)
+    proc = run_tuner(["tune", *NAN_ARGS, "--name", unique_name, "--storage", str(tmp_path), "--quiet"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "Best trial" in proc.stdout
     assert "1 of 3 trial(s) failed" in proc.stderr and "DivergedError" in proc.stderr
+    # --quiet: the failure as it happens, with its reason, and no other trial event.
+    assert re.search(r"\] trial \S+ failed: .*DivergedError: training loss became nan", proc.stdout), proc.stdout
+    assert not re.search(r"\] trial \S+ (started|epoch|finished)", proc.stdout), proc.stdout
 
     summary = json.loads((tmp_path / unique_name / "summary.json").read_text())
     trials = summary["trials"]
