@@ -203,11 +203,13 @@ def main() -> None:
     else:
         from ray import tune
 
-        tune.Tuner(tune.with_resources(tune_trial, {"CPU": 0, "trial_driver": 1}),
-                   param_space={"cfg": cfg, "trial": tune.grid_search(list(range(trials)))},
-                   tune_config=tune.TuneConfig(max_concurrent_trials=trials),
-                   run_config=tune.RunConfig(storage_path=str(Path(cfg["out"], "tune")), name="trials",
-                                             verbose=0)).fit()
+        grid = tune.Tuner(tune.with_resources(tune_trial, {"CPU": 0, "trial_driver": 1}),
+                          param_space={"cfg": cfg, "trial": tune.grid_search(list(range(trials)))},
+                          tune_config=tune.TuneConfig(max_concurrent_trials=trials),
+                          run_config=tune.RunConfig(storage_path=str(Path(cfg["out"], "tune")), name="trials",
+                                                    verbose=0)).fit()
+        if grid.errors:  # Tune reports a failed trial in its results, without raising
+            raise grid.errors[0]
         outs = [Path(cfg["out"], f"trial{t}") for t in range(trials)]
     done.set()
     runs = [[json.loads(Path(out, f"rank{r}.json").read_text()) for r in (0, 1)] for out in outs]

@@ -18,6 +18,7 @@ class Trial:
     last_result: dict = field(default_factory=dict)
     metric_analysis: dict = field(default_factory=dict)
     error_file: str | None = None
+    local_path: str | None = None
 
 
 def make(level="normal"):
@@ -82,6 +83,28 @@ def test_one_line_per_event_and_a_progress_line(capsys, tmp_path):
     assert out[9].startswith("trials: 1 running, 0 finished, 1 stopped, 1 failed | epochs 2 of 12 | ")
     assert out[15].startswith("trials: 0 running, 1 finished, 1 stopped, 1 failed | epochs 5 of 12 | "
                               "best val_accuracy 0.97 (trial a_00000) | ")
+
+
+def test_asha_promote_trials_wait_at_rungs(capsys, tmp_path):
+    c = Console("normal", "val_accuracy", "max", max_t=4, budget=8, scheduler="ASHA", rungs=[1, 2], searched=[],
+                waits_at_rungs=True, experiment_uri="s3://b/exp")
+    a, b = Trial("a_00000", status="RUNNING"), Trial("a_00001", status="RUNNING")
+    trials = [a, b]
+    for t in trials:
+        c.on_trial_start(iteration=0, trials=trials, trial=t)
+    result(c, trials, a, 1, 0.9)
+    a.status = "PAUSED"
+    c.on_step_end(iteration=0, trials=trials)
+    c.on_trial_start(iteration=0, trials=trials, trial=a)  # promoted
+    error = tmp_path / "error.txt"
+    error.write_text("RuntimeError: worker lost\n")
+    b.status, b.error_file, b.local_path = "ERROR", str(error), str(tmp_path / "trial_a_00001_x")
+    c.on_trial_error(iteration=0, trials=trials, trial=b)
+    out = [line.split("] ", 1)[-1] for line in capsys.readouterr().out.splitlines()]
+    assert out[2] == "trial a_00000 epoch 1: val_accuracy 0.9, waits at rung 1"
+    assert out[3] == "trial a_00000 promoted past rung 1, continues"
+    assert out[5] == "         (traceback: s3://b/exp/trial_a_00001_x/error.txt)"
+    assert out[6].startswith("trials: 0 running, 0 finished, 0 stopped, 1 failed, 1 waiting at a rung | ")
 
 
 def test_quiet_prints_failures_only(capsys, tmp_path):

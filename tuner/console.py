@@ -21,6 +21,7 @@ analysis), which a resumed experiment restores: nothing of its own needs saving.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
@@ -67,16 +68,22 @@ class Console(tune.Callback):
         scheduler: the spec's ``scheduler.kind``.
         rungs: ASHA's milestones in epochs, for ``asha`` and ``asha_promote``; else empty.
         searched: the hyperparameters the search varies (printed at a trial's start).
+        waits_at_rungs: ``asha_promote``: a trial that reaches a rung waits there, paused,
+            until it is promoted (else ASHA decides at once).
+        experiment_uri: where the experiment is stored (a failed trial's ``error.txt``
+            is in its trial folder there).
     """
 
     def __init__(self, level: str, metric: str, mode: str, max_t: int, budget: int, scheduler: str,
-                 rungs: list[int], searched: list[str]):
+                 rungs: list[int], searched: list[str], waits_at_rungs: bool = False, experiment_uri: str = ""):
         self.level = level
         self.metric, self.mode = metric, mode
         self.max_t, self.budget = max_t, budget
         self.scheduler = scheduler
         self.rungs = list(rungs)
         self.searched = list(searched)
+        self.waits_at_rungs = waits_at_rungs
+        self.experiment_uri = experiment_uri
         self._fresh()
 
     def _fresh(self) -> None:
@@ -132,7 +139,7 @@ class Console(tune.Callback):
         """``trials: 2 running, 1 finished, 3 stopped, 0 failed | epochs 9 of 24 | best
         val_accuracy 0.9712 (trial ab_00001) | 1m20s``. ``ending``: (trial, status) of a
         trial that ends now (Tune sets its status after calling the callbacks)."""
-        running = finished = stopped = failed = pending = 0
+        running = finished = stopped = failed = pending = waiting = 0
         epochs = 0
         best, best_id = None, None
         pick = max if self.mode == "max" else min
@@ -147,15 +154,17 @@ class Console(tune.Callback):
                     finished += 1
                 else:
                     stopped += 1
-            elif status in ("RUNNING", "PAUSED"):
+            elif status == "RUNNING":
                 running += 1
+            elif status == "PAUSED":  # at a rung, until promoted
+                waiting += 1
             else:
                 pending += 1
             score = t.metric_analysis.get(self.metric, {}).get(self.mode)
             if score is not None and not math.isnan(score) and (best is None or pick(best, score) != best):
                 best, best_id = score, t.trial_id
         parts = [f"trials: {running} running, {finished} finished, {stopped} stopped, {failed} failed"
-                 + (f", {pending} pending" if pending else ""),
+                 + (f", {waiting} waiting at a rung" if waiting else "") + (f", {pending} pending" if pending else ""),
                  f"epochs {epochs} of {self.budget}"]
         if best is not None:
             parts.append(f"best {self.metric} {value(best)} (trial {best_id})")
@@ -165,8 +174,10 @@ class Console(tune.Callback):
     # --- Tune's hooks -------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self._seen:  # a paused trial continues (asha_promote)
-            self._line(f"trial {trial.trial_id} continues")
+        if trial.trial_id in self._seen:  # a trial paused at a rung was promoted (asha_promote)
+            epoch = (trial.last_result or {}).get("epoch")
+            self._line(f"trial {trial.trial_id} promoted past rung {epoch}, continues" if epoch
+                       else f"trial {trial.trial_id} continues")
             return
         self._seen[trial.trial_id] = None
         config = trial.config or {}
@@ -184,7 +195,7 @@ class Console(tune.Callback):
         score = result.get(self.metric)
         text = f"trial {trial.trial_id} epoch {epoch}: {self.metric} {value(score)}"
         if epoch in self.rungs and not result.get("done") and epoch < self.max_t:
-            text += f", promoted past rung {epoch}"
+            text += f", waits at rung {epoch}" if self.waits_at_rungs else f", promoted past rung {epoch}"
         if resumed != epoch:  # a resumed trial first re-reports its checkpoint's epoch
             self._line(text)
         # No progress line here: Tune records the result in the trial after its callbacks.
@@ -210,7 +221,9 @@ class Console(tune.Callback):
                 pass
         self._line(f"trial {trial.trial_id} failed: {reason(text)}", always=True)
         if self.level != "quiet" and text:
-            where = trial.error_file
+            # Where the experiment is stored: the driver's own copy may be in a pod.
+            where = "/".join([self.experiment_uri.rstrip("/"), os.path.basename(trial.local_path),
+                              os.path.basename(trial.error_file)]) if self.experiment_uri else trial.error_file
             print(f"         (traceback: {where})", flush=True)
         self._progress(trials, force=True, ending=(trial, "ERROR"))
 

@@ -74,7 +74,10 @@ class StopOnSignal:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            # Stopped by a signal: the process is on its way out with 128 + that signal's
+            # number. Another signal during the exit (Ray's shutdown) ends it at once, with
+            # the same code, rather than by the default action (killed by the signal).
+            signal.signal(s, handler if self.signum is None else self._exit_now)
         if self._tune_setting is None:
             os.environ.pop(TUNE_SIGINT_SETTING, None)
         else:
@@ -98,6 +101,9 @@ class StopOnSignal:
     def raise_if_stopped(self) -> None:
         if self.signum is not None:
             raise Interrupted(self.signum)
+
+    def _exit_now(self, signum: int, frame) -> None:
+        os._exit(128 + self.signum)
 
     def _handle(self, signum: int, frame) -> None:
         first = self.signum is None

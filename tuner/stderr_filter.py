@@ -18,6 +18,7 @@ Standard library only: the filter starts in ~20 ms.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import signal
@@ -31,7 +32,6 @@ _ABSL = r"[IWE]\d{4} [\d:.]+ +\d+ "  # absl's "I0000 00:00:1796120337.873335   2
 NOISE = [
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR.*",
     _ABSL + r"port\.cc:\d+\] oneDNN custom operations are on\..*",
-    _ABSL + r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\..*",
     _ABSL + r"cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use available CPU instructions.*",
     r"To enable the following instructions: .* in other operations, rebuild TensorFlow with the appropriate "
     r"compiler flags\..*",
@@ -41,7 +41,10 @@ NOISE = [
 # placement group; logged as a warning whether or not anything went wrong.
 NOISE.append(r"(?:\S+ \S+\s+WARNING placement_group_cleaner\.py:\d+ -- )?Detected that the Ray Train controller "
              r"actor \([0-9a-f]+\) is dead\. Cleaning up placement group .*")
-NO_GPU_NOISE = [_ABSL + r"cuda_(?:platform|executor)\.cc:\d+\] failed call to cuInit: .*"]
+NO_GPU_NOISE = [
+    _ABSL + r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\..*",
+    _ABSL + r"cuda_(?:platform|executor)\.cc:\d+\] failed call to cuInit: .*",
+]
 
 
 # A line the driver writes to switch the filter to keeping GPU errors (not passed on).
@@ -56,14 +59,34 @@ _process = None  # this driver's filter
 
 
 def start() -> None:
-    """Route this process's stderr through the filter (once)."""
+    """Route this process's stderr through the filter (once), until this process exits.
+
+    The filter runs in a session of its own: Ctrl-C, and a supervisor's kill of the
+    driver's process group (``ray job stop``), do not reach it, so it passes on the
+    driver's last lines. At exit (registered before ``ray.init``, so after Ray's own
+    shutdown hook) the driver restores its stderr and waits for the filter to drain."""
     global _process
     if _process is not None:
         return
     sys.stderr.flush()
-    _process = subprocess.Popen([sys.executable, "-S", "-u", __file__], stdin=subprocess.PIPE, stdout=2)
+    _process = subprocess.Popen([sys.executable, "-S", "-u", __file__], stdin=subprocess.PIPE, stdout=2,
+                                start_new_session=True)
+    saved = os.dup(2)
     os.dup2(_process.stdin.fileno(), 2)
     _process.stdin.close()
+    atexit.register(_finish, saved)
+
+
+def _finish(saved: int) -> None:
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os.dup2(saved, 2)  # this process's last reference to the pipe, unless a child holds one
+    try:
+        _process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def keep_gpu_errors() -> None:

@@ -463,6 +463,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
 
 def console_for(spec: Spec, search: bool, level: str):
     """The ``tuner.console.Console`` callback for this run."""
+    from tuner import results
     from tuner.console import Console
     from tuner.report import rungs
     from tuner.space import searched
@@ -477,7 +478,8 @@ def console_for(spec: Spec, search: bool, level: str):
         stopper += " or the plateau rule"
     return Console(level, spec.objective.metric, spec.objective.mode, spec.asha.max_t, trials * spec.asha.max_t,
                    stopper, rungs(dataclasses.asdict(spec.asha)) if kind in ("asha", "asha_promote") else [],
-                   searched(spec.search.space) if search else [])
+                   searched(spec.search.space) if search else [], waits_at_rungs=kind == "asha_promote",
+                   experiment_uri=results.experiment_uri(spec))
 
 
 def single_run(spec: Spec) -> Spec:

@@ -75,6 +75,9 @@ def test_diverged_trial_fails_alone(tmp_path, unique_name):
     again = run_tuner(["tune", *NAN_ARGS, "--name", unique_name, "--storage", str(tmp_path)], cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
     assert "Resuming the failed trials of the experiment" in again.stdout
+    # The console names the failed trial's error file where the experiment is stored.
+    (where,) = re.findall(r"\(traceback: (\S+)\)", again.stdout)
+    assert "DivergedError" in open(where).read()
     retried = json.loads((tmp_path / unique_name / "summary.json").read_text())
     assert {t["trial_id"]: t["status"] for t in retried["trials"]} == {t["trial_id"]: t["status"] for t in trials}
     assert retried["best"]["trial_id"] == best["trial_id"]
