@@ -172,7 +172,10 @@ def test_stderr_filter_drops_tensorflow_start_up_lines_only():
 
     from tuner import stderr_filter
 
-    lines = NATIVE[:2] + KEPT[:2] + [CUINIT, NATIVE[2], PG_CLEANER] + KEPT[2:] + [
+    intended = ("\x1b[36m(RayTrainWorker pid=31554)\x1b[0m The actor is dead because its worker process has died. "
+                "Worker exit type: INTENDED_SYSTEM_EXIT Worker exit detail: Destroying worker since its placement "
+                "group was removed. Placement group id: 15c9b993e6d3bfc8394ab4e8bf1601000000, bundle index: -1")
+    lines = NATIVE[:2] + KEPT[:2] + [CUINIT, NATIVE[2], PG_CLEANER, intended] + KEPT[2:] + [
         stderr_filter.KEEP_GPU_ERRORS.decode().rstrip("\n"), NATIVE[1], CUINIT]
     out = subprocess.run([sys.executable, "-S", "-u", stderr_filter.__file__], input="\n".join(lines) + "\n",
                          capture_output=True, text=True, timeout=30).stdout

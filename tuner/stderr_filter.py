@@ -41,6 +41,9 @@ NOISE = [
 # placement group; logged as a warning whether or not anything went wrong.
 NOISE.append(r"(?:\S+ \S+\s+WARNING placement_group_cleaner\.py:\d+ -- )?Detected that the Ray Train controller "
              r"actor \([0-9a-f]+\) is dead\. Cleaning up placement group .*")
+# A Train worker still alive when that placement group goes: Ray ends it, as intended.
+NOISE.append(r"The actor is dead because its worker process has died\. Worker exit type: INTENDED_SYSTEM_EXIT "
+             r"Worker exit detail: Destroying worker since its placement group was removed\..*")
 NO_GPU_NOISE = [
     _ABSL + r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\..*",
     _ABSL + r"cuda_(?:platform|executor)\.cc:\d+\] failed call to cuInit: .*",
