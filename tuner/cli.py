@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from tuner import data, experiment, results, storage
+from tuner import data, experiment, results, stderr_filter, storage
 from tuner.experiment import UsageError
 from tuner.interrupt import StopOnSignal, resume_command
 from tuner.spec import SpecError, preset_names
@@ -187,8 +187,6 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
     if filter_stderr and args.console != "verbose":
         # From here on: TensorFlow starts in this process (the builder's check, the test
         # scoring) and in every worker, and Ray forwards the workers' lines to this one.
-        from tuner import stderr_filter
-
         stderr_filter.start()
     plan = experiment.prepare(
         args.config, args.overrides,
@@ -205,8 +203,6 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
         print(f"tuner: warning: {line}", file=sys.stderr)
     say = print if args.console != "quiet" else (lambda *a, **k: None)
     if spec.scaling.use_gpu:
-        from tuner import stderr_filter
-
         stderr_filter.keep_gpu_errors()
 
     cluster = experiment.connect(plan, args.address, args.console)
