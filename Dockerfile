@@ -35,6 +35,7 @@ COPY --chown=ray:users tuner/ /home/ray/tuner-src/tuner/
 # CUDA the base image has. tf-keras and the rest come from the package's dependencies.
 # The image's Ray already satisfies the pin, so pip keeps it (no --upgrade). A regular,
 # not editable, install: the source is not needed afterwards. [tpe] adds Optuna for
-# `search.algorithm: tpe`; `bayesian` also needs PyTorch, left out of this image.
-RUN pip install --no-cache-dir "tensorflow[and-cuda]>=2.21,<2.22" "/home/ray/tuner-src[tpe]" \
+# `search.algorithm: tpe` (`bayesian` also needs PyTorch, left out of this image);
+# [mlflow], MLflow's client for `tracking.mlflow`.
+RUN pip install --no-cache-dir "tensorflow[and-cuda]>=2.21,<2.22" "/home/ray/tuner-src[tpe,mlflow]" \
     && rm -rf /home/ray/tuner-src

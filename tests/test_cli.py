@@ -16,6 +16,11 @@ from tuner.cli import main
         (["tune", "--set", "search.space.batch_size=4096"], "exceeds the 2750 training rows"),
         (["tune", "--set", "scaling.workers=8"], "A trial needs 5 CPUs (1 driver + 8 workers x 0.5)"),
         (["tune", "--address", "ray://head:10001"], "is a Ray Client address, which tuner does not support"),
+        # Port 9 (discard): nothing listens; refused at once.
+        (["tune", "--set", "tracking.mlflow.uri=http://127.0.0.1:9"],
+         "The MLflow tracking server at http://127.0.0.1:9 (from `tracking.mlflow.uri`) cannot be used: "),
+        (["tune", "--set", "tracking.mlflow=http://127.0.0.1:9"],
+         "The value of `tracking.mlflow` must be a mapping of its fields (uri, experiment)."),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, capsys):

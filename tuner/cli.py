@@ -212,12 +212,15 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
     if plan.pending is not None:
         say(f"Staging MNIST from {spec.data.source} to {plan.dataset_uri} ...", flush=True)
     experiment.stage(plan)
+    if (tracked := experiment.tracking_target(plan)) is not None:
+        say(f"Tracking in MLflow at {tracked.uri}, experiment {tracked.experiment!r}.", flush=True)
     if plan.resume:
         what = "interrupted experiment" if plan.state == "interrupted" else "failed trials of the experiment"
         say(f"Resuming the {what} `{spec.name}` from {results.experiment_uri(spec)}: "
             "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
     grid, rungs = experiment.run(plan, cluster, stop, args.console)
     summary, uri = experiment.summarize(plan, cluster, grid, rungs)
+    tracked = experiment.track(plan, summary)
     best = summary["best"]
     failed = [t for t in summary["trials"] if t["status"] == "error"]
     if failed:
@@ -233,6 +236,7 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
         f"Best trial {best['trial_id']}: {metric} {best[metric]:.4f}, {tests} (epoch {best['epoch']})\n"
         f"  config: {json.dumps(best['config'], sort_keys=True)}\n"
         f"  checkpoint: {best['checkpoint_uri']}\n  summary: {uri}"
+        + (f"\n  MLflow: {tracked}" if tracked else "")
     )
     return 0
 

@@ -9,7 +9,9 @@
 3. ``stage``: the first writes: the pending dataset, the experiment's ``spec.json``;
 4. ``run``: Tune (``tuner.tune.run``);
 5. ``summarize``: ``results.parquet``, the best model scored on the test split,
-   ``summary.json``.
+   ``summary.json``;
+6. ``track``: with MLflow tracking on, the best model, the summary and the report on the
+   experiment's MLflow run.
 
 ``tuner.cli`` parses arguments and prints; it calls these steps.
 """
@@ -31,7 +33,7 @@ from tuner.spec import Spec, differences, load_spec, missing_dependency, require
 
 SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
 # Fields that say how to run, not what: a re-run may change them.
-RUN_SETTINGS = ("failure.", "scaling.max_concurrent_trials", "checkpoint.upload")
+RUN_SETTINGS = ("failure.", "scaling.max_concurrent_trials", "checkpoint.upload", "tracking.")
 # Left out of the working directory shipped to the workers (Ray's gitignore-style patterns):
 # data files among them, since workers read the staged dataset, never the source.
 SHIP_EXCLUDES = [".git", "__pycache__", "*.pyc", ".pytest_cache", "*.csv", "*.parquet", "*.pq"]
@@ -80,6 +82,13 @@ def prepare(config: str, overrides: list[str], top_level: dict[str, Any], addres
     if spec.data.uri:
         storage.preflight(spec.data.uri, spec.storage.endpoint)
     state = experiment_state(spec)
+    if state != "finished":
+        from tuner import tracking  # imports Ray (its MLflow callback)
+
+        try:
+            tracking.preflight(spec)
+        except tracking.TrackingError as e:
+            raise UsageError(str(e)) from None
     resume = state in ("interrupted", "failed-trials") and tuning.can_resume(spec)
     if state == "failed-trials" and not resume:
         state = "finished"  # no Tune state to retry from: never start it over under its name
@@ -287,3 +296,18 @@ def summarize(plan: Plan, cluster, grid, rungs) -> tuple[dict, str]:
     results.write_results(spec, results.rows_from_results(trials))
     results.export_best(spec, summary, plan.dataset_uri)
     return summary, results.write_summary(spec, summary)
+
+
+def tracking_target(plan: Plan):
+    """Where the run is tracked (``tuner.tracking.Target``), or None."""
+    from tuner import tracking
+
+    return tracking.target(plan.spec)
+
+
+def track(plan: Plan, summary: dict) -> str | None:
+    """The results on the experiment's MLflow run, if tracked (``tuner.tracking.finish``);
+    returns where that run is, or None."""
+    from tuner import tracking
+
+    return tracking.finish(plan.spec, summary)

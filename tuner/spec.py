@@ -176,6 +176,21 @@ class FailureSpec:
 
 
 @dataclass(frozen=True)
+class MlflowSpec:
+    # The MLflow tracking server (http://HOST:5000) or a local folder; default
+    # $MLFLOW_TRACKING_URI; neither: no tracking. Needs `pip install 'tuner[mlflow]'`.
+    uri: str | None = None
+    # The MLflow experiment the runs go to (created if missing); default: `name`.
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    # One MLflow run per experiment, with a nested run per trial (tuner.tracking).
+    mlflow: MlflowSpec = field(default_factory=MlflowSpec)
+
+
+@dataclass(frozen=True)
 class Spec:
     # Experiment name: the folder under storage.uri.
     name: str = "mnist-asha"
@@ -190,6 +205,7 @@ class Spec:
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     failure: FailureSpec = field(default_factory=FailureSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
 
     def to_dict(self) -> dict:
         """The resolved spec as plain YAML-able data (round-trips through build_spec)."""
@@ -361,6 +377,15 @@ def _build_section(section: str, default: Any, given: Mapping, problems: list[st
             values[key] = parse_space(value, problems)
             continue
         current = getattr(default, key)
+        if dataclasses.is_dataclass(current):  # a section within the section
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                names = ", ".join(f.name for f in dataclasses.fields(current))
+                problems.append(f"The value of `{section}.{key}` must be a mapping of its fields ({names}).")
+                continue
+            values[key] = _build_section(f"{section}.{key}", current, value, problems)
+            continue
         coerced = _coerce(f"{section}.{key}", value, current, fields[key].type, problems)
         if coerced is not _INVALID:
             values[key] = coerced
@@ -485,6 +510,10 @@ def _check_spec(spec: Spec) -> list[str]:
     need(c.num_to_keep >= 1, "checkpoint.num_to_keep", c.num_to_keep, ">= 1")
     need(c.upload in CHECKPOINT_UPLOADS, "checkpoint.upload", c.upload, f"one of: {', '.join(CHECKPOINT_UPLOADS)}")
     need(f.max_failures >= 0, "failure.max_failures", f.max_failures, ">= 0")
+    for key in ("uri", "experiment"):
+        v = getattr(spec.tracking.mlflow, key)
+        if v is not None and not v.strip():
+            p.append(f"The value of `tracking.mlflow.{key}` is empty; set it or leave it out.")
     need(f.controller_failure_limit >= 0, "failure.controller_failure_limit", f.controller_failure_limit, ">= 0 (-1 would retry forever)")
     return p
 

@@ -389,6 +389,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     from tuner import search as searching
     from tuner.console import Console
     from tuner.tensorboard import EpochTensorBoard
+    from tuner.tracking import Tracker
 
     # Tune saves the experiment state (which trials finished, the scheduler's records) every
     # 10 s or more by default; a driver lost in between forgets trials that finished since
@@ -406,6 +407,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
                                     cluster.trial.driver_bundle)
     metric, mode = spec.objective.metric, spec.objective.mode
     printer = console_for(spec, search, console)
+    trackers = [tracker] if (tracker := tracker_for(spec, search)) else []
     # Tune's own reporter: its progress table at every status change (verbose 1), or each
     # result as a table of its own (2); `Console` prints a line per event instead. Tune's
     # newer output engine prints a header box and paths even at verbose 0; the older one
@@ -427,7 +429,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
             callbacks.append(JsonLoggerCallback())
         # This run's console level, whatever the interrupted run's was (an older tuner
         # stored none).
-        callbacks[:] = [c for c in callbacks if not isinstance(c, Console)] + [printer]
+        callbacks[:] = [c for c in callbacks if not isinstance(c, (Console, Tracker))] + [printer, *trackers]
     else:
         scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR)
         searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, metric, mode)
@@ -452,7 +454,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
                 failure_config=tune.FailureConfig(max_failures=0),
                 verbose=verbose,
                 # The keeper first: Tune restores callback state by list position.
-                callbacks=[keeper, EpochTensorBoard(TIME_ATTR), JsonLoggerCallback(), printer],
+                callbacks=[keeper, EpochTensorBoard(TIME_ATTR), JsonLoggerCallback(), printer, *trackers],
             ),
         )
     with stop.tune_running() if stop else contextlib.nullcontext():
@@ -472,14 +474,33 @@ def console_for(spec: Spec, search: bool, level: str):
     trials = spec.search.num_samples if search else 1
     if search and spec.search.algorithm == "grid":
         trials *= math.prod(len(d.values) for d in spec.search.space.values() if not d.is_fixed)
+    return Console(level, spec.objective.metric, spec.objective.mode, spec.asha.max_t, trials * spec.asha.max_t,
+                   stopper_name(spec, search), rungs(dataclasses.asdict(spec.asha)) if kind in ("asha", "asha_promote") else [],
+                   searched(spec.search.space) if search else [], waits_at_rungs=kind == "asha_promote",
+                   experiment_uri=results.experiment_uri(spec))
+
+
+def stopper_name(spec: Spec, search: bool) -> str:
+    """What may stop a trial early, as the console and the tracking name it."""
+    kind = spec.scheduler.kind if search else "fifo"
     stopper = {"asha": "ASHA", "asha_promote": "ASHA", "hyperband": "Hyperband", "median_stopping": "the median rule",
                "fifo": "FIFO"}[kind]
     if search and spec.scheduler.plateau_patience:
         stopper += " or the plateau rule"
-    return Console(level, spec.objective.metric, spec.objective.mode, spec.asha.max_t, trials * spec.asha.max_t,
-                   stopper, rungs(dataclasses.asdict(spec.asha)) if kind in ("asha", "asha_promote") else [],
-                   searched(spec.search.space) if search else [], waits_at_rungs=kind == "asha_promote",
-                   experiment_uri=results.experiment_uri(spec))
+    return stopper
+
+
+def tracker_for(spec: Spec, search: bool):
+    """The MLflow ``tuner.tracking.Tracker`` callback for this run, or None (no tracking)."""
+    from tuner import results, tracking
+
+    where = tracking.target(spec)
+    if where is None:
+        return None
+    settings = {k: v for k, v in tracking.flat(spec.to_dict()).items() if not k.startswith("tracking.")}
+    return tracking.Tracker(where, results.experiment_uri(spec), spec.storage.endpoint,
+                            {**settings, "command": "tune" if search else "train"}, spec.asha.max_t,
+                            stopper_name(spec, search))
 
 
 def single_run(spec: Spec) -> Spec:

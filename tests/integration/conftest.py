@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 CEPH_SCRIPT = REPO / "tests" / "services" / "ceph_rgw.sh"
+# tests/services/install_mlflow.sh's folder.
+MLFLOW_SERVER_DIR = Path(os.environ.get("MLFLOW_SERVER_DIR")
+                         or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuner-mlflow")
 REQUIRE_SERVICES = os.environ.get("TUNER_REQUIRE_SERVICES") == "1"
 
 sys.path.insert(0, str(REPO / "tests" / "services"))
@@ -107,6 +111,57 @@ def ceph_s3(tmp_path_factory):
         yield {**env, "TUNER_TEST_CEPH_DIR": str(data_dir)}
     finally:
         subprocess.run(["bash", str(CEPH_SCRIPT), "stop", str(data_dir)], timeout=60)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(moto_s3, tmp_path_factory):
+    """A real MLflow tracking server (tests/services/install_mlflow.sh): SQLite backend
+    store, artifacts in moto's bucket `tuner` under mlflow-artifacts/; yields its URL."""
+    exe = MLFLOW_SERVER_DIR / "bin" / "mlflow"
+    if not exe.exists():
+        missing(f"no MLflow server in {MLFLOW_SERVER_DIR}; run tests/services/install_mlflow.sh")
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}, **moto_s3,
+           "MLFLOW_S3_ENDPOINT_URL": moto_s3["AWS_ENDPOINT_URL"]}
+    log = open(folder / "server.log", "w")
+    proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+                             "--artifacts-destination", "s3://tuner/mlflow-artifacts", "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                missing(f"the MLflow server did not start; see {folder / 'server.log'}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def mlflow_runs(url: str, experiment: str):
+    """(the experiment's parent run, its nested runs by trial ID), read back through
+    MLflow's client."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r}"
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    children = {r.data.tags["tuner.trial_id"]: r for r in runs if r not in parents}
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children.values())
+    return client, parents[0], children
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import time
 import boto3
 import pytest
 
-from conftest import free_port
+from conftest import free_port, mlflow_runs
 
 pytestmark = pytest.mark.slow
 
@@ -73,15 +73,24 @@ def stopped_then_resumed(moto_s3, tmp_path, name: str, send, extra_env: dict | N
     return code, text, stop_seconds
 
 
-def test_ctrl_c_then_the_same_command_resumes(moto_s3, tmp_path, unique_name):
+def test_ctrl_c_then_the_same_command_resumes(moto_s3, mlflow_server, tmp_path, unique_name):
     # A terminal's Ctrl-C reaches the whole foreground process group, Ray's processes too.
-    code, text, _ = stopped_then_resumed(moto_s3, tmp_path, unique_name, lambda p: os.killpg(p.pid, signal.SIGINT))
+    code, text, _ = stopped_then_resumed(moto_s3, tmp_path, unique_name, lambda p: os.killpg(p.pid, signal.SIGINT),
+                                         {"MLFLOW_TRACKING_URI": mlflow_server})
     assert code == 130, text[-3000:]
     lines = [line for line in text.splitlines() if line.startswith("Interrupted; ")]
     python = os.path.basename(sys.executable)
     assert lines == [f"Interrupted; run the same command to resume: {python} -m tuner {' '.join(ARGS)} "
                      f"--name {unique_name} --storage s3://tuner/interrupt"], text[-3000:]
     assert "Tuner.restore" not in text  # Tune's own hint names an API the user never saw
+    # The resumed run continued the MLflow runs of the first: one for the experiment, one
+    # per trial, each epoch logged once.
+    mlflow, parent, children = mlflow_runs(mlflow_server, unique_name)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    for run in children.values():
+        assert run.info.status == "FINISHED" and run.data.tags["tuner.outcome"] == "finished"
+        steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert sorted(steps) == list(range(1, MAX_T + 1)), steps
 
 
 def test_sigterm_twice_beside_a_stale_ray_address_file(moto_s3, tmp_path, unique_name):

@@ -1,0 +1,69 @@
+"""MLflow tracking's settings and checks (the runs themselves: tests/integration/test_e2e.py
+and test_stop_signals.py, against a real MLflow server)."""
+
+import pickle
+import sys
+import time
+
+import pytest
+
+from tuner import tracking
+from tuner.spec import SpecError, build_spec, load_spec
+
+
+def test_the_spec_section_and_its_defaults(monkeypatch):
+    monkeypatch.delenv(tracking.ENV_URI, raising=False)
+    assert tracking.target(build_spec({})) is None
+    spec = build_spec({"name": "exp", "tracking": {"mlflow": {"uri": "http://mlflow:5000"}}})
+    assert tracking.target(spec) == tracking.Target("http://mlflow:5000", "exp")  # the experiment's name
+    spec = load_spec("quick", ["tracking.mlflow.uri=http://a:1", "tracking.mlflow.experiment=team"])
+    assert tracking.target(spec) == tracking.Target("http://a:1", "team")
+    assert build_spec(spec.to_dict()) == spec  # round-trips, as the stored spec.json does
+
+
+def test_the_environment_variable_turns_it_on_and_the_spec_wins(monkeypatch):
+    monkeypatch.setenv(tracking.ENV_URI, "http://from-env:5000")
+    assert tracking.target(build_spec({"name": "e"})) == tracking.Target("http://from-env:5000", "e")
+    spec = build_spec({"name": "e", "tracking": {"mlflow": {"uri": "http://spec:1"}}})
+    assert tracking.target(spec).uri == "http://spec:1"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"mlflow": 3}, "The value of `tracking.mlflow` must be a mapping of its fields (uri, experiment)."),
+    ({"mlflow": {"url": "x"}}, "Unknown key `tracking.mlflow.url`; known keys under `tracking.mlflow`: uri, experiment."),
+    ({"mlflow": {"uri": " "}}, "The value of `tracking.mlflow.uri` is empty; set it or leave it out."),
+    ({"mlflow": {"experiment": 5}}, "The value of `tracking.mlflow.experiment` is 5, but must be a string."),
+])
+def test_bad_sections_are_one_line_each(raw, message):
+    with pytest.raises(SpecError) as e:
+        build_spec({"tracking": raw})
+    assert e.value.problems == [message]
+
+
+def test_an_unreachable_server_is_one_line_within_seconds(monkeypatch):
+    monkeypatch.setenv(tracking.ENV_URI, "http://127.0.0.1:9")
+    started = time.time()
+    with pytest.raises(tracking.TrackingError) as e:
+        tracking.preflight(build_spec({}))
+    assert time.time() - started < tracking.PREFLIGHT_TIMEOUT_S + 5  # no retries with backoff
+    text = str(e.value)
+    assert "\n" not in text and text.startswith("The MLflow tracking server at http://127.0.0.1:9 (from "
+                                                "$MLFLOW_TRACKING_URI) cannot be used: ")
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in __import__("os").environ  # restored
+
+
+def test_without_mlflow_installed_the_line_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
+    with pytest.raises(tracking.TrackingError, match=r"mlflow is not installed; run: pip install 'tuner\[mlflow\]'"):
+        tracking.preflight(build_spec({"tracking": {"mlflow": {"uri": "http://x:1"}}}))
+
+
+def test_the_callback_pickles_without_its_runs():
+    t = tracking.Tracker(tracking.Target("http://x:1", "e"), "s3://b/e", None, {"a": "1"}, 5, "ASHA")
+    t.parent_id, t._runs = "p", {"t1": "r1"}
+    back = pickle.loads(pickle.dumps(t))
+    assert (back.parent_id, back._runs, back.where, back.max_t) == (None, {}, t.where, 5)
+
+
+def test_params_are_flat_strings():
+    assert tracking.flat({"a": 1, "b": {"c": [1, 2], "d": None}}) == {"a": "1", "b.c": "[1, 2]", "b.d": "None"}

@@ -1,0 +1,426 @@
+"""MLflow tracking: ``tracking.mlflow`` in the spec, or ``$MLFLOW_TRACKING_URI``.
+
+An experiment is one MLflow run (the parent) with a nested run per trial:
+
+- a trial's run has its hyperparameters as params, the epoch's metrics stepped by epoch
+  (``val_*``, the training loss and metric, the learning rate, timings), and at its end
+  the status FINISHED (tag ``tuner.outcome``: ``finished``, or ``stopped`` with
+  ``tuner.stopped_at_epoch`` and ``tuner.stopped_by``) or FAILED (with the reason);
+- the parent has the spec's settings as params, the best trial's scores (validation and
+  test) as metrics, and, once the experiment ends, the best model
+  (``best_model.keras``), ``summary.json``, ``spec.json`` and the report as artifacts.
+
+``Tracker`` extends Ray Tune's ``MLflowLoggerCallback`` (experiment set-up, run
+creation and ending are its). What it changes: runs are nested under the parent; a
+resumed experiment continues its runs (the parent's ID is kept in the experiment's
+storage as ``mlflow.json``, the trials' runs are found by their tag); one ``log_batch``
+per epoch instead of one request per metric (Tune's result holds some 40 keys); the
+time axis is the reported epoch, which restarts do not reset, and each epoch is logged
+once (the run's tag ``tuner.last_epoch`` says which epochs an interrupted run logged;
+an epoch stored with a checkpoint whose result Tune never took in before the stop is
+logged from the checkpoint's record when the trial resumes from it).
+
+Tracking never stops a run that is under way: a failed call is a warning line.
+Before any trial starts, ``preflight`` checks that the server answers (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+from tuner import storage
+
+ENV_URI = "MLFLOW_TRACKING_URI"
+RUN_FILE = "mlflow.json"  # <storage>/<name>/mlflow.json: the tracking server and the parent run
+TAG_EXPERIMENT = "tuner.experiment_uri"
+TAG_TRIAL = "tuner.trial_id"
+TAG_OUTCOME = "tuner.outcome"
+TAG_LAST_EPOCH = "tuner.last_epoch"  # the last epoch logged, for a resumed experiment
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: its UI nests the run under this one
+# Per-epoch metrics beyond the `val_*` ones; what stays the same over a trial (workers,
+# batches, steps per epoch) is logged once, as params.
+EPOCH_METRICS = ("loss", "accuracy", "mae", "learning_rate", "train_seconds", "validation_seconds",
+                 "samples_per_second", "peak_rss_mb", "startup_seconds", "checkpoint_save_seconds")
+TRIAL_PARAMS = ("workers", "per_worker_batch", "global_batch", "steps_per_epoch")
+PREFLIGHT_TIMEOUT_S = 10
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; one line, printed before anything runs."""
+
+
+@dataclass(frozen=True)
+class Target:
+    uri: str  # the tracking URI
+    experiment: str  # the MLflow experiment's name
+
+
+def target(spec) -> Target | None:
+    """Where this spec's runs are tracked, or None (no tracking)."""
+    m = spec.tracking.mlflow
+    uri = m.uri or os.environ.get(ENV_URI)
+    return Target(uri, m.experiment or spec.name) if uri else None
+
+
+def _quiet_env() -> None:
+    # MLflow draws a progress bar per artifact upload and download, and prints two lines
+    # (the run's and the experiment's web page) per ended run, after one more request;
+    # `finish` names the experiment's run once.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def preflight(spec) -> None:
+    """Check that the tracking server answers and its experiment can take runs.
+
+    Raises:
+        TrackingError: one line naming what is wrong and what to do.
+    """
+    where = target(spec)
+    if where is None:
+        return
+    source = "`tracking.mlflow.uri`" if spec.tracking.mlflow.uri else f"${ENV_URI}"
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        raise TrackingError(f"MLflow tracking is on ({source} is {where.uri!r}), but mlflow is not installed; run: "
+                            "pip install 'tuner[mlflow]'") from None
+    _quiet_env()
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    # One quick try: the run's own calls keep MLflow's retries for a server's brief blips.
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(PREFLIGHT_TIMEOUT_S))
+    try:
+        found = MlflowClient(where.uri).get_experiment_by_name(where.experiment)
+    except Exception as e:  # noqa: BLE001 - any failure here is the same line to the user
+        raise TrackingError(f"The MLflow tracking server at {where.uri} (from {source}) cannot be used: {_reason(e)}. "
+                            f"Start it or correct the URI, or unset it to run without tracking.") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise TrackingError(f"The MLflow experiment {where.experiment!r} at {where.uri} is deleted; restore it "
+                            "(mlflow experiments restore) or set `tracking.mlflow.experiment` to another name.")
+
+
+def _reason(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def flat(params: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:6000]  # MLflow's limit for a param's value
+    return out
+
+
+def _number(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "item"):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+class Tracker(MLflowLoggerCallback):
+    """Ray Tune's ``MLflowLoggerCallback``, nested under a parent run and resumable (see
+    the module's docstring).
+
+    Args:
+        where: the tracking server and experiment.
+        experiment_uri: where the experiment is stored (``mlflow.json`` is written there).
+        endpoint: the storage's S3 endpoint.
+        spec_params: the spec's settings, flattened, for the parent run's params.
+        max_t: a trial's epoch budget (fewer epochs at its end: stopped early).
+        stopper: what stops trials early, as the console names it ("ASHA", ...).
+    """
+
+    def __init__(self, where: Target, experiment_uri: str, endpoint: str | None, spec_params: dict, max_t: int,
+                 stopper: str):
+        super().__init__(tracking_uri=where.uri, experiment_name=where.experiment,
+                         tags={TAG_EXPERIMENT: experiment_uri})
+        self.where = where
+        self.experiment_uri, self.endpoint = experiment_uri, endpoint
+        self.spec_params = spec_params
+        self.max_t, self.stopper = max_t, stopper
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self._client = None
+        self.parent_id: str | None = None
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._logged: dict[str, int] = {}  # trial id -> the last epoch logged
+        self._open: set[str] = set()  # trial ids whose runs this process has not ended
+        self._warned = False
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment
+        state = dict(self.__dict__)
+        for k in ("_client", "parent_id", "_runs", "_logged", "_open", "_warned", "_trial_runs", "mlflow_util"):
+            state.pop(k, None)  # mlflow_util holds the mlflow module
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        from ray.air._internal.mlflow import _MLflowLoggerUtil
+
+        self.__dict__.update(state)
+        self.mlflow_util = _MLflowLoggerUtil()
+        self._fresh()
+
+    # --- set-up: the parent run, and the trials' runs of a resumed experiment ------------
+
+    def setup(self, *args, **kwargs):
+        _quiet_env()
+        self._guarded("start the experiment's run", self._start_parent)
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(self.where.uri)
+        return self._client
+
+    def _start_parent(self) -> None:
+        super().setup()  # the MLflow experiment, created if missing
+        record = read_run_file(self.experiment_uri, self.endpoint)
+        client = self.client
+        same = record and (record.get("tracking_uri"), record.get("experiment_id")) == (
+            self.where.uri, self.mlflow_util.experiment_id)
+        if same and _exists(client, record["run_id"]):
+            self.parent_id = record["run_id"]
+            client.update_run(self.parent_id, status="RUNNING")
+            found = trial_runs(client, self.mlflow_util.experiment_id, self.parent_id)
+            self._runs = {trial: run_id for trial, (run_id, _) in found.items()}
+            self._logged = {trial: epoch for trial, (_, epoch) in found.items()}
+            return
+        run = client.create_run(self.mlflow_util.experiment_id, run_name=self.experiment_uri.rstrip("/").rsplit("/", 1)[-1],
+                                tags=self.tags)
+        self.parent_id = run.info.run_id
+        _log_batch(client, self.parent_id, params=self.spec_params)
+        storage.write_json(storage.join(self.experiment_uri, RUN_FILE),
+                           {"tracking_uri": self.where.uri, "experiment_id": self.mlflow_util.experiment_id,
+                            "run_id": self.parent_id}, self.endpoint)
+
+    def _guarded(self, what: str, call, *args) -> None:
+        try:
+            call(*args)
+        except Exception as e:  # noqa: BLE001 - tracking must not stop the training
+            if not self._warned:
+                print(f"tuner: warning: MLflow: could not {what} at {self.where.uri}: {_reason(e)}; the run goes on "
+                      "(further MLflow errors are not shown).", file=sys.stderr, flush=True)
+                self._warned = True
+
+    # --- Tune's hooks (through LoggerCallback) -----------------------------------------------
+
+    def log_trial_start(self, trial):
+        self._guarded(f"start the run of trial {trial.trial_id}", self._start_trial, trial)
+
+    def _start_trial(self, trial) -> None:
+        if self.parent_id is None:
+            return
+        client = self.client
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            run = client.create_run(self.mlflow_util.experiment_id, run_name=str(trial),
+                                    tags={**self.tags, PARENT_TAG: self.parent_id, TAG_TRIAL: trial.trial_id})
+            run_id = self._runs[trial.trial_id] = run.info.run_id
+            _log_batch(client, run_id, params=flat(trial.config or {}))
+        elif trial.trial_id not in self._open:  # resumed, or promoted from a rung
+            client.update_run(run_id, status="RUNNING")
+        self._open.add(trial.trial_id)
+
+    def log_trial_result(self, iteration, trial, result):
+        epoch = result.get("epoch")
+        # Each epoch once (a trial resumed at its budget reports its last epoch again).
+        if epoch is None or int(epoch) <= self._logged.get(trial.trial_id, 0):
+            return
+        self._guarded(f"log epoch {epoch} of trial {trial.trial_id}", self._log_epoch, trial, result, int(epoch))
+
+    def _log_epoch(self, trial, result: dict, epoch: int) -> None:
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        resumed = int(result.get("resumed_from_epoch") or 0)
+        for missed in range(self._logged.get(trial.trial_id, 0) + 1, min(resumed, epoch - 1) + 1):
+            # An epoch whose result the interrupted run stored with its checkpoint but
+            # never took in (stopped in between): logged from the checkpoint's record.
+            stored = self._stored_metrics(trial.trial_id, missed)
+            if stored is not None:
+                self._log_metrics(trial.trial_id, run_id, stored, missed)
+        self._log_metrics(trial.trial_id, run_id, result, epoch)
+
+    def _stored_metrics(self, trial_id: str, epoch: int) -> dict | None:
+        from tuner import tune, worker
+
+        uri = storage.join(self.experiment_uri, tune.RUNS_DIR, trial_id, worker.checkpoint_dir_name(epoch),
+                           worker.STATE_FILE)
+        if not storage.exists(uri, self.endpoint):  # not kept (checkpoint.num_to_keep)
+            return None
+        return storage.read_json(uri, self.endpoint)["metrics"]
+
+    def _log_metrics(self, trial_id: str, run_id: str, result: dict, epoch: int) -> None:
+        metrics = {k: _number(v) for k, v in result.items() if k.startswith("val_") or k in EPOCH_METRICS}
+        # The first epoch this run reports (a resumed trial's first after its restart).
+        first = "startup_seconds" in result
+        params = {k: str(result[k]) for k in TRIAL_PARAMS if k in result} if first else {}
+        _log_batch(self.client, run_id, metrics={k: v for k, v in metrics.items() if v is not None}, step=epoch,
+                   params=params, tags={TAG_LAST_EPOCH: str(epoch)})
+        self._logged[trial_id] = epoch
+
+    def log_trial_end(self, trial, failed: bool = False):
+        self._guarded(f"end the run of trial {trial.trial_id}", self._end_trial, trial, "ERROR" if failed else
+                      "TERMINATED")
+
+    def _end_trial(self, trial, status: str) -> None:
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        epoch = int((trial.last_result or {}).get("epoch") or 0)
+        client = self.client
+        if status == "ERROR":
+            client.set_tag(run_id, TAG_OUTCOME, "failed")
+            reason = _error_reason(trial)
+            if reason:
+                client.set_tag(run_id, "tuner.error", reason)
+            client.set_terminated(run_id, status="FAILED")
+        else:
+            outcome = "finished" if epoch >= self.max_t else "stopped"
+            tags = {TAG_OUTCOME: outcome}
+            if outcome == "stopped":
+                tags.update({"tuner.stopped_at_epoch": str(epoch), "tuner.stopped_by": self.stopper})
+            _log_batch(client, run_id, tags=tags)
+            client.set_terminated(run_id, status="FINISHED")
+        self._open.discard(trial.trial_id)
+
+    def on_experiment_end(self, trials, **info):
+        # Trials Tune ends without a callback (asha_promote's trials left waiting at a
+        # rung): their runs end as stopped.
+        for trial in trials:
+            if trial.trial_id in self._open and trial.status in ("TERMINATED", "PAUSED"):
+                self._guarded(f"end the run of trial {trial.trial_id}", self._end_trial, trial, "TERMINATED")
+
+
+def _error_reason(trial) -> str | None:
+    from tuner.console import reason
+
+    try:
+        with open(trial.error_file) as f:
+            return reason(f.read())
+    except (OSError, TypeError):
+        return None
+
+
+def _exists(client, run_id: str) -> bool:
+    try:
+        return client.get_run(run_id).info.lifecycle_stage != "deleted"
+    except Exception:  # noqa: BLE001 - MlflowException(RESOURCE_DOES_NOT_EXIST), or the server's 404
+        return False
+
+
+def _log_batch(client, run_id: str, metrics: dict | None = None, step: int = 0, params: dict | None = None,
+               tags: dict | None = None) -> None:
+    """One request (MLflow takes up to 100 params and 1,000 metrics per batch)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    m = [Metric(k, v, now, step) for k, v in (metrics or {}).items()]
+    p = [Param(k, v) for k, v in (params or {}).items()]
+    t = [RunTag(k, v) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(p), 1), 100):
+        client.log_batch(run_id, metrics=m if i == 0 else [], params=p[i:i + 100], tags=t if i == 0 else [])
+
+
+def trial_runs(client, experiment_id: str, parent_id: str) -> dict[str, tuple[str, int]]:
+    """trial id -> (run id, the last epoch it logged), of the runs nested under ``parent_id``."""
+    out, token = {}, None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                                  max_results=1000, page_token=token)
+        for run in page:
+            trial = run.data.tags.get(TAG_TRIAL)
+            if trial:
+                out[trial] = (run.info.run_id, int(run.data.tags.get(TAG_LAST_EPOCH, 0)))
+        token = page.token
+        if not token:
+            return out
+
+
+def read_run_file(experiment_uri: str, endpoint: str | None) -> dict | None:
+    uri = storage.join(experiment_uri, RUN_FILE)
+    return storage.read_json(uri, endpoint) if storage.exists(uri, endpoint) else None
+
+
+# --- the experiment's end: the best trial on the parent run ---------------------------------
+
+
+def finish(spec, summary: dict) -> str | None:
+    """Log the best trial's scores and model, ``summary.json``, ``spec.json`` and the
+    report to the parent run, and end it. Returns where that run is (for the console),
+    or None (no tracking). A failure is a warning line: the results are in storage."""
+    from tuner import results
+
+    where = target(spec)
+    exp_uri = results.experiment_uri(spec)
+    record = read_run_file(exp_uri, spec.storage.endpoint) if where else None
+    if record is None:
+        return None
+    from mlflow import MlflowClient
+
+    _quiet_env()
+    client = MlflowClient(where.uri)
+    run_id = record["run_id"]
+    try:
+        best = summary.get("best") or {}
+        scores = {f"best_{k}": _number(v) for k, v in best.items() if k.startswith(("val_", "test_"))}
+        metrics = {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
+        tags = {"tuner.best_trial": best.get("trial_id", ""), "tuner.summary_uri": storage.join(exp_uri, results.SUMMARY)}
+        _log_batch(client, run_id, metrics=metrics, step=int(best.get("epoch") or 0), tags=tags)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in (results.BEST_MODEL, results.SUMMARY, "spec.json"):
+                uri = storage.join(exp_uri, name)
+                if storage.exists(uri, spec.storage.endpoint):
+                    Path(tmp, name).write_bytes(storage.read_bytes(uri, spec.storage.endpoint))
+                    client.log_artifact(run_id, str(Path(tmp, name)))
+            if best:
+                client.log_artifacts(run_id, str(_report(spec, Path(tmp, "report"))), "report")
+        failed = any(t.get("status") == "error" for t in summary.get("trials", []))
+        client.set_terminated(run_id, status="FAILED" if not best and failed else "FINISHED")
+    except Exception as e:  # noqa: BLE001
+        print(f"tuner: warning: MLflow: could not log the results to run {run_id} at {where.uri}: {_reason(e)}; "
+              f"they are stored under {exp_uri}.", file=sys.stderr, flush=True)
+    if where.uri.startswith(("http://", "https://")):  # the run's page in MLflow's web UI
+        return f"{where.uri.rstrip('/')}/#/experiments/{record['experiment_id']}/runs/{run_id}"
+    return f"run {run_id} of experiment {where.experiment!r} at {where.uri}"
+
+
+def _report(spec, folder: Path) -> Path:
+    """The experiment's report (also written to its storage), copied into ``folder``."""
+    from tuner import report
+
+    page = report.write_report(spec.storage.uri, spec.name, spec.storage.endpoint)
+    folder.mkdir()
+    parent = page.rsplit("/", 1)[0]
+    fs, path = storage.filesystem(parent, spec.storage.endpoint)
+    import pyarrow.fs as pafs
+
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        if info.type == pafs.FileType.File:
+            (folder / info.base_name).write_bytes(storage.read_bytes(storage.join(parent, info.base_name),
+                                                                     spec.storage.endpoint))
+    return folder
