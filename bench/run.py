@@ -171,7 +171,7 @@ def b2(work: Path, mnist: str | None, smoke: bool) -> dict:
     With 2 workers per trial (the figure the goal is about) and with 1, which shows how
     much of it is the two workers competing for this machine's 2 cores.
     """
-    trials = 2 if smoke else 5
+    trials = 1 if smoke else 5
     out = {}
     for workers in (2, 1):
         name = f"{NAME['b2']}-w{workers}"
@@ -225,7 +225,7 @@ def b3(work: Path, mnist: str | None, smoke: bool) -> dict:
 def tuned(work: Path, mnist: str | None, smoke: bool, preset: str = "mnist", bench: str = "tuned") -> dict:
     """The default tuning preset (`mnist`) on full MNIST with a 10-epoch budget."""
     dataset = stage(work, mnist)
-    extra = ["--set", "search.num_samples=2", "--set", "asha.max_t=1"] if smoke else []
+    extra = ["--set", "search.num_samples=1", "--set", "asha.max_t=1"] if smoke else []
     if smoke and preset == "mnist-cnn":  # one small ConvNet, one epoch
         extra += ["--set", "search.num_samples=1", "--set", "search.space.filters=8", "--set", "search.space.kernel_size=3"]
     run = tuner(["tune", "--config", preset, "--name", NAME[bench], "--storage", str(work / "store"),
@@ -260,7 +260,7 @@ def economy(work: Path, mnist: str | None, smoke: bool) -> dict:
     never pauses), the paper's promotion rule (``asha_promote``: trials wait, paused, at a
     rung until promoted) and full-budget FIFO."""
     dataset = stage(work, mnist)
-    samples, max_t = (3, 2) if smoke else (27, 9)
+    samples, max_t = (2, 2) if smoke else (27, 9)
     out = {}
     for how in ("asha", "asha_promote", "fifo"):
         name = f"{NAME['economy']}-{how}"
@@ -410,7 +410,7 @@ def searchers(work: Path, mnist: str | None, smoke: bool) -> dict:
     grace 1, reduction factor 3), seed 0, on the economy space (2-worker trials). One run
     each: the spread between them is one seed's, not a ranking."""
     dataset = stage(work, mnist)
-    samples, max_t = (2, 1) if smoke else (24, 10)
+    samples, max_t = (1, 1) if smoke else (24, 10)
     out = {}
     for algorithm in SEARCHERS:
         if algorithm == "bayesian" and importlib.util.find_spec("torch") is None:
