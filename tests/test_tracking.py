@@ -63,7 +63,37 @@ def test_the_callback_pickles_without_its_runs():
     t.parent_id, t._runs = "p", {"t1": "r1"}
     back = pickle.loads(pickle.dumps(t))
     assert (back.parent_id, back._runs, back.where, back.max_t) == (None, {}, t.where, 5)
+    assert back.mlflow_util is None  # made in setup: unpickling needs no mlflow
+
+
+def test_how_a_trial_run_ends():
+    assert tracking.end_of(False, 5, 5, "ASHA") == ("FINISHED", {"tuner.outcome": "finished"})
+    assert tracking.end_of(False, 1, 5, "ASHA") == (
+        "FINISHED", {"tuner.outcome": "stopped", "tuner.stopped_at_epoch": "1", "tuner.stopped_by": "ASHA"})
+    assert tracking.end_of(True, 2, 5, "ASHA", "DivergedError: loss nan") == (
+        "FAILED", {"tuner.outcome": "failed", "tuner.error": "DivergedError: loss nan"})
 
 
 def test_params_are_flat_strings():
     assert tracking.flat({"a": 1, "b": {"c": [1, 2], "d": None}}) == {"a": "1", "b.c": "[1, 2]", "b.d": "None"}
+
+
+def test_a_server_that_stops_answering_costs_one_warning_not_the_run(tmp_path, capsys):
+    """Every hook against a server that refuses connections (port 9): nothing raises, one
+    warning, then no call for PAUSE_S, and the experiment's end counts what was skipped."""
+    from types import SimpleNamespace
+
+    t = tracking.Tracker(tracking.Target("http://127.0.0.1:9", "e"), str(tmp_path / "exp"), None, {}, 3, "ASHA")
+    trial = SimpleNamespace(trial_id="t1", config={"learning_rate": 0.1}, last_result={"epoch": 1}, error_file=None,
+                            status="RUNNING")
+    started = time.time()
+    t.setup()
+    t.log_trial_start(trial)
+    t.log_trial_result(1, trial, {"epoch": 1, "val_accuracy": 0.5})
+    t.log_trial_end(trial)
+    t.on_experiment_end([trial])
+    assert time.time() - started < 30
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2, err
+    assert err[0].startswith("tuner: warning: MLflow: could not start the experiment's run at http://127.0.0.1:9: ")
+    assert err[1].startswith("tuner: warning: MLflow: 3 call(s) were not made while http://127.0.0.1:9 did not answer")

@@ -218,7 +218,11 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
         what = "interrupted experiment" if plan.state == "interrupted" else "failed trials of the experiment"
         say(f"Resuming the {what} `{spec.name}` from {results.experiment_uri(spec)}: "
             "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
-    grid, rungs = experiment.run(plan, cluster, stop, args.console)
+    try:
+        grid, rungs = experiment.run(plan, cluster, stop, args.console)
+    except KeyboardInterrupt:
+        experiment.track_interrupted(plan)
+        raise
     summary, uri = experiment.summarize(plan, cluster, grid, rungs)
     tracked = experiment.track(plan, summary)
     best = summary["best"]

@@ -309,5 +309,14 @@ def track(plan: Plan, summary: dict) -> str | None:
     """The results on the experiment's MLflow run, if tracked (``tuner.tracking.finish``);
     returns where that run is, or None."""
     from tuner import tracking
+    from tuner.tune import stopper_name
 
-    return tracking.finish(plan.spec, summary)
+    return tracking.finish(plan.spec, summary, stopper_name(plan.spec, plan.search))
+
+
+def track_interrupted(plan: Plan) -> None:
+    """A signal stopped the run: its MLflow runs still open end as KILLED (the re-run
+    reopens them)."""
+    from tuner import tracking
+
+    tracking.interrupted(plan.spec)

@@ -26,6 +26,7 @@ Before any trial starts, ``preflight`` checks that the server answers (one line,
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -51,6 +52,10 @@ EPOCH_METRICS = ("loss", "accuracy", "mae", "learning_rate", "train_seconds", "v
                  "samples_per_second", "peak_rss_mb", "startup_seconds", "checkpoint_save_seconds")
 TRIAL_PARAMS = ("workers", "per_worker_batch", "global_batch", "steps_per_epoch")
 PREFLIGHT_TIMEOUT_S = 10
+# While trials run: a call MLflow cannot make within these is given up, and after a
+# failure no call is tried for PAUSE_S, so that a server that went down holds Tune's
+# loop up for seconds, not minutes per event.
+RUN_RETRIES, RUN_TIMEOUT_S, PAUSE_S = 2, 30, 60
 
 
 class TrackingError(RuntimeError):
@@ -78,6 +83,24 @@ def _quiet_env() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
+@contextlib.contextmanager
+def _http(retries: int, timeout: int):
+    """MLflow's retries and per-request timeout, for the calls inside (MLflow reads them
+    at each request; its defaults, 7 retries with backoff and 120 s, can hold a call for
+    minutes)."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def preflight(spec) -> None:
     """Check that the tracking server answers and its experiment can take runs.
 
@@ -94,20 +117,12 @@ def preflight(spec) -> None:
         raise TrackingError(f"MLflow tracking is on ({source} is {where.uri!r}), but mlflow is not installed; run: "
                             "pip install 'tuner[mlflow]'") from None
     _quiet_env()
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    # One quick try: the run's own calls keep MLflow's retries for a server's brief blips.
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(PREFLIGHT_TIMEOUT_S))
     try:
-        found = MlflowClient(where.uri).get_experiment_by_name(where.experiment)
+        with _http(retries=0, timeout=PREFLIGHT_TIMEOUT_S):  # one quick try
+            found = MlflowClient(where.uri).get_experiment_by_name(where.experiment)
     except Exception as e:  # noqa: BLE001 - any failure here is the same line to the user
         raise TrackingError(f"The MLflow tracking server at {where.uri} (from {source}) cannot be used: {_reason(e)}. "
                             f"Start it or correct the URI, or unset it to run without tracking.") from None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     if found is not None and found.lifecycle_stage == "deleted":
         raise TrackingError(f"The MLflow experiment {where.experiment!r} at {where.uri} is deleted; restore it "
                             "(mlflow experiments restore) or set `tracking.mlflow.experiment` to another name.")
@@ -166,26 +181,32 @@ class Tracker(MLflowLoggerCallback):
         self.parent_id: str | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._logged: dict[str, int] = {}  # trial id -> the last epoch logged
+        self._stale: dict[str, list[str]] = {}  # trial id -> tags of an earlier end, to drop on its restart
         self._open: set[str] = set()  # trial ids whose runs this process has not ended
+        self._paused_until = 0.0  # after a failed call: no call before this time
+        self._skipped = 0  # calls not made while paused
         self._warned = False
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment
         state = dict(self.__dict__)
-        for k in ("_client", "parent_id", "_runs", "_logged", "_open", "_warned", "_trial_runs", "mlflow_util"):
+        for k in ("_client", "parent_id", "_runs", "_logged", "_stale", "_open", "_paused_until", "_skipped",
+                  "_warned", "_trial_runs", "mlflow_util"):
             state.pop(k, None)  # mlflow_util holds the mlflow module
         return state
 
     def __setstate__(self, state: dict) -> None:
-        from ray.air._internal.mlflow import _MLflowLoggerUtil
-
-        self.__dict__.update(state)
-        self.mlflow_util = _MLflowLoggerUtil()
+        # Without mlflow importable: a run resumed with tracking off drops this callback.
+        self.__dict__.update(state, mlflow_util=None)
         self._fresh()
 
     # --- set-up: the parent run, and the trials' runs of a resumed experiment ------------
 
     def setup(self, *args, **kwargs):
         _quiet_env()
+        if self.mlflow_util is None:
+            from ray.air._internal.mlflow import _MLflowLoggerUtil
+
+            self.mlflow_util = _MLflowLoggerUtil()
         self._guarded("start the experiment's run", self._start_parent)
 
     @property
@@ -197,7 +218,14 @@ class Tracker(MLflowLoggerCallback):
         return self._client
 
     def _start_parent(self) -> None:
-        super().setup()  # the MLflow experiment, created if missing
+        # The experiment by its name (created if missing); Ray's set-up would prefer
+        # $MLFLOW_EXPERIMENT_ID, which is not the experiment the pre-flight checked.
+        experiment_id = os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        try:
+            super().setup()
+        finally:
+            if experiment_id is not None:
+                os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
         record = read_run_file(self.experiment_uri, self.endpoint)
         client = self.client
         same = record and (record.get("tracking_uri"), record.get("experiment_id")) == (
@@ -205,9 +233,10 @@ class Tracker(MLflowLoggerCallback):
         if same and _exists(client, record["run_id"]):
             self.parent_id = record["run_id"]
             client.update_run(self.parent_id, status="RUNNING")
-            found = trial_runs(client, self.mlflow_util.experiment_id, self.parent_id)
-            self._runs = {trial: run_id for trial, (run_id, _) in found.items()}
-            self._logged = {trial: epoch for trial, (_, epoch) in found.items()}
+            for trial, (run_id, epoch, tags) in trial_runs(client, self.mlflow_util.experiment_id,
+                                                          self.parent_id).items():
+                self._runs[trial], self._logged[trial] = run_id, epoch
+                self._stale[trial] = [t for t in END_TAGS if t in tags and t != TAG_OUTCOME]
             return
         run = client.create_run(self.mlflow_util.experiment_id, run_name=self.experiment_uri.rstrip("/").rsplit("/", 1)[-1],
                                 tags=self.tags)
@@ -218,12 +247,20 @@ class Tracker(MLflowLoggerCallback):
                             "run_id": self.parent_id}, self.endpoint)
 
     def _guarded(self, what: str, call, *args) -> None:
+        """``call(*args)``, with short retries; a failure is a warning (the first only),
+        and for ``PAUSE_S`` after it no call is tried."""
+        if time.monotonic() < self._paused_until:
+            self._skipped += 1
+            return
         try:
-            call(*args)
+            with _http(RUN_RETRIES, RUN_TIMEOUT_S):
+                call(*args)
         except Exception as e:  # noqa: BLE001 - tracking must not stop the training
+            self._paused_until = time.monotonic() + PAUSE_S
             if not self._warned:
-                print(f"tuner: warning: MLflow: could not {what} at {self.where.uri}: {_reason(e)}; the run goes on "
-                      "(further MLflow errors are not shown).", file=sys.stderr, flush=True)
+                print(f"tuner: warning: MLflow: could not {what} at {self.where.uri}: {_reason(e)}; the run goes on, "
+                      f"and tries MLflow again in {PAUSE_S} s (further MLflow errors are not shown).",
+                      file=sys.stderr, flush=True)
                 self._warned = True
 
     # --- Tune's hooks (through LoggerCallback) -----------------------------------------------
@@ -243,6 +280,8 @@ class Tracker(MLflowLoggerCallback):
             _log_batch(client, run_id, params=flat(trial.config or {}))
         elif trial.trial_id not in self._open:  # resumed, or promoted from a rung
             client.update_run(run_id, status="RUNNING")
+            for tag in self._stale.pop(trial.trial_id, []):  # a failed trial, retried
+                client.delete_tag(run_id, tag)
         self._open.add(trial.trial_id)
 
     def log_trial_result(self, iteration, trial, result):
@@ -270,9 +309,10 @@ class Tracker(MLflowLoggerCallback):
 
         uri = storage.join(self.experiment_uri, tune.RUNS_DIR, trial_id, worker.checkpoint_dir_name(epoch),
                            worker.STATE_FILE)
-        if not storage.exists(uri, self.endpoint):  # not kept (checkpoint.num_to_keep)
+        try:
+            return storage.read_json(uri, self.endpoint)["metrics"]
+        except Exception:  # noqa: BLE001 - not kept (checkpoint.num_to_keep), or unreadable: not logged
             return None
-        return storage.read_json(uri, self.endpoint)["metrics"]
 
     def _log_metrics(self, trial_id: str, run_id: str, result: dict, epoch: int) -> None:
         metrics = {k: _number(v) for k, v in result.items() if k.startswith("val_") or k in EPOCH_METRICS}
@@ -284,36 +324,34 @@ class Tracker(MLflowLoggerCallback):
         self._logged[trial_id] = epoch
 
     def log_trial_end(self, trial, failed: bool = False):
-        self._guarded(f"end the run of trial {trial.trial_id}", self._end_trial, trial, "ERROR" if failed else
-                      "TERMINATED")
+        self._guarded(f"end the run of trial {trial.trial_id}", self._end_trial, trial, failed)
 
-    def _end_trial(self, trial, status: str) -> None:
+    def _end_trial(self, trial, failed: bool) -> None:
         run_id = self._runs.get(trial.trial_id)
         if run_id is None:
             return
         epoch = int((trial.last_result or {}).get("epoch") or 0)
-        client = self.client
-        if status == "ERROR":
-            client.set_tag(run_id, TAG_OUTCOME, "failed")
-            reason = _error_reason(trial)
-            if reason:
-                client.set_tag(run_id, "tuner.error", reason)
-            client.set_terminated(run_id, status="FAILED")
-        else:
-            outcome = "finished" if epoch >= self.max_t else "stopped"
-            tags = {TAG_OUTCOME: outcome}
-            if outcome == "stopped":
-                tags.update({"tuner.stopped_at_epoch": str(epoch), "tuner.stopped_by": self.stopper})
-            _log_batch(client, run_id, tags=tags)
-            client.set_terminated(run_id, status="FINISHED")
+        status, tags = end_of(failed, epoch, self.max_t, self.stopper, _error_reason(trial) if failed else None)
+        _log_batch(self.client, run_id, tags=tags)
+        self.client.set_terminated(run_id, status=status)
         self._open.discard(trial.trial_id)
 
     def on_experiment_end(self, trials, **info):
-        # Trials Tune ends without a callback (asha_promote's trials left waiting at a
-        # rung): their runs end as stopped.
-        for trial in trials:
-            if trial.trial_id in self._open and trial.status in ("TERMINATED", "PAUSED"):
-                self._guarded(f"end the run of trial {trial.trial_id}", self._end_trial, trial, "TERMINATED")
+        if self._skipped:
+            print(f"tuner: warning: MLflow: {self._skipped} call(s) were not made while {self.where.uri} did not "
+                  "answer; the experiment's own results are complete in its storage.", file=sys.stderr, flush=True)
+
+
+END_TAGS = (TAG_OUTCOME, "tuner.error", "tuner.stopped_at_epoch", "tuner.stopped_by")
+
+
+def end_of(failed: bool, epoch: int, max_t: int, stopper: str, error: str | None = None) -> tuple[str, dict]:
+    """(MLflow status, tags) of a trial's run at its end."""
+    if failed:
+        return "FAILED", {TAG_OUTCOME: "failed", **({"tuner.error": error} if error else {})}
+    if epoch >= max_t:
+        return "FINISHED", {TAG_OUTCOME: "finished"}
+    return "FINISHED", {TAG_OUTCOME: "stopped", "tuner.stopped_at_epoch": str(epoch), "tuner.stopped_by": stopper}
 
 
 def _error_reason(trial) -> str | None:
@@ -335,30 +373,42 @@ def _exists(client, run_id: str) -> bool:
 
 def _log_batch(client, run_id: str, metrics: dict | None = None, step: int = 0, params: dict | None = None,
                tags: dict | None = None) -> None:
-    """One request (MLflow takes up to 100 params and 1,000 metrics per batch)."""
+    """One request (MLflow's client splits what exceeds a request's limits)."""
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
-    m = [Metric(k, v, now, step) for k, v in (metrics or {}).items()]
-    p = [Param(k, v) for k, v in (params or {}).items()]
-    t = [RunTag(k, v) for k, v in (tags or {}).items()]
-    for i in range(0, max(len(p), 1), 100):
-        client.log_batch(run_id, metrics=m if i == 0 else [], params=p[i:i + 100], tags=t if i == 0 else [])
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in (metrics or {}).items()],
+                     params=[Param(k, v) for k, v in (params or {}).items()],
+                     tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
 
-def trial_runs(client, experiment_id: str, parent_id: str) -> dict[str, tuple[str, int]]:
-    """trial id -> (run id, the last epoch it logged), of the runs nested under ``parent_id``."""
-    out, token = {}, None
+def _children(client, experiment_id: str, parent_id: str, running_only: bool = False):
+    """The runs nested under ``parent_id`` (those still RUNNING: ``running_only``)."""
+    query = f"tags.`{PARENT_TAG}` = '{parent_id}'" + (" and attributes.status = 'RUNNING'" if running_only else "")
+    token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                                  max_results=1000, page_token=token)
-        for run in page:
-            trial = run.data.tags.get(TAG_TRIAL)
-            if trial:
-                out[trial] = (run.info.run_id, int(run.data.tags.get(TAG_LAST_EPOCH, 0)))
+        page = client.search_runs([experiment_id], filter_string=query, max_results=1000, page_token=token)
+        yield from page
         token = page.token
         if not token:
-            return out
+            return
+
+
+def trial_runs(client, experiment_id: str, parent_id: str) -> dict[str, tuple[str, int, dict]]:
+    """trial id -> (run id, the last epoch it logged, its tags), of the runs nested under
+    ``parent_id``."""
+    return {run.data.tags[TAG_TRIAL]: (run.info.run_id, int(run.data.tags.get(TAG_LAST_EPOCH, 0)), run.data.tags)
+            for run in _children(client, experiment_id, parent_id) if TAG_TRIAL in run.data.tags}
+
+
+def _close_open_runs(client, record: dict, end) -> None:
+    """End the trials' runs still RUNNING: ``end(trial_id)`` gives (status, tags), or None
+    to leave the run as it is."""
+    for run in _children(client, record["experiment_id"], record["run_id"], running_only=True):
+        ending = end(run.data.tags.get(TAG_TRIAL))
+        if ending is not None:
+            _log_batch(client, run.info.run_id, tags=ending[1])
+            client.set_terminated(run.info.run_id, status=ending[0])
 
 
 def read_run_file(experiment_uri: str, endpoint: str | None) -> dict | None:
@@ -366,27 +416,61 @@ def read_run_file(experiment_uri: str, endpoint: str | None) -> dict | None:
     return storage.read_json(uri, endpoint) if storage.exists(uri, endpoint) else None
 
 
+def _warn(what: str, where: Target, e: Exception, exp_uri: str) -> None:
+    print(f"tuner: warning: MLflow: could not {what} at {where.uri}: {_reason(e)}; the experiment's results are "
+          f"stored under {exp_uri}.", file=sys.stderr, flush=True)
+
+
 # --- the experiment's end: the best trial on the parent run ---------------------------------
 
 
-def finish(spec, summary: dict) -> str | None:
-    """Log the best trial's scores and model, ``summary.json``, ``spec.json`` and the
-    report to the parent run, and end it. Returns where that run is (for the console),
-    or None (no tracking). A failure is a warning line: the results are in storage."""
+def interrupted(spec) -> None:
+    """A run stopped by a signal: its MLflow runs still open end as KILLED, with the tag
+    ``tuner.outcome`` ``interrupted``. The same command, run again, reopens them."""
     from tuner import results
 
     where = target(spec)
-    exp_uri = results.experiment_uri(spec)
-    record = read_run_file(exp_uri, spec.storage.endpoint) if where else None
-    if record is None:
+    if where is None:
+        return
+    try:
+        record = read_run_file(results.experiment_uri(spec), spec.storage.endpoint)
+        if not record:
+            return
+        from mlflow import MlflowClient
+
+        client = MlflowClient(where.uri)
+        with _http(retries=0, timeout=PREFLIGHT_TIMEOUT_S):  # the process is on its way out
+            _close_open_runs(client, record, lambda trial: ("KILLED", {TAG_OUTCOME: "interrupted"}))
+            client.set_terminated(record["run_id"], status="KILLED")
+    except Exception:  # noqa: BLE001 - left RUNNING; the re-run reopens them all the same
+        pass
+
+
+def finish(spec, summary: dict, stopper: str) -> str | None:
+    """Log the best trial's scores and model, ``summary.json``, ``spec.json`` and the
+    report to the parent run, end the trials' runs an MLflow outage left open as the
+    summary has them, and end the parent run. Returns where that run is (for the
+    console), or None (no tracking, or it failed: a warning line; the results are in
+    storage). ``stopper``: what stopped trials early (``tuner.tune.stopper_name``)."""
+    from tuner import results
+
+    where = target(spec)
+    if where is None:
         return None
+    exp_uri = results.experiment_uri(spec)
     from mlflow import MlflowClient
 
     _quiet_env()
     client = MlflowClient(where.uri)
-    run_id = record["run_id"]
     try:
-        best = summary.get("best") or {}
+        record = read_run_file(exp_uri, spec.storage.endpoint)
+    except Exception as e:  # noqa: BLE001
+        _warn("find the experiment's run", where, e, exp_uri)
+        return None
+    if record is None:  # the run could not be started (a warning said so)
+        return None
+    run_id, best = record["run_id"], summary.get("best") or {}
+    try:
         scores = {f"best_{k}": _number(v) for k, v in best.items() if k.startswith(("val_", "test_"))}
         metrics = {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
         tags = {"tuner.best_trial": best.get("trial_id", ""), "tuner.summary_uri": storage.join(exp_uri, results.SUMMARY)}
@@ -399,11 +483,21 @@ def finish(spec, summary: dict) -> str | None:
                     client.log_artifact(run_id, str(Path(tmp, name)))
             if best:
                 client.log_artifacts(run_id, str(_report(spec, Path(tmp, "report"))), "report")
+    except Exception as e:  # noqa: BLE001
+        _warn("log the results", where, e, exp_uri)
+        logged = False
+    else:
+        logged = True
+    try:
+        ends = {t["trial_id"]: end_of(t["status"] == "error", int(t.get("epochs") or 0), spec.asha.max_t, stopper,
+                                      t.get("error")) for t in summary.get("trials", [])}
+        _close_open_runs(client, record, ends.get)
         failed = any(t.get("status") == "error" for t in summary.get("trials", []))
         client.set_terminated(run_id, status="FAILED" if not best and failed else "FINISHED")
     except Exception as e:  # noqa: BLE001
-        print(f"tuner: warning: MLflow: could not log the results to run {run_id} at {where.uri}: {_reason(e)}; "
-              f"they are stored under {exp_uri}.", file=sys.stderr, flush=True)
+        if logged:
+            _warn("end the experiment's run", where, e, exp_uri)
+        return None
     if where.uri.startswith(("http://", "https://")):  # the run's page in MLflow's web UI
         return f"{where.uri.rstrip('/')}/#/experiments/{record['experiment_id']}/runs/{run_id}"
     return f"run {run_id} of experiment {where.experiment!r} at {where.uri}"
@@ -411,14 +505,14 @@ def finish(spec, summary: dict) -> str | None:
 
 def _report(spec, folder: Path) -> Path:
     """The experiment's report (also written to its storage), copied into ``folder``."""
+    import pyarrow.fs as pafs
+
     from tuner import report
 
     page = report.write_report(spec.storage.uri, spec.name, spec.storage.endpoint)
     folder.mkdir()
     parent = page.rsplit("/", 1)[0]
     fs, path = storage.filesystem(parent, spec.storage.endpoint)
-    import pyarrow.fs as pafs
-
     for info in fs.get_file_info(pafs.FileSelector(path)):
         if info.type == pafs.FileType.File:
             (folder / info.base_name).write_bytes(storage.read_bytes(storage.join(parent, info.base_name),

@@ -148,6 +148,15 @@ def mlflow_server(moto_s3, tmp_path_factory):
         log.close()
 
 
+@pytest.fixture(scope="session")
+def optional_mlflow(request):
+    """The MLflow server's URL, or None where it is not installed (never in CI): tests
+    that track to it when they can, and check the rest without."""
+    if not REQUIRE_SERVICES and not (MLFLOW_SERVER_DIR / "bin" / "mlflow").exists():
+        return None
+    return request.getfixturevalue("mlflow_server")
+
+
 def mlflow_runs(url: str, experiment: str):
     """(the experiment's parent run, its nested runs by trial ID), read back through
     MLflow's client."""

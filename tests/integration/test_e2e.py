@@ -66,9 +66,11 @@ def get(client, key: str) -> bytes:
     return client.get_object(Bucket="tuner", Key=key)["Body"].read()
 
 
-def test_tune_end_to_end_on_s3(moto_s3, mlflow_server, unique_name, tmp_path):
+def test_tune_end_to_end_on_s3(moto_s3, optional_mlflow, unique_name, tmp_path):
+    # Tracked to MLflow where the server is installed (always in CI).
+    tracked = {"MLFLOW_TRACKING_URI": optional_mlflow} if optional_mlflow else {}
     proc = run_tuner(["tune", *E2E_ARGS, "--name", unique_name, "--storage", "s3://tuner/exp"],
-                     env={**moto_s3, "MLFLOW_TRACKING_URI": mlflow_server}, cwd=tmp_path)
+                     env={**moto_s3, **tracked}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "Best trial" in proc.stdout
     assert_readable_console(proc, trials=4)
@@ -140,32 +142,6 @@ def test_tune_end_to_end_on_s3(moto_s3, mlflow_server, unique_name, tmp_path):
     (row,) = [r for r in rows if r["trial_id"] == best["trial_id"] and r["epoch"] == epoch]
     assert scores["loss"] == pytest.approx(row["val_loss"], rel=1e-4)
 
-    # MLflow: the experiment's run, a nested run per trial with its params, one
-    # val_accuracy per epoch run and its outcome; the best model, summary and report on
-    # the experiment's run.
-    mlflow, parent, children = mlflow_runs(mlflow_server, unique_name)
-    assert parent.info.status == "FINISHED" and parent.data.tags["tuner.experiment_uri"] == f"s3://tuner/{prefix}"
-    assert f"{mlflow_server}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in proc.stdout
-    assert set(children) == set(by_trial)
-    for trial_id, run in children.items():
-        t = by_trial[trial_id]
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["tuner.outcome"] == ("stopped" if t["stopped_early"] else "finished")
-        assert float(run.data.params["learning_rate"]) == t["config"]["learning_rate"]
-        assert run.data.params["global_batch"] == "128"
-        history = mlflow.get_metric_history(run.info.run_id, "val_accuracy")
-        assert [m.step for m in history] == list(range(1, t["epochs"] + 1))
-        assert [m.value for m in history] == pytest.approx(
-            [r["val_accuracy"] for r in sorted(rows, key=lambda r: r["epoch"]) if r["trial_id"] == trial_id])
-    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best["test_accuracy"])
-    assert parent.data.params["search.num_samples"] == "2" and parent.data.params["asha.max_t"] == "3"
-    shown = {a.path for a in mlflow.list_artifacts(parent.info.run_id)} | \
-        {a.path for a in mlflow.list_artifacts(parent.info.run_id, "report")}
-    assert {"best_model.keras", "summary.json", "spec.json", "report/report.html"} <= shown
-    logged = mlflow.download_artifacts(parent.info.run_id, "best_model.keras", str(tmp_path))
-    assert open(logged, "rb").read() == local.read_bytes()
-    tf_keras.models.load_model(logged)
-
     # TensorBoard event files, one folder per trial, stepped by epoch.
     events = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="tuner", Prefix=f"{prefix}/")
               for o in page.get("Contents", []) if "/events.out.tfevents." in o["Key"]]
@@ -197,6 +173,38 @@ def test_tune_end_to_end_on_s3(moto_s3, mlflow_server, unique_name, tmp_path):
                       env=moto_s3, cwd=tmp_path)
     assert other.returncode == 2 and "with a different spec (`asha.max_t` differ)" in other.stderr, other.stderr
     assert json.loads(get(client, f"{prefix}/summary.json")) == summary
+    if optional_mlflow:
+        check_mlflow(optional_mlflow, unique_name, proc.stdout, prefix, by_trial, rows, best, local, tmp_path)
+
+
+def check_mlflow(url, name, stdout, prefix, by_trial, rows, best, model, tmp_path):
+    """The experiment's MLflow run, a nested run per trial with its params, one
+    val_accuracy per epoch run and its outcome; the best model, summary, spec and report
+    on the experiment's run."""
+    import tf_keras
+
+    mlflow, parent, children = mlflow_runs(url, name)
+    assert parent.info.status == "FINISHED" and parent.data.tags["tuner.experiment_uri"] == f"s3://tuner/{prefix}"
+    assert f"{url}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in stdout
+    assert set(children) == set(by_trial)
+    for trial_id, run in children.items():
+        t = by_trial[trial_id]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["tuner.outcome"] == ("stopped" if t["stopped_early"] else "finished")
+        assert float(run.data.params["learning_rate"]) == t["config"]["learning_rate"]
+        assert run.data.params["global_batch"] == "128"
+        history = mlflow.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(1, t["epochs"] + 1))
+        assert [m.value for m in history] == pytest.approx(
+            [r["val_accuracy"] for r in sorted(rows, key=lambda r: r["epoch"]) if r["trial_id"] == trial_id])
+    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best["test_accuracy"])
+    assert parent.data.params["search.num_samples"] == "2" and parent.data.params["asha.max_t"] == "3"
+    shown = {a.path for a in mlflow.list_artifacts(parent.info.run_id)} | \
+        {a.path for a in mlflow.list_artifacts(parent.info.run_id, "report")}
+    assert {"best_model.keras", "summary.json", "spec.json", "report/report.html"} <= shown
+    logged = mlflow.download_artifacts(parent.info.run_id, "best_model.keras", str(tmp_path))
+    assert open(logged, "rb").read() == model.read_bytes()
+    tf_keras.models.load_model(logged)
 
 
 def _splits(tmp_path):

@@ -36,9 +36,10 @@ def keys(s3, prefix: str) -> list[str]:
             for o in page.get("Contents", [])]
 
 
-def stopped_then_resumed(moto_s3, tmp_path, name: str, send, extra_env: dict | None = None):
-    """Run the command, call ``send(proc)`` once the first checkpoint is stored, then run
-    the same command again; returns (first exit code, its output, second run, S3 client)."""
+def stopped_then_resumed(moto_s3, tmp_path, name: str, send, extra_env: dict | None = None, between=None):
+    """Run the command, call ``send(proc)`` once the first checkpoint is stored, then (after
+    ``between()``) run the same command again; returns (first exit code, its output, the
+    seconds from the signal to the exit)."""
     s3 = client(moto_s3)
     prefix = f"interrupt/{name}"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}, **moto_s3,
@@ -60,6 +61,8 @@ def stopped_then_resumed(moto_s3, tmp_path, name: str, send, extra_env: dict | N
     stop_seconds = time.time() - sent
     text = log.read_text()
     assert not keys(s3, f"{prefix}/summary.json"), "an interrupted run wrote a summary"
+    if between:
+        between()
     second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "Resuming the interrupted experiment" in second.stdout
@@ -73,19 +76,30 @@ def stopped_then_resumed(moto_s3, tmp_path, name: str, send, extra_env: dict | N
     return code, text, stop_seconds
 
 
-def test_ctrl_c_then_the_same_command_resumes(moto_s3, mlflow_server, tmp_path, unique_name):
+def test_ctrl_c_then_the_same_command_resumes(moto_s3, optional_mlflow, tmp_path, unique_name):
+    # With MLflow tracking where the server is installed: the stopped run's MLflow runs
+    # end as interrupted, and the re-run continues them.
+    def interrupted_in_mlflow():
+        _, parent, children = mlflow_runs(optional_mlflow, unique_name)
+        assert parent.info.status == "KILLED" and children
+        assert {(r.info.status, r.data.tags["tuner.outcome"]) for r in children.values()
+                if "tuner.outcome" in r.data.tags} <= {("KILLED", "interrupted"), ("FINISHED", "finished")}
+
+    tracked = {"MLFLOW_TRACKING_URI": optional_mlflow} if optional_mlflow else {}
     # A terminal's Ctrl-C reaches the whole foreground process group, Ray's processes too.
     code, text, _ = stopped_then_resumed(moto_s3, tmp_path, unique_name, lambda p: os.killpg(p.pid, signal.SIGINT),
-                                         {"MLFLOW_TRACKING_URI": mlflow_server})
+                                         tracked, interrupted_in_mlflow if optional_mlflow else None)
     assert code == 130, text[-3000:]
     lines = [line for line in text.splitlines() if line.startswith("Interrupted; ")]
     python = os.path.basename(sys.executable)
     assert lines == [f"Interrupted; run the same command to resume: {python} -m tuner {' '.join(ARGS)} "
                      f"--name {unique_name} --storage s3://tuner/interrupt"], text[-3000:]
     assert "Tuner.restore" not in text  # Tune's own hint names an API the user never saw
+    if not optional_mlflow:
+        return
     # The resumed run continued the MLflow runs of the first: one for the experiment, one
     # per trial, each epoch logged once.
-    mlflow, parent, children = mlflow_runs(mlflow_server, unique_name)
+    mlflow, parent, children = mlflow_runs(optional_mlflow, unique_name)
     assert parent.info.status == "FINISHED" and len(children) == 2
     for run in children.values():
         assert run.info.status == "FINISHED" and run.data.tags["tuner.outcome"] == "finished"
