@@ -279,3 +279,76 @@ def _tuner_run(work: Path, smoke: bool, proxy) -> dict:
         extra = len(store) - sum(1 for _, path in one if _is_store(path))
         out["s3_requests_per_extra_trial_epoch_store"] = round(extra / (epochs - 1), 1)
     return out
+
+
+def s3(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """S3 requests outside the dataset (checkpoints, results, Tune's state), by kind, of
+    real `tuner tune` runs through a counting proxy in front of moto: 1 and 4 trials of
+    one epoch (what one more trial costs, the run's own start and end left out: ASHA
+    stops most trials at their first rung), and one trial of 1 and 4 epochs (what one
+    more epoch costs). One trial at a time, 2 workers each."""
+    import boto3
+
+    from run import NAME, tuner
+
+    sys.path.insert(0, str(HERE))
+    from reliability import _free_port
+    from s3count import CountingProxy
+
+    from tuner import data as tdata
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    proxy = CountingProxy(f"http://127.0.0.1:{port}").start()
+    env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+           "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    many = 2 if smoke else 4
+
+    def run(trials: int, epochs: int) -> dict:
+        name = f"{NAME['s3']}-{trials}x{epochs}"
+        tuner(["tune", "--config", "quick", "--name", name, "--storage", f"s3://{BUCKET}/store",
+               "--set", f"data.uri=s3://{BUCKET}/datasets/x1", "--set", f"search.num_samples={trials}",
+               "--set", f"asha.max_t={epochs}", "--set", f"asha.grace_period={epochs}",
+               "--set", "search.space.batch_size=128", "--set", "scaling.max_concurrent_trials=1"], work)
+        kinds: dict = {}
+        for _, path in proxy.take_log()[1]:
+            if _is_store(path):
+                kinds[_store_kind(path)] = kinds.get(_store_kind(path), 0) + 1
+        return kinds
+
+    def per(more: dict, one: dict, n: int) -> dict:
+        kinds = {k: round((more.get(k, 0) - one.get(k, 0)) / n, 1) for k in sorted(set(more) | set(one))}
+        return {"requests": round(sum(kinds.values()), 1), "by_kind": kinds}
+
+    try:
+        for _ in range(100):
+            try:
+                boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                time.sleep(0.1)
+        tdata.mnist_dataset(tdata.source_for(mnist or "builtin"), 1 / 12).write(f"s3://{BUCKET}/datasets/x1")
+        proxy.take()
+        one = run(1, 1)
+        trials = run(many, 1)
+        epochs = run(1, many)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        proxy.stop()
+        server.terminate()
+        server.wait()
+    extra_trial, extra_epoch = per(trials, one, many - 1), per(epochs, one, many - 1)
+    return {
+        "storage": "moto S3 on 127.0.0.1 behind a counting proxy", "workers": 2, "goal_per_trial_epoch": 10,
+        "run_of_one_1_epoch_trial": {"requests": sum(one.values()), "by_kind": dict(sorted(one.items()))},
+        "per_extra_1_epoch_trial": extra_trial,
+        "per_extra_epoch": extra_epoch,
+        # An ASHA experiment's mean: its trials' fixed cost spread over the epochs they ran.
+        "per_trial_epoch_at_1_epoch_per_trial": extra_trial["requests"],
+        "per_trial_epoch_at_3_epochs_per_trial": round((extra_trial["requests"] + 2 * extra_epoch["requests"]) / 3, 1),
+    }

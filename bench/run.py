@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
 # Experiment names unique per run, so a reused --work folder never refuses a rerun.
 NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned", "cnn", "economy", "scaling",
-                                                             "ckpt", "peers", "searchers", "data")}
+                                                             "ckpt", "peers", "searchers", "data", "s3")}
 
 
 def tuner(args: list[str], cwd: Path) -> dict:
@@ -467,12 +467,13 @@ def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
     return {"max_t": max_t, "reduction_factor": 3, "samples": samples, **out}
 
 
-from data import data  # noqa: E402 - bench/ is the script's folder
+from data import data, s3  # noqa: E402 - bench/ is the script's folder
 from reliability import reliability  # noqa: E402
 
 BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "cnn": cnn, "reliability": reliability, "economy": economy,
-           "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers, "data": data}
-ALL = ["b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data"]  # `all`; reliability runs on its own (~15 min, Ceph)
+           "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers, "data": data, "s3": s3}
+# `all`; reliability (~15 min, Ceph) and s3 (~6 min) run on their own.
+ALL = ["b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data"]
 
 
 def record(command: str, results: dict) -> None:

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 PROBE = """
 import json, sys
 from tuner import raycompat, worker
@@ -208,5 +210,40 @@ def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_pat
         assert sent == ["GET", "DELETE", "DELETE", "DELETE"]
         assert [i.path for i in fs.get_file_info(pafs.FileSelector("bkt/store/exp")) if "epoch-" in i.path] == \
             ["bkt/store/exp/epoch-0002"]
+    finally:
+        server.stop()
+
+
+def test_storage_check_on_s3_puts_the_marker_file_and_no_directory_markers(tmp_path, monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from ray.train._internal.storage import StorageContext as TuneStorage
+    from ray.train.v2._internal.execution.storage import StorageContext as TrainStorage
+
+    from tuner import raycompat, storage
+
+    raycompat.marker_free_storage_check()
+    server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for key, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required"}.items():
+            monkeypatch.setenv(key, value)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="bkt-check")
+        fs = storage.s3_filesystem(endpoint)
+        TrainStorage("bkt-check/store/exp/runs", "trial1", storage_filesystem=fs)
+        TuneStorage("bkt-check/store", "exp", storage_filesystem=fs)
+        assert {o["Key"] for o in s3.list_objects_v2(Bucket="bkt-check")["Contents"]} == {
+            "store/exp/runs/trial1/.validate_storage_marker", "store/exp/.validate_storage_marker"}
+        # Elsewhere, Ray's own check: the folder made, the marker written and found.
+        TrainStorage(str(tmp_path / "local"), "trial1")
+        assert (tmp_path / "local" / "trial1" / ".validate_storage_marker").is_file()
+        server.stop()
+        with pytest.raises(OSError):  # a PUT that fails raises, as Ray's read-back would
+            TrainStorage("bkt-check/store/exp/runs", "trial2", storage_filesystem=storage.s3_filesystem(endpoint,
+                                                                                                quick_fail=True))
     finally:
         server.stop()

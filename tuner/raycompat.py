@@ -12,6 +12,9 @@ pins the version and exercises each).
 - Tune's experiment-folder upload (``_FilesystemSyncer._sync_up_command``), made to send
   only the files changed since its last upload, and only once the experiment moved on
   (``incremental_experiment_sync``, ``experiment_changed``).
+- Ray Tune's and Ray Train's storage check (``StorageContext._create_validation_file``),
+  made to put its marker file on S3 without directory markers or a read-back
+  (``marker_free_storage_check``).
 - Ray Train's checkpoint upload (``StorageContext.persist_current_checkpoint``), made to
   put each file in one request on S3, without directory markers
   (``marker_free_checkpoint_upload``), and its deletion of old checkpoints
@@ -92,6 +95,7 @@ class Config(TensorflowConfig):
 
 def _unpickled_config(state: dict) -> Config:
     marker_free_checkpoint_delete()
+    marker_free_storage_check()  # the controller makes the trial's Train StorageContext
     config = Config()
     config.__dict__.update(state)
     return config
@@ -340,6 +344,46 @@ def marker_free_checkpoint_upload() -> None:
 
     StorageContext.persist_current_checkpoint = persist_current_checkpoint
     StorageContext.tuner_marker_free = True
+
+
+def marker_free_storage_check() -> None:
+    """Make Ray Tune's and Ray Train's storage check put one marker file on S3, and only
+    that.
+
+    Each ``StorageContext`` (Tune's per experiment run, Train's per trial) checks its
+    storage when it is made: it ``create_dir``s its folder, which on S3 puts a directory
+    marker at each level of the path (4 for a trial's Train run), puts a marker file and
+    reads it back (a HEAD), 6 requests per trial (``bench/run.py data``). On S3 every node
+    reads the same bucket, so the read-back in the writing process finds what the PUT
+    stored, and S3 has no directories to make. On an ``S3FileSystem`` the marker file is
+    put (a PUT that fails raises, as Ray's check would) and nothing else; any other
+    filesystem (a local path, where the check finds a head-node-only folder) takes Ray's
+    path.
+    """
+    import pyarrow.fs as pafs
+    from ray.train._internal.storage import StorageContext as TuneStorage
+    from ray.train.v2._internal.execution.storage import StorageContext as TrainStorage
+
+    for cls in (TuneStorage, TrainStorage):
+        if getattr(cls, "tuner_marker_free_check", False):
+            continue
+        create, check = cls._create_validation_file, cls._check_validation_file
+
+        def _create_validation_file(self, create=create):
+            if not isinstance(self.storage_filesystem, pafs.S3FileSystem):
+                return create(self)
+            with self.storage_filesystem.open_output_stream(
+                    posixpath.join(self.experiment_fs_path, ".validate_storage_marker")):
+                pass
+            self.tuner_marker_put = True
+
+        def _check_validation_file(self, check=check):
+            if not getattr(self, "tuner_marker_put", False):
+                return check(self)
+
+        cls._create_validation_file = _create_validation_file
+        cls._check_validation_file = _check_validation_file
+        cls.tuner_marker_free_check = True
 
 
 def upload_files(local_path: str, fs, fs_path: str, chunk: int = 64 << 20) -> None:

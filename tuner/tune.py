@@ -192,6 +192,8 @@ class TrialRunner:
 
         from tuner import raycompat, worker  # raycompat first: keeps TensorFlow out of this process
 
+        raycompat.marker_free_storage_check()
+
         from ray.tune.integration.ray_train import TuneReportCallback
         from tuner.spec import build_spec
 
@@ -399,6 +401,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     # events, without Tune's third copy, progress.csv: one upload less per trial-epoch.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     raycompat.incremental_experiment_sync()
+    raycompat.marker_free_storage_check()
     fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
     slots = keep.start_slots(slots_name, cluster.concurrent)  # noqa: F841 (alive until fit returns)
