@@ -15,6 +15,7 @@ a counting proxy (``s3count.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -64,16 +65,16 @@ def _per(counts: dict, prefix: str, divisor: float) -> dict:
     }
 
 
-def data(work: Path, mnist: str | None, smoke: bool) -> dict:
+@contextlib.contextmanager
+def _counted_s3():
+    """A moto S3 server with the bucket BUCKET behind a ``CountingProxy``, this process's
+    AWS_* variables pointing at the proxy while inside; yields (proxy, moto's PID)."""
     import boto3
 
     sys.path.insert(0, str(HERE))
     from reliability import _free_port
     from s3count import CountingProxy
 
-    from tuner import data as tdata
-
-    scales = [1] if smoke else [1, 5, 20]
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -90,6 +91,20 @@ def data(work: Path, mnist: str | None, smoke: bool) -> dict:
                 break
             except Exception:
                 time.sleep(0.1)
+        yield proxy, server.pid
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        proxy.stop()
+        server.terminate()
+        server.wait()
+
+
+def data(work: Path, mnist: str | None, smoke: bool) -> dict:
+    from tuner import data as tdata
+
+    scales = [1] if smoke else [1, 5, 20]
+    with _counted_s3() as (proxy, server_pid):
         base = tdata.mnist_dataset(tdata.source_for(mnist or "builtin"), 1 / 12)
         out: dict = {"storage": "moto S3 on 127.0.0.1 behind a counting proxy", "workers": 2,
                      "per_worker_batch": 128, "shuffle_buffer": "4 row groups, at most 64 MiB of features",
@@ -125,21 +140,15 @@ def data(work: Path, mnist: str | None, smoke: bool) -> dict:
             if (mode, scale, concurrent) == ("raydata", 1, []):
                 out["stream_local_disk"] = {"x1": _trial(work, "stream", str(work / "datasets-x1"), epochs, smoke)}
             trials = concurrent[0] if concurrent else 1
-            server_cpu = _cpu_seconds(server.pid) + time.process_time()
+            server_cpu = _cpu_seconds(server_pid) + time.process_time()
             figures = _trial(work, mode, f"s3://{BUCKET}/datasets/x{scale}", n, smoke, trials)
             # CPU the storage side took from the trial: moto, and the proxy's threads here.
-            figures["storage_cpu_seconds"] = round(_cpu_seconds(server.pid) + time.process_time() - server_cpu, 1)
+            figures["storage_cpu_seconds"] = round(_cpu_seconds(server_pid) + time.process_time() - server_cpu, 1)
             figures["s3_per_worker_epoch"] = _per(proxy.take(), f"{BUCKET}/datasets", 2 * n * trials)
             # What one worker's share of the staged (compressed) training files weighs.
             figures["s3_per_worker_epoch"]["share_mb"] = round(_split_bytes(scale, "train") / 2 / 2**20, 2)
             out.setdefault(f"{mode}_{trials}_at_once" if concurrent else mode, {})[f"x{scale}"] = figures
         out["tuner_train_x1"] = _tuner_run(work, smoke, proxy)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        proxy.stop()
-        server.terminate()
-        server.wait()
     _ratios(out, scales)
     return out
 
@@ -287,25 +296,10 @@ def s3(work: Path, mnist: str | None, smoke: bool) -> dict:
     one epoch (what one more trial costs, the run's own start and end left out: ASHA
     stops most trials at their first rung), and one trial of 1 and 4 epochs (what one
     more epoch costs). One trial at a time, 2 workers each."""
-    import boto3
-
     from run import NAME, tuner
-
-    sys.path.insert(0, str(HERE))
-    from reliability import _free_port
-    from s3count import CountingProxy
 
     from tuner import data as tdata
 
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    proxy = CountingProxy(f"http://127.0.0.1:{port}").start()
-    env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-           "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     many = 2 if smoke else 4
 
     def run(trials: int, epochs: int) -> dict:
@@ -324,24 +318,12 @@ def s3(work: Path, mnist: str | None, smoke: bool) -> dict:
         kinds = {k: round((more.get(k, 0) - one.get(k, 0)) / n, 1) for k in sorted(set(more) | set(one))}
         return {"requests": round(sum(kinds.values()), 1), "by_kind": kinds}
 
-    try:
-        for _ in range(100):
-            try:
-                boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                time.sleep(0.1)
+    with _counted_s3() as (proxy, _):
         tdata.mnist_dataset(tdata.source_for(mnist or "builtin"), 1 / 12).write(f"s3://{BUCKET}/datasets/x1")
         proxy.take()
         one = run(1, 1)
         trials = run(many, 1)
         epochs = run(1, many)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        proxy.stop()
-        server.terminate()
-        server.wait()
     extra_trial, extra_epoch = per(trials, one, many - 1), per(epochs, one, many - 1)
     return {
         "storage": "moto S3 on 127.0.0.1 behind a counting proxy", "workers": 2, "goal_per_trial_epoch": 10,

@@ -150,14 +150,13 @@ def test_experiment_sync_waits_for_the_experiment_to_move_on(tmp_path, monkeypat
     assert save(8) == 1
 
 
-def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_path, monkeypatch):
+@pytest.fixture
+def moto_endpoint(monkeypatch):
+    """An in-process moto S3 server, with this process's AWS_* variables for it; yields
+    (its endpoint URL, a boto3 client). moto's buckets outlive a server in one process:
+    each test uses its own."""
     import boto3
-    import pyarrow.fs as pafs
-    import ray.train
     from moto.server import ThreadedMotoServer
-    from ray.train.v2._internal.execution.storage import StorageContext
-
-    from tuner import raycompat, storage
 
     server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
     server.start()
@@ -167,83 +166,81 @@ def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_pat
         for key, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1",
                            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required"}.items():
             monkeypatch.setenv(key, value)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="bkt")
-        raycompat.marker_free_checkpoint_upload()
-        local = tmp_path / "ckpt"
-        (local / "sub").mkdir(parents=True)
-        (local / "model.keras").write_bytes(b"m" * 1000)
-        (local / "sub" / "state.json").write_text("{}")
-        (local / "sub" / "log.gz").write_bytes(b"raw")  # not compressed again on the way
-        fs = storage.s3_filesystem(endpoint)
-        context = StorageContext("bkt/store", "exp", storage_filesystem=fs)  # puts Ray's own markers
-
-        def keys():
-            return {o["Key"] for o in s3.list_objects_v2(Bucket="bkt")["Contents"]}
-
-        before = keys()
-        saved = context.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(local)), "epoch-0001")
-        assert keys() - before == {"store/exp/epoch-0001/model.keras", "store/exp/epoch-0001/sub/state.json",
-                                   "store/exp/epoch-0001/sub/log.gz"}
-        assert s3.get_object(Bucket="bkt", Key="store/exp/epoch-0001/model.keras")["Body"].read() == b"m" * 1000
-        assert s3.get_object(Bucket="bkt", Key="store/exp/epoch-0001/sub/log.gz")["Body"].read() == b"raw"
-        assert saved.path == "bkt/store/exp/epoch-0001" and isinstance(saved.filesystem, pafs.S3FileSystem)
-        # The folder is found by listing, as restores look for it.
-        found = fs.get_file_info(pafs.FileSelector("bkt/store/exp"))
-        assert ("bkt/store/exp/epoch-0001", pafs.FileType.Directory) in [(i.path, i.type) for i in found]
-
-        # The Train controller, where the trainer's config unpickles, deletes checkpoints
-        # num_to_keep drops by listing and deleting their files: no probes, no markers.
-        import pickle
-
-        from ray.train.v2._internal.execution.checkpoint import checkpoint_manager
-
-        pickle.loads(pickle.dumps(raycompat.Config()))
-        context.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(local)), "epoch-0002")
-        before = keys()
-        sent = []
-        client = raycompat.boto3_client(fs)
-        client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.method))
-        checkpoint_manager.delete_fs_path(fs=fs, fs_path=saved.path)
-        assert before - keys() == {"store/exp/epoch-0001/model.keras", "store/exp/epoch-0001/sub/state.json",
-                                   "store/exp/epoch-0001/sub/log.gz"} and keys() <= before
-        assert sent == ["GET", "DELETE", "DELETE", "DELETE"]
-        assert [i.path for i in fs.get_file_info(pafs.FileSelector("bkt/store/exp")) if "epoch-" in i.path] == \
-            ["bkt/store/exp/epoch-0002"]
+        yield endpoint, boto3.client("s3", endpoint_url=endpoint), server
     finally:
         server.stop()
 
 
-def test_storage_check_on_s3_puts_the_marker_file_and_no_directory_markers(tmp_path, monkeypatch):
-    import boto3
-    from moto.server import ThreadedMotoServer
+def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_path, moto_endpoint):
+    import pyarrow.fs as pafs
+    import ray.train
+    from ray.train.v2._internal.execution.storage import StorageContext
+
+    from tuner import raycompat, storage
+
+    endpoint, s3, _ = moto_endpoint
+    s3.create_bucket(Bucket="bkt")
+    raycompat.marker_free_checkpoint_upload()
+    local = tmp_path / "ckpt"
+    (local / "sub").mkdir(parents=True)
+    (local / "model.keras").write_bytes(b"m" * 1000)
+    (local / "sub" / "state.json").write_text("{}")
+    (local / "sub" / "log.gz").write_bytes(b"raw")  # not compressed again on the way
+    fs = storage.s3_filesystem(endpoint)
+    context = StorageContext("bkt/store", "exp", storage_filesystem=fs)
+
+    def keys():
+        return {o["Key"] for o in s3.list_objects_v2(Bucket="bkt")["Contents"]}
+
+    before = keys()
+    saved = context.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(local)), "epoch-0001")
+    assert keys() - before == {"store/exp/epoch-0001/model.keras", "store/exp/epoch-0001/sub/state.json",
+                               "store/exp/epoch-0001/sub/log.gz"}
+    assert s3.get_object(Bucket="bkt", Key="store/exp/epoch-0001/model.keras")["Body"].read() == b"m" * 1000
+    assert s3.get_object(Bucket="bkt", Key="store/exp/epoch-0001/sub/log.gz")["Body"].read() == b"raw"
+    assert saved.path == "bkt/store/exp/epoch-0001" and isinstance(saved.filesystem, pafs.S3FileSystem)
+    # The folder is found by listing, as restores look for it.
+    found = fs.get_file_info(pafs.FileSelector("bkt/store/exp"))
+    assert ("bkt/store/exp/epoch-0001", pafs.FileType.Directory) in [(i.path, i.type) for i in found]
+
+    # The Train controller, where the trainer's config unpickles, deletes checkpoints
+    # num_to_keep drops by listing and deleting their files: no probes, no markers.
+    import pickle
+
+    from ray.train.v2._internal.execution.checkpoint import checkpoint_manager
+
+    pickle.loads(pickle.dumps(raycompat.Config()))
+    context.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(local)), "epoch-0002")
+    before = keys()
+    sent = []
+    client = raycompat.boto3_client(fs)
+    client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.method))
+    checkpoint_manager.delete_fs_path(fs=fs, fs_path=saved.path)
+    assert before - keys() == {"store/exp/epoch-0001/model.keras", "store/exp/epoch-0001/sub/state.json",
+                               "store/exp/epoch-0001/sub/log.gz"} and keys() <= before
+    assert sent == ["GET", "DELETE", "DELETE", "DELETE"]
+    assert [i.path for i in fs.get_file_info(pafs.FileSelector("bkt/store/exp")) if "epoch-" in i.path] == \
+        ["bkt/store/exp/epoch-0002"]
+
+
+def test_storage_check_on_s3_puts_the_marker_file_and_no_directory_markers(tmp_path, moto_endpoint):
     from ray.train._internal.storage import StorageContext as TuneStorage
     from ray.train.v2._internal.execution.storage import StorageContext as TrainStorage
 
     from tuner import raycompat, storage
 
     raycompat.marker_free_storage_check()
-    server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for key, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required"}.items():
-            monkeypatch.setenv(key, value)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="bkt-check")
-        fs = storage.s3_filesystem(endpoint)
-        TrainStorage("bkt-check/store/exp/runs", "trial1", storage_filesystem=fs)
-        TuneStorage("bkt-check/store", "exp", storage_filesystem=fs)
-        assert {o["Key"] for o in s3.list_objects_v2(Bucket="bkt-check")["Contents"]} == {
-            "store/exp/runs/trial1/.validate_storage_marker", "store/exp/.validate_storage_marker"}
-        # Elsewhere, Ray's own check: the folder made, the marker written and found.
-        TrainStorage(str(tmp_path / "local"), "trial1")
-        assert (tmp_path / "local" / "trial1" / ".validate_storage_marker").is_file()
-        server.stop()
-        with pytest.raises(OSError):  # a PUT that fails raises, as Ray's read-back would
-            TrainStorage("bkt-check/store/exp/runs", "trial2", storage_filesystem=storage.s3_filesystem(endpoint,
-                                                                                                quick_fail=True))
-    finally:
-        server.stop()
+    endpoint, s3, server = moto_endpoint
+    s3.create_bucket(Bucket="bkt-check")
+    fs = storage.s3_filesystem(endpoint)
+    TrainStorage("bkt-check/store/exp/runs", "trial1", storage_filesystem=fs)
+    TuneStorage("bkt-check/store", "exp", storage_filesystem=fs)
+    assert {o["Key"] for o in s3.list_objects_v2(Bucket="bkt-check")["Contents"]} == {
+        "store/exp/runs/trial1/.validate_storage_marker", "store/exp/.validate_storage_marker"}
+    # Elsewhere, Ray's own check: the folder made, the marker written and found.
+    TrainStorage(str(tmp_path / "local"), "trial1")
+    assert (tmp_path / "local" / "trial1" / ".validate_storage_marker").is_file()
+    server.stop()
+    with pytest.raises(OSError):  # a PUT that fails raises, as Ray's read-back would
+        TrainStorage("bkt-check/store/exp/runs", "trial2",
+                     storage_filesystem=storage.s3_filesystem(endpoint, quick_fail=True))
