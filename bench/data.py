@@ -78,24 +78,28 @@ def _counted_s3():
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    proxy = CountingProxy(f"http://127.0.0.1:{port}").start()
-    env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-           "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    proxy, saved = None, {}
     try:
-        for _ in range(100):
+        proxy = CountingProxy(f"http://127.0.0.1:{port}").start()
+        env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+               "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        for attempt in range(100):
             try:
                 boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
                 break
             except Exception:
+                if attempt == 99:
+                    raise
                 time.sleep(0.1)
         yield proxy, server.pid
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        proxy.stop()
+        if proxy is not None:
+            proxy.stop()
         server.terminate()
         server.wait()
 

@@ -153,8 +153,8 @@ def test_experiment_sync_waits_for_the_experiment_to_move_on(tmp_path, monkeypat
 @pytest.fixture
 def moto_endpoint(monkeypatch):
     """An in-process moto S3 server, with this process's AWS_* variables for it; yields
-    (its endpoint URL, a boto3 client). moto's buckets outlive a server in one process:
-    each test uses its own."""
+    (its endpoint URL, a boto3 client, the server). moto's buckets outlive a server in one
+    process: each test uses its own."""
     import boto3
     from moto.server import ThreadedMotoServer
 

@@ -353,7 +353,7 @@ def marker_free_storage_check() -> None:
     Each ``StorageContext`` (Tune's per experiment run, Train's per trial) checks its
     storage when it is made: it ``create_dir``s its folder, which on S3 puts a directory
     marker at each level of the path (4 for a trial's Train run), puts a marker file and
-    reads it back (a HEAD), 6 requests per trial (``bench/run.py data``). On S3 every node
+    reads it back (a HEAD): 6 requests per trial where 1 does (``bench/run.py s3``). On S3 every node
     reads the same bucket, so the read-back in the writing process finds what the PUT
     stored, and S3 has no directories to make. On an ``S3FileSystem`` the marker file is
     put (a PUT that fails raises, as Ray's check would) and nothing else; any other
@@ -361,24 +361,28 @@ def marker_free_storage_check() -> None:
     path.
     """
     import pyarrow.fs as pafs
+    from ray.train._internal.storage import _VALIDATE_STORAGE_MARKER_FILENAME
     from ray.train._internal.storage import StorageContext as TuneStorage
+    from ray.train.v2._internal.constants import VALIDATE_STORAGE_MARKER_FILENAME
     from ray.train.v2._internal.execution.storage import StorageContext as TrainStorage
 
-    for cls in (TuneStorage, TrainStorage):
+    for cls, marker in ((TuneStorage, _VALIDATE_STORAGE_MARKER_FILENAME),
+                        (TrainStorage, VALIDATE_STORAGE_MARKER_FILENAME)):
         if getattr(cls, "tuner_marker_free_check", False):
             continue
         create, check = cls._create_validation_file, cls._check_validation_file
 
-        def _create_validation_file(self, create=create):
+        def _create_validation_file(self, create=create, marker=marker):
             if not isinstance(self.storage_filesystem, pafs.S3FileSystem):
                 return create(self)
-            with self.storage_filesystem.open_output_stream(
-                    posixpath.join(self.experiment_fs_path, ".validate_storage_marker")):
-                pass
+            with self.storage_filesystem.open_output_stream(posixpath.join(self.experiment_fs_path, marker)):
+                pass  # closed here: a failed PUT raises
             self.tuner_marker_put = True
 
         def _check_validation_file(self, check=check):
-            if not getattr(self, "tuner_marker_put", False):
+            # The flag travels with pickled copies, whose filesystem Tune may swap.
+            put = getattr(self, "tuner_marker_put", False)
+            if not (put and isinstance(self.storage_filesystem, pafs.S3FileSystem)):
                 return check(self)
 
         cls._create_validation_file = _create_validation_file

@@ -238,8 +238,8 @@ class Tracker(MLflowLoggerCallback):
                 self._runs[trial], self._logged[trial] = run_id, epoch
                 self._stale[trial] = [t for t in END_TAGS if t in tags and t != TAG_OUTCOME]
             return
-        run = client.create_run(self.mlflow_util.experiment_id, run_name=self.experiment_uri.rstrip("/").rsplit("/", 1)[-1],
-                                tags=self.tags)
+        name = self.experiment_uri.rstrip("/").rsplit("/", 1)[-1]
+        run = client.create_run(self.mlflow_util.experiment_id, run_name=name, tags=self.tags)
         self.parent_id = run.info.run_id
         _log_batch(client, self.parent_id, params=self.spec_params)
         storage.write_json(storage.join(self.experiment_uri, RUN_FILE),
@@ -473,7 +473,8 @@ def finish(spec, summary: dict, stopper: str) -> str | None:
     try:
         scores = {f"best_{k}": _number(v) for k, v in best.items() if k.startswith(("val_", "test_"))}
         metrics = {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
-        tags = {"tuner.best_trial": best.get("trial_id", ""), "tuner.summary_uri": storage.join(exp_uri, results.SUMMARY)}
+        tags = {"tuner.best_trial": best.get("trial_id", ""),
+                "tuner.summary_uri": storage.join(exp_uri, results.SUMMARY)}
         _log_batch(client, run_id, metrics=metrics, step=int(best.get("epoch") or 0), tags=tags)
         with tempfile.TemporaryDirectory() as tmp:
             for name in (results.BEST_MODEL, results.SUMMARY, "spec.json"):
