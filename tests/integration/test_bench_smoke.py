@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, REQUIRE_SERVICES
+from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +29,9 @@ def test_bench_smoke(tmp_path):
     assert set(results["scaling"]["linear"]) == {"workers_1", "workers_2", "spread_pt"}
     assert results["ckpt"]["sync"]["median_fraction_of_epoch"] > 0 < results["ckpt"]["async"]["median_fraction_of_epoch"]
     searched = results["searchers"]
-    assert all(searched[a]["trials"] == searched["samples"] for a in ("random", "quasi_random", "tpe"))
-    # Without PyTorch the bench skips `bayesian`; CI installs it.
-    assert "trials" in searched["bayesian"] or (not REQUIRE_SERVICES and "skipped" in searched["bayesian"])
+    # One algorithm in a smoke run; test_searchers.py runs each (bayesian too, in CI).
+    assert searched["random"]["trials"] == searched["samples"]
+    assert all("skipped" in searched[a] for a in ("quasi_random", "tpe", "bayesian"))
     assert {"tuner", "kerastuner", "optuna", "raytune"} <= set(results["peers"])
     assert [p for p, r in results["peers"].items() if isinstance(r, dict) and r["multi_worker_trials"]] == ["tuner"]
     streamed = results["data"]
