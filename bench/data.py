@@ -250,6 +250,15 @@ def _store_kind(path: str) -> str:
     return "tune_state"
 
 
+def _kinds(log: list) -> dict:
+    """Requests under the store, by ``_store_kind``, of a proxy's (method, path) log."""
+    kinds: dict = {}
+    for _, path in log:
+        if _is_store(path):
+            kinds[_store_kind(path)] = kinds.get(_store_kind(path), 0) + 1
+    return kinds
+
+
 def _tuner_run(work: Path, smoke: bool, proxy) -> dict:
     """A real `tuner train` through the proxy: S3 per trial-epoch outside the dataset
     (checkpoints, Tune's state, results), by kind, and the dataset's reads per
@@ -276,9 +285,7 @@ def _tuner_run(work: Path, smoke: bool, proxy) -> dict:
     epochs = 2 if smoke else 4
     run, rows, counts, log = run_for(epochs)
     store = [path for _, path in log if _is_store(path)]
-    kinds = {}
-    for path in store:
-        kinds[_store_kind(path)] = kinds.get(_store_kind(path), 0) + 1
+    kinds = _kinds(log)
     out = {
         "epochs": epochs, "seconds": round(run["seconds"], 1), "driver_peak_rss_mb": round(run["driver_peak_rss_mb"]),
         "worker_peak_rss_mb": round(max(r["peak_rss_mb"] for r in rows)),
@@ -312,11 +319,7 @@ def s3(work: Path, mnist: str | None, smoke: bool) -> dict:
                "--set", f"data.uri=s3://{BUCKET}/datasets/x1", "--set", f"search.num_samples={trials}",
                "--set", f"asha.max_t={epochs}", "--set", f"asha.grace_period={epochs}",
                "--set", "search.space.batch_size=128", "--set", "scaling.max_concurrent_trials=1"], work)
-        kinds: dict = {}
-        for _, path in proxy.take_log()[1]:
-            if _is_store(path):
-                kinds[_store_kind(path)] = kinds.get(_store_kind(path), 0) + 1
-        return kinds
+        return _kinds(proxy.take_log()[1])
 
     def per(more: dict, one: dict, n: int) -> dict:
         kinds = {k: round((more.get(k, 0) - one.get(k, 0)) / n, 1) for k in sorted(set(more) | set(one))}

@@ -303,8 +303,9 @@ window.addEventListener("load", () => {{
 """
 
 
-def write_report(storage_uri: str, name: str, endpoint: str | None = None) -> str:
-    """Write ``<storage>/<name>/report/report.html`` (and its PNGs); returns the page's URI."""
+def write_report(storage_uri: str, name: str, endpoint: str | None = None, files: dict | None = None) -> str:
+    """Write ``<storage>/<name>/report/report.html`` (and its PNGs); returns the page's URI.
+    ``files``: a dict that also receives them, file name -> bytes."""
     import pyarrow.parquet as pq
 
     from tuner import results, storage
@@ -313,9 +314,11 @@ def write_report(storage_uri: str, name: str, endpoint: str | None = None) -> st
     table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(storage_uri, name, results.RESULTS), endpoint)))
     rows = table.to_pylist()
     pngs = figures(summary, rows)
+    written = {**{f"{fig_name}.png": data for fig_name, data in pngs.items()},
+               "report.html": render_html(summary, rows, pngs).encode()}
     folder = storage.join(storage_uri, name, REPORT_DIR)
-    for fig_name, data in pngs.items():
-        storage.write_bytes(storage.join(folder, f"{fig_name}.png"), data, endpoint)
-    page = storage.join(folder, "report.html")
-    storage.write_bytes(page, render_html(summary, rows, pngs).encode(), endpoint)
-    return page
+    for file_name, data in written.items():
+        storage.write_bytes(storage.join(folder, file_name), data, endpoint)
+    if files is not None:
+        files.update(written)
+    return storage.join(folder, "report.html")

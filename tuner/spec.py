@@ -177,8 +177,8 @@ class FailureSpec:
 
 @dataclass(frozen=True)
 class MlflowSpec:
-    # The MLflow tracking server (http://HOST:5000) or a local folder; default
-    # $MLFLOW_TRACKING_URI; neither: no tracking. Needs `pip install 'tuner[mlflow]'`.
+    # The MLflow tracking server (http://HOST:5000); default $MLFLOW_TRACKING_URI;
+    # neither: no tracking. Needs `pip install 'tuner[mlflow]'`.
     uri: str | None = None
     # The MLflow experiment the runs go to (created if missing); default: `name`.
     experiment: str | None = None

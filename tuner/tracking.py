@@ -307,10 +307,9 @@ class Tracker(MLflowLoggerCallback):
     def _stored_metrics(self, trial_id: str, epoch: int) -> dict | None:
         from tuner import tune, worker
 
-        uri = storage.join(self.experiment_uri, tune.RUNS_DIR, trial_id, worker.checkpoint_dir_name(epoch),
-                           worker.STATE_FILE)
         try:
-            return storage.read_json(uri, self.endpoint)["metrics"]
+            run_uri = storage.join(self.experiment_uri, tune.RUNS_DIR, trial_id)
+            return worker.stored_metrics(run_uri, self.endpoint, epoch)
         except Exception:  # noqa: BLE001 - not kept (checkpoint.num_to_keep), or unreadable: not logged
             return None
 
@@ -505,17 +504,12 @@ def finish(spec, summary: dict, stopper: str) -> str | None:
 
 
 def _report(spec, folder: Path) -> Path:
-    """The experiment's report (also written to its storage), copied into ``folder``."""
-    import pyarrow.fs as pafs
-
+    """The experiment's report, written to its storage and into ``folder``."""
     from tuner import report
 
-    page = report.write_report(spec.storage.uri, spec.name, spec.storage.endpoint)
+    files: dict = {}
+    report.write_report(spec.storage.uri, spec.name, spec.storage.endpoint, files)
     folder.mkdir()
-    parent = page.rsplit("/", 1)[0]
-    fs, path = storage.filesystem(parent, spec.storage.endpoint)
-    for info in fs.get_file_info(pafs.FileSelector(path)):
-        if info.type == pafs.FileType.File:
-            (folder / info.base_name).write_bytes(storage.read_bytes(storage.join(parent, info.base_name),
-                                                                     spec.storage.endpoint))
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
     return folder

@@ -477,8 +477,9 @@ def console_for(spec: Spec, search: bool, level: str):
     trials = spec.search.num_samples if search else 1
     if search and spec.search.algorithm == "grid":
         trials *= math.prod(len(d.values) for d in spec.search.space.values() if not d.is_fixed)
+    ladder = rungs(dataclasses.asdict(spec.asha)) if kind in ("asha", "asha_promote") else []
     return Console(level, spec.objective.metric, spec.objective.mode, spec.asha.max_t, trials * spec.asha.max_t,
-                   stopper_name(spec, search), rungs(dataclasses.asdict(spec.asha)) if kind in ("asha", "asha_promote") else [],
+                   stopper_name(spec, search), ladder,
                    searched(spec.search.space) if search else [], waits_at_rungs=kind == "asha_promote",
                    experiment_uri=results.experiment_uri(spec))
 

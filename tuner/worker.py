@@ -248,14 +248,22 @@ def restore_latest(run_uri: str, endpoint: str | None):
     return None
 
 
+def stored_metrics(run_uri: str, endpoint: str | None, epoch: int) -> dict:
+    """The metrics a trial's run stored with its checkpoint of ``epoch``."""
+    from tuner import storage
+
+    folder = storage.join(run_uri, checkpoint_dir_name(epoch))
+    return json.loads(storage.read_bytes(storage.join(folder, STATE_FILE), endpoint))["metrics"]
+
+
 def _report_stored_epoch(run_uri: str, endpoint: str | None, epoch: int) -> None:
     """Report a stored checkpoint's metrics (every rank: a report is a barrier)."""
     import ray.train
 
     from tuner import storage
 
+    metrics = stored_metrics(run_uri, endpoint, epoch)
     folder = storage.join(run_uri, checkpoint_dir_name(epoch))
-    metrics = json.loads(storage.read_bytes(storage.join(folder, STATE_FILE), endpoint))["metrics"]
     metrics.update(resumed_from_epoch=epoch, checkpoint_path=storage.filesystem(folder, endpoint)[1])
     ray.train.report(metrics)
 
