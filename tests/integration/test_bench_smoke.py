@@ -25,7 +25,9 @@ def test_bench_smoke(tmp_path):
     assert results["b1"]["ratio"] > 0 and results["b2"]["workers_2"]["median_startup_seconds"] > 0
     assert 0 < results["b1"]["trial_fraction_of_peak"] < 1
     assert 0 < results["tuned"]["best_test_accuracy"] <= 1 and 0 < results["cnn"]["best_test_accuracy"] <= 1
-    assert results["economy"]["asha"]["trials"] == results["economy"]["asha_promote"]["trials"] == results["economy"]["fifo"]["trials"]
+    # Smoke runs take one arm of economy's, scaling's and b2's comparisons (see bench/run.py).
+    assert results["economy"]["asha"]["trials"] == results["economy"]["fifo"]["trials"]
+    assert "asha" in results["economy"]["against_fifo"]
     assert set(results["scaling"]["linear"]) == {"workers_1", "workers_2", "spread_pt"}
     assert results["ckpt"]["sync"]["median_fraction_of_epoch"] > 0 < results["ckpt"]["async"]["median_fraction_of_epoch"]
     searched = results["searchers"]

@@ -13,7 +13,7 @@ from tuner.spec import load_spec
 
 pytestmark = pytest.mark.slow
 
-TRIALS = 3
+TRIALS = 2
 SPACE = [
     "search.space.learning_rate={loguniform: [1.0e-3, 1.0e-2]}",
     "search.space.optimizer={choice: [adam, sgd]}",
