@@ -121,3 +121,30 @@ def test_log_axis_labels_do_not_run_into_each_other(lo, hi):
     plt.close(fig)
     assert 2 <= len(boxes) <= 5
     assert all(a.x1 + 2 <= b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in labels]
+
+
+def test_a_report_of_1000_trials_lists_the_best_and_the_failed(tmp_path):
+    summary, rows = make_experiment(tmp_path)
+    rng = random.Random(1)
+    trials = []
+    for i in range(1000):
+        epochs = rng.choice([1, 1, 1, 2, 4])
+        config = {**summary["trials"][0]["config"], "learning_rate": 10 ** rng.uniform(-4, -2)}
+        curve = [0.4 + 0.1 * e + 0.0001 * i for e in range(1, epochs + 1)]
+        failed = i == 3
+        trials.append({"trial_id": f"t_{i:05d}", "config": config, "status": "error" if failed else "terminated",
+                       "epochs": epochs, "best_val_accuracy": None if failed else max(curve), "restarts": 0})
+        rows += [] if failed else [{"trial_id": f"t_{i:05d}", "epoch": e, "val_accuracy": a, "train_seconds": 2.0,
+                                    "workers": 2} for e, a in zip(range(1, epochs + 1), curve)]
+    summary["trials"] = trials
+    (tmp_path / "exp" / "summary.json").write_text(json.dumps(summary))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "exp" / "results.parquet")
+    assert main(["report", "--storage", str(tmp_path), "--name", "exp"]) == 0
+    text = (tmp_path / "exp" / "report" / "report.html").read_text()
+    listed = [line.split("</td>")[0] for line in text.split("<tr><td>")[1:] if line.startswith("t_")]
+    # The best TOP, best first (4 epochs, then the highest index), then the failed trial.
+    assert len(listed) == report.TOP + 1 and listed[-1] == "t_00003"
+    best4 = sorted((t for t in trials if t["epochs"] == 4), key=lambda t: -t["best_val_accuracy"])
+    assert listed[:3] == [t["trial_id"] for t in best4[:3]]
+    assert f"The best {report.TOP} and the failed ones of 1000 trials" in text
+    assert text.count('src="data:image/png;base64,') == 4

@@ -23,6 +23,28 @@ EDGE_FRACTION = 0.1
 # --- pure analysis --------------------------------------------------------------------------
 
 
+# Above this many trials, the table lists the best this many (the rest are in
+# summary.json and results.parquet) and the figures draw them in full over the others,
+# which are thin and faint: 1,000 curves or parallel-coordinate lines at full strength
+# are one smear.
+TOP = 50
+
+
+def ranked(summary: dict) -> list[dict]:
+    """The trials, best first by their best objective; trials without one last."""
+    metric, mode = objective(summary)
+    key, sign = f"best_{metric}", -1 if mode == "max" else 1
+    return sorted(summary["trials"], key=lambda t: (t.get(key) is None, sign * (t.get(key) or 0)))
+
+
+def line_style(top: bool, trials: int) -> dict:
+    """Matplotlib line arguments: full for a top trial (or when there are few), faint
+    and thin for the rest of a large experiment (their density still shows)."""
+    if top or trials <= TOP:
+        return {"alpha": 0.8, "linewidth": 1.5}
+    return {"alpha": max(0.04, min(0.3, 15 / trials)), "linewidth": 0.6}
+
+
 def rungs(asha: dict) -> list[int]:
     """ASHA's milestones in epochs: grace_period x reduction_factor^k, up to max_t."""
     out, r = [], asha["grace_period"]
@@ -115,19 +137,25 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
         by_trial.setdefault(r["trial_id"], []).append(r)
     out = {}
 
+    order = ranked(summary)
+    top = {t["trial_id"] for t in order[:TOP]}
+    many = len(order)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for t in summary["trials"]:
+    for t in reversed(order):  # the best drawn last, on top
         hist = sorted(by_trial.get(t["trial_id"], []), key=lambda r: r["epoch"])
         if hist:
             rung = last_rung(t["epochs"], milestones)
-            ax.plot([r["epoch"] for r in hist], [r.get(metric) for r in hist], marker="o", ms=3,
-                    color=colours.get(rung, "grey"), alpha=0.8)
+            shown = t["trial_id"] in top or many <= TOP
+            ax.plot([r["epoch"] for r in hist], [r.get(metric) for r in hist], marker="o" if shown else None, ms=3,
+                    color=colours.get(rung, "grey"), **line_style(shown, many))
     for rung, colour in colours.items():
         ax.plot([], [], color=colour, label=f"stopped at epoch {rung} or after" if rung != milestones[-1]
                 else f"full budget ({rung})")
     scheduler = summary["spec"].get("scheduler", {}).get("kind", "asha")
-    ax.set(xlabel="epoch", ylabel=label(metric),
-           title=f"Learning curves, by the last rung each trial reached (scheduler: {scheduler})")
+    title = f"Learning curves, by the last rung each trial reached (scheduler: {scheduler})"
+    if many > TOP:
+        title += f"\nthe best {TOP} of {many} trials marked, the others faint"
+    ax.set(xlabel="epoch", ylabel=label(metric), title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     out["curves"] = _png(fig)
@@ -162,7 +190,7 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
                 xs = values
                 if kind in ("loguniform", "int_loguniform"):
                     log_xaxis(ax, *space[name][kind][:2])
-            ax.scatter(xs, ys, s=18, alpha=0.8)
+            ax.scatter(xs, ys, s=18 if len(xs) <= TOP else 8, alpha=0.8 if len(xs) <= TOP else 0.4)
             ax.set(title=name, ylabel=f"best {label(metric)}")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(searched):]:
@@ -174,12 +202,16 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
         fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(searched)), 4))
         cmap = plt.get_cmap("plasma")
         lo_s, hi_s = min(scores.values()), max(scores.values())
-        for t in trials:
+        scored = [t for t in order if t["trial_id"] in scores]
+        for rank, t in reversed(list(enumerate(scored))):  # the best drawn last, on top
             ys = [_unit(space[n], t["config"].get(n)) for n in searched]
-            ax.plot(range(len(searched)), ys, color=cmap((scores[t["trial_id"]] - lo_s) / ((hi_s - lo_s) or 1)), alpha=0.8)
+            ax.plot(range(len(searched)), ys, color=cmap((scores[t["trial_id"]] - lo_s) / ((hi_s - lo_s) or 1)),
+                    **line_style(rank < TOP, len(scored)))
         ax.set_xticks(range(len(searched)), searched, rotation=20, fontsize=8)
-        ax.set(ylabel="position in range (0 = low)",
-               title=f"Parallel coordinates (colour: best {label(metric)}, bright = high)")
+        title = f"Parallel coordinates (colour: best {label(metric)}, bright = high)"
+        if len(scored) > TOP:
+            title += f"\nthe best {TOP} of {len(scored)} trials in full, the others faint"
+        ax.set(ylabel="position in range (0 = low)", title=title)
         ax.grid(alpha=0.3)
         out["parallel"] = _png(fig)
     return out
@@ -257,9 +289,12 @@ def render_html(summary: dict, rows: list[dict], pngs: dict[str, bytes]) -> str:
         return (f"<tr><td>{e(t['trial_id'])}</td><td>{e(t['status'])}</td><td>{t['epochs']}</td><td>{score}</td>"
                 f"<td>{t.get('restarts', 0)}</td><td><code>{e(json.dumps(t['config'], sort_keys=True))}</code></td></tr>")
 
-    sign = -1 if mode == "max" else 1
-    rows_html = "".join(trial_row(t) for t in sorted(
-        summary["trials"], key=lambda t: (t.get(key) is None, sign * (t.get(key) or 0))))
+    order = ranked(summary)
+    listed = order[:TOP] + [t for t in order[TOP:] if t["status"] == "error"]
+    rows_html = "".join(trial_row(t) for t in listed)
+    if len(listed) < len(order):
+        rows_html += (f'<tr><td colspan="6">The best {TOP} and the failed ones of {len(order)} trials; all of them '
+                      f"are in summary.json and results.parquet beside this report.</td></tr>")
     tests = ", ".join(f"{e(label(k))} <b>{v:.4f}</b>" for k, v in best.items()
                       if k.startswith("test_") and isinstance(v, float))
     best_html = "<p>No trial finished an epoch.</p>" if not best else (
