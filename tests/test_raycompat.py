@@ -244,3 +244,24 @@ def test_storage_check_on_s3_puts_the_marker_file_and_no_directory_markers(tmp_p
     with pytest.raises(OSError):  # a PUT that fails raises, as Ray's read-back would
         TrainStorage("bkt-check/store/exp/runs", "trial2",
                      storage_filesystem=storage.s3_filesystem(endpoint, quick_fail=True))
+
+
+def test_the_experiment_state_period_starts_at_2_s_and_grows_with_the_save(monkeypatch):
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    from tuner import raycompat
+
+    raycompat.adaptive_experiment_state_period(2.0)
+    monkeypatch.setitem(raycompat._LAST_UPLOAD, "seconds", 0.0)
+    auto = _ExperimentCheckpointManager(storage=None, checkpoint_period="auto")
+    assert auto._checkpoint_period == 2.0
+    auto._update_auto_checkpoint_time(0.01)
+    assert auto._checkpoint_period == 2.0
+    auto._update_auto_checkpoint_time(0.2)  # writing the state files took 0.2 s
+    assert auto._checkpoint_period == pytest.approx(3.8)
+    monkeypatch.setitem(raycompat._LAST_UPLOAD, "seconds", 0.5)  # uploading them, 0.5 s
+    auto._update_auto_checkpoint_time(0.2)
+    assert auto._checkpoint_period == pytest.approx(9.5)
+    fixed = _ExperimentCheckpointManager(storage=None, checkpoint_period=5)  # a user's number stands
+    fixed._update_auto_checkpoint_time(1.0)
+    assert fixed._checkpoint_period == 5.0

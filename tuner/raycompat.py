@@ -248,6 +248,41 @@ _SENT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _CHANGES = {"tracked": False, "pending": False}
 
 
+_LAST_UPLOAD = {"seconds": 0.0}  # how long the newest upload of the experiment folder took
+
+
+def adaptive_experiment_state_period(floor: float) -> None:
+    """Make Tune's "auto" period between saves of the experiment state start at, and never
+    go below, ``floor`` seconds (Tune's own floor is 10 s), and count the upload of the
+    saved files (``upload_changed``, which Tune runs in a background thread) besides the
+    writing of them.
+
+    Tune's rule for the "auto" period keeps saving to 1/20 of the time: the next save
+    waits 19 times as long as this one took. The state grows with the trials (about 20 KB
+    each, `bench/run.py scale`) and is written and uploaded whole: a fixed period would
+    make the experiment's total saving time grow with the square of its trials. Takes
+    effect where ``TUNE_GLOBAL_CHECKPOINT_S`` is ``auto``.
+    """
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    if getattr(_ExperimentCheckpointManager, "tuner_adaptive", False):
+        return
+    init = _ExperimentCheckpointManager.__init__
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if self._auto_checkpoint_enabled:
+            self._checkpoint_period = floor
+
+    def _update_auto_checkpoint_time(self, time_taken: float):
+        if self._auto_checkpoint_enabled:
+            self._checkpoint_period = max(floor, 19 * max(time_taken, _LAST_UPLOAD["seconds"]))
+
+    _ExperimentCheckpointManager.__init__ = __init__
+    _ExperimentCheckpointManager._update_auto_checkpoint_time = _update_auto_checkpoint_time
+    _ExperimentCheckpointManager.tuner_adaptive = True
+
+
 def experiment_changed() -> None:
     """The experiment moved on (a trial was added, started, reported, paused or ended):
     the next save of its state goes to storage."""
@@ -262,11 +297,14 @@ def upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
     """Upload the files under ``local_path`` whose (size, mtime) differ from ``sent``'s
     record of this destination; returns how many were sent. If an upload fails, the next
     save uploads again."""
+    started = time.monotonic()
     try:
         return _upload_changed(local_path, fs, fs_path, sent)
     except BaseException:
         _CHANGES["pending"] = True
         raise
+    finally:
+        _LAST_UPLOAD["seconds"] = time.monotonic() - started
 
 
 def _upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
