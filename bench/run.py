@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
 # Experiment names unique per run, so a reused --work folder never refuses a rerun.
 NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned", "cnn", "economy", "scaling",
-                                                             "ckpt", "peers", "searchers", "data", "s3")}
+                                                             "ckpt", "peers", "searchers", "data", "s3", "scale", "head")}
 
 
 def tuner(args: list[str], cwd: Path) -> dict:
@@ -478,10 +478,15 @@ def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
 
 from data import data, s3  # noqa: E402 - bench/ is the script's folder
 from reliability import reliability  # noqa: E402
+from head import head  # noqa: E402
+import scale as scale_module  # noqa: E402
+from scale import scale  # noqa: E402
 
 BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "cnn": cnn, "reliability": reliability, "economy": economy,
-           "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers, "data": data, "s3": s3}
-# `all`; reliability (~15 min, Ceph) and s3 (~6 min) run on their own.
+           "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers, "data": data, "s3": s3,
+           "scale": scale, "head": head}
+# `all`; reliability (~15 min, Ceph), s3 (~6 min), scale (39 min at 100 and 300 trials) and head
+# (2 min) run on their own.
 ALL = ["b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data"]
 
 
@@ -501,7 +506,10 @@ def main() -> None:
     parser.add_argument("--mnist", help="folder with the four original MNIST .gz files (default: the shipped subset)")
     parser.add_argument("--smoke", action="store_true", help="tiny run to keep the code working; not recorded")
     parser.add_argument("--work", help="working folder (default: a temporary one)")
+    parser.add_argument("--trials", help="scale: the trial counts to run, comma-separated (default 100,300,1000)")
     args = parser.parse_args()
+    if args.trials:
+        scale_module.SIZES = [int(n) for n in args.trials.split(",")]
     names = ALL if args.which == "all" else [args.which]
     if args.mnist:  # the CLI runs in the working folder
         args.mnist = str(Path(args.mnist).resolve())

@@ -29,7 +29,7 @@ GPU_PROFILE = {
     "experiment": {"name": "gpu-run", "overrides": ["asha.max_t=5", "search.num_samples=9"],
                    "specYaml": "search:\n  space:\n    learning_rate: {choice: [0.001, 0.003]}\n"
                                "scaling: {workers: 4, use_gpu: true, gpus_per_worker: 1, cpus_per_worker: 2}\n"},
-    "head": {"rayCPUs": 4, "resources": {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+    "head": {"rayCPUs": 4, "resources": {"requests": {"cpu": "4", "memory": "12Gi"}, "limits": {"cpu": "4", "memory": "12Gi"}},
              "nodeSelector": {"node-role/cpu": "true"}},
 }
 CPU_DEV = {
@@ -237,6 +237,39 @@ def test_schema_rejects_bad_values(values, field):
         chart.render(with_storage(values) if "storage" not in values else values, name="demo", namespace="ml",
                      is_install=True)
     assert field in str(err.value)
+
+
+def gpu_fleet(pods: int, head_cpus: int, head_memory: str, spec_extra: str = "") -> dict:
+    """`pods` pods of 2 GPUs, 2-worker GPU trials: pods trials fit at once on the GPUs."""
+    return {
+        "workerGroups": [{"name": "gpu", "replicas": pods, "minReplicas": pods, "maxReplicas": pods, "gpus": 2,
+                          "rayCPUs": 8, "resources": {"requests": {"cpu": "8"}, "limits": {"cpu": "8"}}}],
+        "experiment": {"name": "fleet", "specYaml": "scaling: {workers: 2, use_gpu: true, gpus_per_worker: 1, "
+                                                    f"cpus_per_worker: 4{spec_extra}}}\n"},
+        "head": {"rayCPUs": head_cpus, "resources": {"requests": {"cpu": "4", "memory": head_memory},
+                                                     "limits": {"cpu": "4", "memory": head_memory}}},
+    }
+
+
+@pytest.mark.parametrize("pods, head_cpus, memory, extra, refused", [
+    (32, 8, "16Gi", "", None),  # 8 drivers on the head's CPUs: 4 + 2 + 8 x 1.2 = 15.6 GiB
+    (32, 32, "16Gi", "", (32, 44.4)),  # the GPUs hold 32 at once
+    (32, 32, "46000Mi", "", None),  # 44.9 GiB
+    (32, 32, "48G", "", None),  # 44.7 GiB
+    (32, 32, "47G", "", (32, 44.4)),  # 43.8 GiB
+    (32, 32, "16Gi", ", max_concurrent_trials: 8", None),
+    (4, 32, "8Gi", "", (4, 10.8)),
+])
+def test_the_head_must_hold_the_trials_that_can_run_at_once(pods, head_cpus, memory, extra, refused):
+    values = gpu_fleet(pods, head_cpus, memory, extra)
+    if refused is None:
+        render(values)
+        return
+    with pytest.raises(Exception) as err:
+        render(values)
+    trials, need = refused
+    assert f"The head's memory ({memory}) holds fewer than the {trials} trials that can run at once: they need " \
+           f"about {need:.1f} GiB" in str(err.value)
 
 
 def test_notes_tell_how_to_follow_and_where_results_are():

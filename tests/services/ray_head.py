@@ -34,19 +34,35 @@ class RayHead:
     env: dict = field(default_factory=dict)  # the environment for `ray` and `tuner` clients
 
     def pids(self) -> list[int]:
-        found = []
+        """The cluster's processes: the ones whose command line names its temp folder,
+        and their descendants (Ray's agents and workers rename themselves `ray::...`)."""
+        named, children = [], {}
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
                 try:
                     if self.temp_dir in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                        found.append(int(proc.name))
-                except OSError:
-                    pass
-        return found
+                        named.append(int(proc.name))
+                    ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(proc.name))
+        found, todo = set(), list(named)
+        while todo:
+            pid = todo.pop()
+            if pid not in found:
+                found.add(pid)
+                todo += children.get(pid, [])
+        return sorted(found)
 
     def stop(self) -> None:
+        # Found before any is killed (an orphan is no longer a descendant), each with its
+        # start time, so that a PID the kernel gave to another process meanwhile is spared.
+        known = {pid: _started(pid) for pid in self.pids()}
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.pids():
+            known.update({pid: _started(pid) for pid in self.pids()})
+            for pid, started in known.items():
+                if started is None or _started(pid) != started:
+                    continue
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
@@ -55,6 +71,14 @@ class RayHead:
             while self.pids() and time.time() < deadline:
                 time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _started(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat), or None if gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def start(cpus: int = 4, gpus: int = 0, resources: dict | None = None) -> RayHead:

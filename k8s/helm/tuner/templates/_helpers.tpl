@@ -108,6 +108,15 @@ imagePullSecrets:
 {{- end -}}
 
 {{/* Every values problem at once, one line each; rendering stops if there is any. */}}
+{{- /* A Kubernetes memory quantity (16Gi, 16000Mi, 17G, 1.5Gi, bytes) in GiB. */ -}}
+{{- define "tuner.gib" -}}
+{{- $q := toString . -}}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
+{{- $units := dict "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "k" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 -}}
+{{- $unit := trimPrefix $num $q -}}
+{{- divf (mulf (float64 $num) (float64 (default 1.0 (get $units $unit)))) 1073741824.0 -}}
+{{- end -}}
+
 {{- define "tuner.validate" -}}
 {{- $problems := list -}}
 {{- $spec := dict -}}
@@ -163,6 +172,33 @@ imagePullSecrets:
 {{- end -}}
 {{- if and .Values.minio.enabled .Values.storage.endpoint -}}
 {{- $problems = append $problems "storage.endpoint is set and minio.enabled is true; the job would not use the dev MinIO. Leave storage.endpoint empty or disable minio." -}}
+{{- end -}}
+{{- /* The head's memory: Ray's services and the tuner driver, the object store, and per
+running trial its driver, Ray Train controller, synchronization actor and placement-group
+cleaner (docs/scaling.md, `bench/run.py head`). Running trials: as many as the head's
+drivers, the worker groups' GPUs (or CPUs) and the spec allow. */ -}}
+{{- $driverCpus := float64 (default 1 $scaling.driver_cpus) -}}
+{{- $concurrent := min (int .Values.head.maxTrialDrivers) (int (floor (divf (float64 .Values.head.rayCPUs) $driverCpus))) -}}
+{{- $workerSlots := 0 -}}
+{{- range .Values.workerGroups -}}
+{{- $perPod := int (floor (divf (float64 .rayCPUs) $cpusPerWorker)) -}}
+{{- if $useGpu -}}
+{{- $perPod = min $perPod (int (floor (divf (float64 .gpus) $gpusPerWorker))) -}}
+{{- end -}}
+{{- $workerSlots = add $workerSlots (mul $perPod (int .replicas)) -}}
+{{- end -}}
+{{- $concurrent = min $concurrent (div $workerSlots $workers) -}}
+{{- if $scaling.max_concurrent_trials -}}
+{{- $concurrent = min $concurrent (int $scaling.max_concurrent_trials) -}}
+{{- end -}}
+{{- $headMemory := default (dig "requests" "memory" "" .Values.head.resources) (dig "limits" "memory" "" .Values.head.resources) -}}
+{{- if and $headMemory (gt $concurrent 0) -}}
+{{- $sizing := .Values.head.sizing -}}
+{{- $needGi := addf (float64 $sizing.baseGi) (float64 .Values.head.objectStoreGi) (mulf (float64 $concurrent) (float64 $sizing.perTrialGi)) -}}
+{{- $haveGi := float64 (include "tuner.gib" $headMemory) -}}
+{{- if lt $haveGi $needGi -}}
+{{- $problems = append $problems (printf "The head's memory (%s) holds fewer than the %d trials that can run at once: they need about %.1f GiB (head.sizing.baseGi %v + head.objectStoreGi %v + %d x head.sizing.perTrialGi %v, see docs/scaling.md). Raise head.resources memory, or lower head.maxTrialDrivers or the spec's scaling.max_concurrent_trials." $headMemory $concurrent $needGi $sizing.baseGi .Values.head.objectStoreGi $concurrent $sizing.perTrialGi) -}}
+{{- end -}}
 {{- end -}}
 {{- if gt (float64 (default 1 $scaling.driver_cpus)) (float64 .Values.head.rayCPUs) -}}
 {{- $problems = append $problems (printf "head.rayCPUs is %v, less than one trial driver's scaling.driver_cpus (%v)." .Values.head.rayCPUs $scaling.driver_cpus) -}}
