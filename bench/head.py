@@ -22,6 +22,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "services"))
+from ray_head import descendants  # noqa: E402
+
 KINDS = (("ImplicitFunc", "trial_driver"), ("TrainController", "train_controller"),
          ("SynchronizationActor", "train_sync_actor"), ("PlacementGroupCleaner", "train_pg_cleaner"),
          ("PreemptionWatcher", "train_preemption_watcher"), ("_QueueActor", "queue_actor"),
@@ -34,28 +37,6 @@ KINDS = (("ImplicitFunc", "trial_driver"), ("TrainController", "train_controller
 # carries the Train run's reports to its Tune trial).
 PER_TRIAL = ("trial_driver", "train_controller", "train_sync_actor", "train_pg_cleaner", "train_preemption_watcher",
              "queue_actor")
-
-
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            out.setdefault(ppid, []).append(int(proc.name))
-    return out
-
-
-def _tree(roots: list[int], children: dict[int, list[int]]) -> set[int]:
-    found, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo += children.get(pid, [])
-    return found
 
 
 def _kind(pid: int) -> tuple[str, int, float]:
@@ -92,10 +73,9 @@ def _measure(work: Path, dataset: str, on_head: bool) -> dict:
 
     def sample():
         while not stop.is_set():
-            children = _children()
             snap: dict = {}
             for node_name, node in (("head", cluster.head_node), ("worker", worker)):
-                for pid in _tree(_node_pids(node), children):
+                for pid in descendants(_node_pids(node)):
                     kind, rss, cpu = _kind(pid)
                     entry = snap.setdefault(node_name, {}).setdefault(kind, {"processes": 0, "rss_mb": 0.0, "cpu": 0.0})
                     entry["processes"] += 1

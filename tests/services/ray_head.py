@@ -36,23 +36,15 @@ class RayHead:
     def pids(self) -> list[int]:
         """The cluster's processes: the ones whose command line names its temp folder,
         and their descendants (Ray's agents and workers rename themselves `ray::...`)."""
-        named, children = [], {}
+        named = []
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
                 try:
                     if self.temp_dir in (proc / "cmdline").read_bytes().decode(errors="replace"):
                         named.append(int(proc.name))
-                    ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
+                except OSError:
                     continue
-                children.setdefault(ppid, []).append(int(proc.name))
-        found, todo = set(), list(named)
-        while todo:
-            pid = todo.pop()
-            if pid not in found:
-                found.add(pid)
-                todo += children.get(pid, [])
-        return sorted(found)
+        return descendants(named)
 
     def stop(self) -> None:
         # Found before any is killed (an orphan is no longer a descendant), each with its
@@ -71,6 +63,25 @@ class RayHead:
             while self.pids() and time.time() < deadline:
                 time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def descendants(roots: list[int]) -> list[int]:
+    """``roots`` and every process below them (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return sorted(found)
 
 
 def _started(pid: int) -> int | None:
