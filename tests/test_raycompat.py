@@ -246,22 +246,40 @@ def test_storage_check_on_s3_puts_the_marker_file_and_no_directory_markers(tmp_p
                      storage_filesystem=storage.s3_filesystem(endpoint, quick_fail=True))
 
 
-def test_the_experiment_state_period_starts_at_2_s_and_grows_with_the_save(monkeypatch):
+def test_the_experiment_state_period_starts_at_2_s_and_grows_with_the_state(monkeypatch):
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
     from tuner import raycompat
 
     raycompat.adaptive_experiment_state_period(2.0)
-    monkeypatch.setitem(raycompat._LAST_UPLOAD, "seconds", 0.0)
+    monkeypatch.setitem(raycompat._LAST_UPLOAD, "bytes", 0)
     auto = _ExperimentCheckpointManager(storage=None, checkpoint_period="auto")
     assert auto._checkpoint_period == 2.0
+    auto._update_auto_checkpoint_time(5.0)  # however slow the machine
+    assert auto._checkpoint_period == 2.0
+    monkeypatch.setitem(raycompat._LAST_UPLOAD, "bytes", 100 * 20_000)  # ~100 trials' state
     auto._update_auto_checkpoint_time(0.01)
     assert auto._checkpoint_period == 2.0
-    auto._update_auto_checkpoint_time(0.2)  # writing the state files took 0.2 s
-    assert auto._checkpoint_period == pytest.approx(3.8)
-    monkeypatch.setitem(raycompat._LAST_UPLOAD, "seconds", 0.5)  # uploading them, 0.5 s
-    auto._update_auto_checkpoint_time(0.2)
-    assert auto._checkpoint_period == pytest.approx(9.5)
+    monkeypatch.setitem(raycompat._LAST_UPLOAD, "bytes", 1000 * 20_000)  # ~1,000 trials'
+    auto._update_auto_checkpoint_time(0.01)
+    assert auto._checkpoint_period == pytest.approx(19.07, abs=0.01)
     fixed = _ExperimentCheckpointManager(storage=None, checkpoint_period=5)  # a user's number stands
     fixed._update_auto_checkpoint_time(1.0)
     assert fixed._checkpoint_period == 5.0
+
+
+def test_an_upload_of_the_experiment_folder_records_what_it_sent(tmp_path):
+    import pyarrow.fs as pafs
+
+    from tuner import raycompat
+
+    (tmp_path / "src" / "trial").mkdir(parents=True)
+    (tmp_path / "src" / "experiment_state.json").write_bytes(b"x" * 1000)
+    (tmp_path / "src" / "trial" / "result.json").write_bytes(b"y" * 10)
+    sent = {"files": {}, "dirs": set(), "at": 0}
+    dest = str(tmp_path / "dest")
+    assert raycompat.upload_changed(str(tmp_path / "src"), pafs.LocalFileSystem(), dest, sent) == 2
+    assert raycompat._LAST_UPLOAD["bytes"] == 1010
+    (tmp_path / "src" / "experiment_state.json").write_bytes(b"z" * 500)
+    assert raycompat.upload_changed(str(tmp_path / "src"), pafs.LocalFileSystem(), dest, sent) == 1
+    assert raycompat._LAST_UPLOAD["bytes"] == 500

@@ -395,8 +395,8 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
 
     # Tune saves the experiment state (which trials finished, the scheduler's records) every
     # 10 s or more by default; a driver lost in between forgets trials that finished since
-    # and a re-run trains them again. Saved every 2 s here, or less often once a save
-    # takes over 1/20 of that (about 20 KB per trial, written and uploaded whole).
+    # and a re-run trains them again. Saved every 2 s here, or less often once the state
+    # (about 20 KB per trial, written and uploaded whole) passes 2 MB: at most 1 MiB/s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "auto")
     raycompat.adaptive_experiment_state_period(2.0)
     # Each trial's results as result.json (which Tune's analysis reads) and TensorBoard
