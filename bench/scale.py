@@ -155,7 +155,7 @@ def scale(work: Path, mnist: str | None, smoke: bool) -> dict:
     from run import NAME
 
     from tuner import data as tdata
-    from tuner import report
+    from tuner import report, storage
 
     sizes = [12] if smoke else SIZES
     concurrent = GPUS // WORKERS
@@ -207,7 +207,7 @@ def scale(work: Path, mnist: str | None, smoke: bool) -> dict:
                         started = time.time()
                         report.write_report(f"s3://{BUCKET}/store", name)
                         run["report_seconds"] = round(time.time() - started, 1)
-                        summary = json.loads(_read(f"s3://{BUCKET}/store/{name}/summary.json"))
+                        summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/store/{name}/summary.json"))
                         run["trials_in_summary"] = len(summary["trials"])
                         run["epochs_spent"] = summary["epochs_spent"]
                     figures[how] = run
@@ -228,8 +228,3 @@ def scale(work: Path, mnist: str | None, smoke: bool) -> dict:
             print(json.dumps({f"trials_{n}": figures}), file=sys.stderr, flush=True)
     return out
 
-
-def _read(uri: str) -> bytes:
-    from tuner import storage
-
-    return storage.read_bytes(uri)
