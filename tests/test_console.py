@@ -134,6 +134,33 @@ def test_a_log_gets_a_progress_line_at_most_once_a_minute(capsys, monkeypatch):
     assert len(lines) == 1 and "epochs 3 of 12 " in lines[0]  # at 25 s and 50 s none; at 75 s one
 
 
+class Counted(list):
+    """Trials that count the passes over them."""
+
+    passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return super().__iter__()
+
+
+def test_tune_steps_count_the_trials_at_most_once_a_second(capsys, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(console.time, "time", lambda: now[0])
+    c = make()
+    trials = Counted(Trial(f"a_{i:05d}", status="RUNNING") for i in range(1000))
+    for _ in range(100):  # no line is due in a log before a minute
+        now[0] += 0.5
+        c.on_step_end(iteration=0, trials=trials)
+    assert trials.passes == 0
+    now[0] += 60
+    for _ in range(100):  # Tune's steps within one second
+        now[0] += 0.001
+        c.on_step_end(iteration=0, trials=trials)
+    assert trials.passes == 1
+    assert capsys.readouterr().out.startswith("trials: 1000 running, ")
+
+
 def test_pickles_without_its_run_state():
     c = make()
     c._seen["x"] = 3

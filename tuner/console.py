@@ -89,13 +89,13 @@ class Console(tune.Callback):
     def _fresh(self) -> None:
         self._started_at = time.time()
         self._seen: dict[str, int | None] = {}  # trial id -> the resumed_from_epoch last seen
-        self._last_progress = self._started_at
+        self._last_progress = self._last_counted = self._started_at
         self._progress_shown = None
         self._redrawn = False
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment
         state = dict(self.__dict__)
-        for k in ("_started_at", "_seen", "_last_progress", "_progress_shown", "_redrawn"):
+        for k in ("_started_at", "_seen", "_last_progress", "_last_counted", "_progress_shown", "_redrawn"):
             state.pop(k, None)
         return state
 
@@ -228,6 +228,14 @@ class Console(tune.Callback):
         self._progress(trials, force=True, ending=(trial, "ERROR"))
 
     def on_step_end(self, iteration, trials, **info):
+        # A progress line counts every trial, and Tune steps many times a second: counted
+        # once a second at most (each step would make a run's counting grow with the
+        # square of its trials), and in a log only once a line may be due.
+        now = time.time()
+        due = TTY_PROGRESS_SECONDS if self._tty else LOG_PROGRESS_SECONDS
+        if now - self._last_counted < TTY_PROGRESS_SECONDS or now - self._last_progress < due:
+            return
+        self._last_counted = now
         self._progress(trials)
 
     def on_experiment_end(self, trials, **info):
