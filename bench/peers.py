@@ -1,13 +1,15 @@
-"""Peers on `tuner`'s economy space and epoch budget, each single-process per trial:
-Keras Tuner's Hyperband, Optuna with a successive-halving pruner, and plain Ray Tune
-(ASHA, the model trained in the trial's own process).
+"""Peers on `tuner`'s economy space and epoch budget. Single-process per trial: Keras
+Tuner's Hyperband, Optuna with a successive-halving pruner, and plain Ray Tune (ASHA, the
+model trained in the trial's own process). Multi-worker per trial, as `tuner`'s: Ray Tune +
+Ray Train written by hand (``raytune_train``: ASHA over 2-worker TensorflowTrainer trials).
 
-    python bench/peers.py kerastuner|optuna|raytune DATASET_URI SAMPLES MAX_T   # prints one JSON line
+    python bench/peers.py kerastuner|optuna|raytune|raytune_train DATASET_URI SAMPLES MAX_T [CONFIGS_JSON]
+    # prints one JSON line
 
 Run by ``bench/run.py peers`` (one fresh process per peer). Needs the `bench` extra
-(keras-tuner, optuna). The peers train with Keras 3, the Keras they are written for
-(single process: its fit works there); `tuner` trains with tf_keras under
-MultiWorkerMirroredStrategy.
+(keras-tuner, optuna). The single-process peers train with Keras 3, the Keras they are
+written for (single process: its fit works there); `tuner` and ``raytune_train`` train
+with tf_keras under MultiWorkerMirroredStrategy.
 """
 
 from __future__ import annotations
@@ -58,8 +60,11 @@ def load(dataset_uri: str):
     return out
 
 
-def build(p: dict, train_rows: int):
-    import keras
+def build(p: dict, train_rows: int, keras=None, global_batch: int = SPACE["batch_size"]):
+    """The economy MLP in ``keras`` (default: Keras 3); its decay counted in epochs of
+    ``global_batch``."""
+    if keras is None:
+        import keras
 
     layers = [keras.Input((28, 28)), keras.layers.Flatten()]
     for _ in range(p["depth"]):
@@ -68,7 +73,7 @@ def build(p: dict, train_rows: int):
     lr = p["learning_rate"]
     if p["schedule"] == "exponential":
         # Decay counted in epochs, smooth, as `tuner` does it.
-        steps = math.ceil(train_rows / SPACE["batch_size"])
+        steps = math.ceil(train_rows / global_batch)
         lr = keras.optimizers.schedules.ExponentialDecay(lr, p["decay_epochs"] * steps, SPACE["decay_rate"])
     opt = keras.optimizers.Adam(lr) if p["optimizer"] == "adam" else keras.optimizers.RMSprop(lr)
     net.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
@@ -199,14 +204,101 @@ def raytune(dataset_uri: str, samples: int, max_t: int) -> dict:
         ray.shutdown()
 
 
-PEERS = {"kerastuner": kerastuner, "optuna": optuna_sh, "raytune": raytune}
+def raytune_train(dataset_uri: str, samples: int, max_t: int, configs: list[dict] | None = None) -> dict:
+    """`tuner`'s own trials written by hand in the Ray docs' pattern: a Tune function per
+    trial that builds a Ray Train ``TensorflowTrainer`` (2 workers of 1 CPU under
+    MultiWorkerMirroredStrategy, ``model.fit`` with Ray's ``ReportCheckpointCallback``,
+    ``TuneReportCallback`` so ASHA sees the workers' reports), one trial at a time on the
+    same 3 logical CPUs `tuner` sizes its local Ray with, checkpoints in local storage as
+    `tuner`'s run in this benchmark. tf_keras through ``TF_USE_LEGACY_KERAS`` in the
+    workers' environment: Keras 3's fit fails under the strategy (keras #20585).
+    ``configs``: the configurations to try, in order (`tuner`'s, for the same draws)."""
+    import ray
+    from ray import train, tune
+    from ray.train.tensorflow import TensorflowTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    workers, storage = 2, os.path.abspath("raytune_train")  # in bench/run.py's working folder
+
+    def train_loop_per_worker(config):
+        import tensorflow as tf
+        from ray.train.tensorflow.keras import ReportCheckpointCallback
+
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        d = load(dataset_uri)
+        global_batch = SPACE["batch_size"] * workers
+
+        def batches(split, shuffle):
+            ds = tf.data.Dataset.from_tensor_slices(d[split])
+            ds = ds.shuffle(len(d[split][1]), seed=SEED, reshuffle_each_iteration=True) if shuffle else ds
+            return ds.batch(global_batch)  # sharded by the strategy: each worker gets its half of a batch
+
+        with strategy.scope():
+            net = build(config, len(d["train"][1]), tf.keras, global_batch)
+        net.fit(batches("train", True), validation_data=batches("validation", False), epochs=max_t, verbose=0,
+                callbacks=[ReportCheckpointCallback(metrics={"val_accuracy": "val_accuracy"})])
+
+    def trial(config):
+        TensorflowTrainer(
+            train_loop_per_worker, train_loop_config=config,
+            scaling_config=train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+            run_config=train.RunConfig(name=f"train-{tune.get_context().get_trial_id()}", storage_path=storage,
+                                       callbacks=[TuneReportCallback()]),
+        ).fit()
+
+    space = draw(lambda name, low, high, log: (tune.loguniform if log else tune.uniform)(low, high),
+                 lambda name, values: tune.choice(values))
+    # Ray's dashboard (on by default) hosts the state API through which Ray Train removes a
+    # finished trial's worker placement group; without it the next trial waits forever.
+    # Its address is pinned: Ray's `ray_current_cluster` file may name another cluster.
+    from reliability import _free_port
+
+    port = _free_port()
+    ray.init(address="local", num_cpus=1 + workers, include_dashboard=True, dashboard_port=port, log_to_driver=False,
+             runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+                                       "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+    try:
+        grid = tune.Tuner(
+            tune.with_resources(trial, {"CPU": 1}),
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric="val_accuracy", mode="max", num_samples=samples,
+                scheduler=ASHAScheduler(max_t=max_t, grace_period=1, reduction_factor=REDUCTION),
+                # One trial at a time: two drivers would hold 2 of the 3 CPUs, and neither
+                # worker group could start. (Tune ignores `max_concurrent_trials` beside a
+                # search algorithm passed in.)
+                search_alg=BasicVariantGenerator(points_to_evaluate=configs, random_state=SEED, max_concurrent=1)),
+            run_config=tune.RunConfig(storage_path=storage, name="peers", verbose=0),
+        ).fit()
+        epochs = sum(int(r.metrics["training_iteration"]) for r in grid)
+        best = grid.get_best_result(scope="all")
+        import tf_keras
+
+        # Ray Train keeps the checkpoints; TuneReportCallback passes each one's path on.
+        reports = best.metrics_dataframe
+        path = reports.loc[reports["val_accuracy"].idxmax(), "checkpoint_path"]
+        with train.Checkpoint(path).as_directory() as ckpt:
+            net = tf_keras.models.load_model(os.path.join(ckpt, "model.keras"))
+        d = load(dataset_uri)
+        accuracy = float(net.evaluate(*d["test"], batch_size=2048, verbose=0)[1])
+        return {"trials": len(grid), "epochs_spent": epochs, "best_test_accuracy": accuracy,
+                "best_val_accuracy": float(best.metrics_dataframe["val_accuracy"].max())}
+    finally:
+        ray.shutdown()
+
+
+PEERS = {"kerastuner": kerastuner, "optuna": optuna_sh, "raytune": raytune, "raytune_train": raytune_train}
 
 
 def main() -> None:
     which, dataset_uri, samples, max_t = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    configs = json.loads(sys.argv[5]) if len(sys.argv) > 5 else None
     started = time.time()
-    out = PEERS[which](dataset_uri, samples, max_t)
-    out.update(wall_seconds=round(time.time() - started, 1), multi_worker_trials=False)
+    out = PEERS[which](dataset_uri, samples, max_t, **({"configs": configs} if configs else {}))
+    out.update(wall_seconds=round(time.time() - started, 1), multi_worker_trials=which == "raytune_train")
     print(json.dumps(out))
 
 

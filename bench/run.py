@@ -446,8 +446,9 @@ def searchers(work: Path, mnist: str | None, smoke: bool) -> dict:
 
 def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
     """`tuner` (ASHA, 2-worker trials) against Keras Tuner's Hyperband, Optuna + successive
-    halving and plain Ray Tune + ASHA (single-process trials), on the economy space with
-    the same epoch budget per trial (bench/peers.py)."""
+    halving and plain Ray Tune + ASHA (single-process trials), and against the same
+    2-worker trials under Ray Tune + Ray Train written by hand (`tuner`'s configurations),
+    on the economy space with the same epoch budget per trial (bench/peers.py)."""
     dataset = stage(work, mnist)
     samples, max_t = (2, 2) if smoke else (27, 9)
     out = {}
@@ -466,14 +467,28 @@ def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
     # Keras 3 for the peers: nothing of tuner's tf_keras set-up in their environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "TF_USE_LEGACY_KERAS"))}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO / "bench"))
-    for peer in ("kerastuner", "optuna", "raytune"):
-        proc = subprocess.run([sys.executable, str(REPO / "bench" / "peers.py"), peer, dataset, str(samples), str(max_t)],
-                              cwd=work, env=env, capture_output=True, text=True)
+    # The hand-written multi-worker peer tries tuner's configurations, in tuner's order.
+    # (A value tuner leaves unset, decay_epochs of a constant schedule, Tune draws unused.)
+    drawn = [{k: t["config"][k] for k in PEER_SPACE_KEYS if t["config"].get(k) is not None}
+             for t in sorted(summary["trials"], key=lambda t: t["trial_id"])]
+    for peer in PEERS:
+        extra = [json.dumps(drawn)] if peer == "raytune_train" else []
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "peers.py"), peer, dataset, str(samples), str(max_t),
+                               *extra], cwd=work, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"peer {peer} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         out[peer] = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+    if fair := out.get("raytune_train"):
+        out["tuner_vs_raytune_train"] = {
+            "wall": round(out["tuner"]["wall_seconds"] / fair["wall_seconds"], 3),
+            "best_test_accuracy_points": round(100 * (out["tuner"]["best_test_accuracy"] - fair["best_test_accuracy"]), 2)}
     return {"max_t": max_t, "reduction_factor": 3, "samples": samples, **out}
+
+
+# bench/run.py peers runs these (bench/peers.py); `--peers` picks some.
+PEERS = ["kerastuner", "optuna", "raytune", "raytune_train"]
+PEER_SPACE_KEYS = ["learning_rate", "schedule", "decay_epochs", "optimizer", "dropout", "width", "depth"]
 
 
 from data import data, s3  # noqa: E402 - bench/ is the script's folder
@@ -507,9 +522,18 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny run to keep the code working; not recorded")
     parser.add_argument("--work", help="working folder (default: a temporary one)")
     parser.add_argument("--trials", help="scale: the trial counts to run, comma-separated (default 100,300,1000)")
+    parser.add_argument("--plain", help="scale: the trial counts plain Ray Tune runs at too (default: all of --trials)")
+    parser.add_argument("--peers", help=f"peers: the peers to run beside tuner, comma-separated (default {','.join(PEERS)})")
     args = parser.parse_args()
     if args.trials:
         scale_module.SIZES = [int(n) for n in args.trials.split(",")]
+    if args.plain:
+        scale_module.PLAIN_SIZES = [int(n) for n in args.plain.split(",")]
+    if args.peers:
+        unknown = set(args.peers.split(",")) - set(PEERS)
+        if unknown:
+            parser.error(f"--peers: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PEERS)}")
+        PEERS[:] = args.peers.split(",")
     names = ALL if args.which == "all" else [args.which]
     if args.mnist:  # the CLI runs in the working folder
         args.mnist = str(Path(args.mnist).resolve())
@@ -518,8 +542,10 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         results = {}
         for name in names:
+            started = time.time()
             results[name] = BENCHES[name](work, None if args.smoke else args.mnist, args.smoke)
             print(json.dumps({name: results[name]}), flush=True)
+            print(f"bench {name}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     if not args.smoke:
         record(recorded_command(sys.argv[1:]), results)
 

@@ -34,8 +34,12 @@ def test_bench_smoke(tmp_path):
     # One algorithm in a smoke run; test_searchers.py runs each (bayesian too, in CI).
     assert searched["random"]["trials"] == searched["samples"]
     assert all("skipped" in searched[a] for a in ("quasi_random", "tpe", "bayesian"))
-    assert {"tuner", "kerastuner", "optuna", "raytune"} <= set(results["peers"])
-    assert [p for p, r in results["peers"].items() if isinstance(r, dict) and r["multi_worker_trials"]] == ["tuner"]
+    assert {"tuner", "kerastuner", "optuna", "raytune", "raytune_train"} <= set(results["peers"])
+    multi_worker = [p for p, r in results["peers"].items() if isinstance(r, dict) and r.get("multi_worker_trials")]
+    assert multi_worker == ["tuner", "raytune_train"]
+    # The hand-written Ray Tune + Ray Train peer tried tuner's configurations, as many.
+    assert results["peers"]["raytune_train"]["trials"] == results["peers"]["tuner"]["trials"]
+    assert results["peers"]["tuner_vs_raytune_train"]["wall"] > 0
     streamed = results["data"]
     assert streamed["stream_vs_memory_samples_per_second_x1"] > 0 and streamed["raydata"]["x1"]["startup_seconds"] > 0
     assert streamed["stream"]["x1"]["s3_per_worker_epoch"]["get_requests"] > 0
