@@ -7,7 +7,8 @@ once), a trial driver that reports an epoch every 0.2 s and starts no worker gro
 Per size:
 
 - `tuner tune` (the `quick` preset's space, ASHA 1/3/9 epochs), against the same stub
-  trials under plain Ray Tune (`bench/scale_plain.py`) on the same cluster and bucket:
+  trials under plain Ray Tune (`bench/scale_plain.py`; at the sizes `--plain` names, by
+  default all) on the same cluster and bucket:
   wall time, the driver's peak RSS, the head's processes' peak RSS by kind, S3 requests
   per trial, Tune's experiment-state saves (count, time) and what they leave in storage;
 - `tuner`'s steps after Tune (trials from Tune's results, results.parquet,
