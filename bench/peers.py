@@ -282,10 +282,8 @@ def raytune_train(dataset_uri: str, samples: int, max_t: int, configs: list[dict
         path = reports.loc[reports["val_accuracy"].idxmax(), "checkpoint_path"]
         with train.Checkpoint(path).as_directory() as ckpt:
             net = tf_keras.models.load_model(os.path.join(ckpt, "model.keras"))
-        d = load(dataset_uri)
-        accuracy = float(net.evaluate(*d["test"], batch_size=2048, verbose=0)[1])
-        return {"trials": len(grid), "epochs_spent": epochs, "best_test_accuracy": accuracy,
-                "best_val_accuracy": float(best.metrics_dataframe["val_accuracy"].max())}
+        return {"trials": len(grid), "epochs_spent": epochs, "best_test_accuracy": test_accuracy(net, load(dataset_uri)),
+                "best_val_accuracy": float(reports["val_accuracy"].max())}
     finally:
         ray.shutdown()
 
