@@ -66,6 +66,26 @@ def test_the_callback_pickles_without_its_runs():
     assert back.mlflow_util is None  # made in setup: unpickling needs no mlflow
 
 
+def test_an_experiment_pickled_with_the_callback_in_tracking_still_loads():
+    # Before tuner/tracker.py, the class was tuner.tracking.Tracker in saved experiments.
+    from tuner.tracker import Tracker
+
+    assert pickle.loads(b"ctuner.tracking\nTracker\n.") is Tracker is tracking.Tracker
+
+
+def test_an_untracked_run_loads_neither_mlflow_nor_pytorch():
+    """What an untracked run's driver imports to set Tune up: MLflow (Ray's callback) and
+    PyTorch (tensorboardX's type annotation) took 2 and 4 s of its start (tuner/tracker.py,
+    tuner/tensorboard.py)."""
+    import subprocess
+
+    probe = ("import sys; from tuner import tracking, tune; from tuner.tensorboard import EpochTensorBoard; "
+             "EpochTensorBoard('epoch'); assert not tracking.is_tracker(object()); "
+             "print(sorted(m for m in ('mlflow', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]"]
+
+
 def test_how_a_trial_run_ends():
     assert tracking.end_of(False, 5, 5, "ASHA") == ("FINISHED", {"tuner.outcome": "finished"})
     assert tracking.end_of(False, 1, 5, "ASHA") == (

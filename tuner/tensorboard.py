@@ -12,13 +12,17 @@ Imports Ray: load it only where Tune runs.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.result import TIMESTEPS_TOTAL
 
 
 class EpochTensorBoard(TBXLoggerCallback):
     def __init__(self, time_attr: str):
-        super().__init__()
+        with _torch_hidden():  # Tune's callback imports tensorboardX here
+            super().__init__()
         self.time_attr = time_attr
 
     def log_trial_result(self, iteration, trial, result) -> None:
@@ -33,3 +37,20 @@ class EpochTensorBoard(TBXLoggerCallback):
         state = self.__dict__.copy()
         state["_trial_writer"], state["_trial_result"] = {}, {}
         return state
+
+
+@contextlib.contextmanager
+def _torch_hidden():
+    """Load tensorboardX without PyTorch: tensorboardX 2.6 imports it, where installed,
+    for a type annotation only (``writer.numpy_compatible``), which took 1.6-4 s of a
+    run's start here; it imports PyTorch again when given a torch tensor. Nothing is
+    hidden once either is loaded."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+    try:
+        yield
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]

@@ -391,7 +391,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     from tuner import search as searching
     from tuner.console import Console
     from tuner.tensorboard import EpochTensorBoard
-    from tuner.tracking import Tracker
+    from tuner.tracking import is_tracker
 
     # Tune saves the experiment state (which trials finished, the scheduler's records) every
     # 10 s or more by default; a driver lost in between forgets trials that finished since
@@ -434,7 +434,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
             callbacks.append(JsonLoggerCallback())
         # This run's console level, whatever the interrupted run's was (an older tuner
         # stored none).
-        callbacks[:] = [c for c in callbacks if not isinstance(c, (Console, Tracker))] + [printer, *trackers]
+        callbacks[:] = [c for c in callbacks if not (isinstance(c, Console) or is_tracker(c))] + [printer, *trackers]
     else:
         scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR)
         searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, metric, mode)
