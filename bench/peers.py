@@ -283,7 +283,9 @@ def raytune_train(dataset_uri: str, samples: int, max_t: int, configs: list[dict
         with train.Checkpoint(path).as_directory() as ckpt:
             net = tf_keras.models.load_model(os.path.join(ckpt, "model.keras"))
         return {"trials": len(grid), "epochs_spent": epochs, "best_test_accuracy": test_accuracy(net, load(dataset_uri)),
-                "best_val_accuracy": float(reports["val_accuracy"].max())}
+                "best_val_accuracy": float(reports["val_accuracy"].max()),
+                "best_epoch": int(reports.loc[reports["val_accuracy"].idxmax(), "training_iteration"]),
+                "best_config": best.config}
     finally:
         ray.shutdown()
 

@@ -260,7 +260,7 @@ def economy(work: Path, mnist: str | None, smoke: bool) -> dict:
     never pauses), the paper's promotion rule (``asha_promote``: trials wait, paused, at a
     rung until promoted) and full-budget FIFO."""
     dataset = stage(work, mnist)
-    samples, max_t = (2, 2) if smoke else (27, 9)
+    samples, max_t = (1, 2) if smoke else (27, 9)
     # A smoke run keeps the comparison working with Ray's ASHA alone against FIFO
     # (tests/integration/test_promote.py runs asha_promote).
     compared = ("asha",) if smoke else ("asha", "asha_promote")
@@ -450,7 +450,7 @@ def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
     2-worker trials under Ray Tune + Ray Train written by hand (`tuner`'s configurations),
     on the economy space with the same epoch budget per trial (bench/peers.py)."""
     dataset = stage(work, mnist)
-    samples, max_t = (2, 2) if smoke else (27, 9)
+    samples, max_t = (1, 2) if smoke else (27, 9)
     out = {}
     run = tuner(["tune", "--config", "mnist", "--name", NAME["peers"], "--storage", str(work / "store"),
                  "--set", f"data.uri={dataset}", "--set", f"search.num_samples={samples}",
@@ -463,7 +463,8 @@ def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
     out["tuner"] = {"trials": len(summary["trials"]), "epochs_spent": summary["epochs_spent"],
                     "best_test_accuracy": round(summary["best"]["test_accuracy"], 4),
                     "best_val_accuracy": round(summary["best"]["val_accuracy"], 4),
-                    "wall_seconds": round(run["seconds"], 1), "multi_worker_trials": True}
+                    "wall_seconds": round(run["seconds"], 1), "multi_worker_trials": True,
+                    "best_epoch": summary["best"]["epoch"], "best_config": summary["best"]["config"]}
     # Keras 3 for the peers: nothing of tuner's tf_keras set-up in their environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "TF_USE_LEGACY_KERAS"))}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO / "bench"))

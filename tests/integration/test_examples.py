@@ -24,7 +24,7 @@ from conftest import REPO, run_tuner
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--set", "search.num_samples=3", "--set", "asha.max_t=3", "--set", "asha.grace_period=1",
+SMALL = ["--set", "search.num_samples=2", "--set", "asha.max_t=3", "--set", "asha.grace_period=1",
          "--set", "asha.reduction_factor=2", "--set", "scaling.max_concurrent_trials=1"]
 
 
@@ -90,7 +90,7 @@ def run_example(env, here: Path, source: str, label: str, name: str) -> dict:
     assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-5000:]
     assert "Best trial" in tuned.stdout
     summary = json.loads(get(env, f"examples/{name}/summary.json"))
-    assert len(summary["trials"]) == 3 and all(t["status"] == "terminated" for t in summary["trials"])
+    assert len(summary["trials"]) == 2 and all(t["status"] == "terminated" for t in summary["trials"])
     best = json.loads(run_tuner(["best", "--storage", "s3://tuner/examples", "--name", name], env=env).stdout)
     assert best == summary["best"]
     page = run_tuner(["report", "--storage", "s3://tuner/examples", "--name", name], env=env)
