@@ -285,7 +285,11 @@ def raytune_train(dataset_uri: str, samples: int, max_t: int, configs: list[dict
         return {"trials": len(grid), "epochs_spent": epochs, "best_test_accuracy": test_accuracy(net, load(dataset_uri)),
                 "best_val_accuracy": float(reports["val_accuracy"].max()),
                 "best_epoch": int(reports.loc[reports["val_accuracy"].idxmax(), "training_iteration"]),
-                "best_config": best.config}
+                "best_config": best.config,
+                # Each trial's configuration and validation accuracy per epoch, for
+                # bench/run.py's paired comparison with `tuner`'s trials.
+                "per_trial": [{"config": r.config, "val_accuracy": r.metrics_dataframe.sort_values(
+                    "training_iteration")["val_accuracy"].tolist()} for r in grid]}
     finally:
         ray.shutdown()
 

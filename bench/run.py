@@ -456,7 +456,7 @@ def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
                  "--set", f"data.uri={dataset}", "--set", f"search.num_samples={samples}",
                  "--set", f"asha.max_t={max_t}", "--set", "asha.grace_period=1", "--set", "asha.reduction_factor=3",
                  *ECONOMY_SPACE], work)
-    summary, _ = experiment(work / "store", NAME["peers"])
+    summary, rows = experiment(work / "store", NAME["peers"])
     failed = [t["trial_id"] for t in summary["trials"] if t["status"] != "terminated"]
     if failed:
         raise SystemExit(f"peers: tuner trials {failed} failed; see {work / 'tuner.log'}")
@@ -483,8 +483,31 @@ def peers(work: Path, mnist: str | None, smoke: bool) -> dict:
     if fair := out.get("raytune_train"):
         out["tuner_vs_raytune_train"] = {
             "wall": round(out["tuner"]["wall_seconds"] / fair["wall_seconds"], 3),
-            "best_test_accuracy_points": round(100 * (out["tuner"]["best_test_accuracy"] - fair["best_test_accuracy"]), 2)}
+            "best_test_accuracy_points": round(100 * (out["tuner"]["best_test_accuracy"] - fair["best_test_accuracy"]), 2),
+            **paired_val_accuracy(summary, rows, drawn, fair.pop("per_trial"))}
     return {"max_t": max_t, "reduction_factor": 3, "samples": samples, **out}
+
+
+def paired_val_accuracy(summary: dict, rows: list[dict], drawn: list[dict], theirs: list[dict]) -> dict:
+    """`tuner`'s trials against the hand-written peer's on the same configurations: the
+    validation accuracy of each configuration at each epoch both ran it to, `tuner`'s
+    minus the peer's, in points (mean, and its standard error over the pairs). Which
+    trial is best hangs on a few of them; this compares every epoch both trained."""
+    ids = sorted(t["trial_id"] for t in summary["trials"])
+    ours = {i: {} for i in range(len(ids))}
+    for r in rows:
+        ours[ids.index(r["trial_id"])][r["epoch"]] = r["val_accuracy"]
+    diffs = []
+    for i, config in enumerate(drawn):
+        match = [t for t in theirs if all(t["config"].get(k) == v for k, v in config.items())]
+        if match:
+            curve = match[0]["val_accuracy"]
+            diffs += [100 * (ours[i][e] - curve[e - 1]) for e in ours[i] if e <= len(curve)]
+    if not diffs:
+        return {}
+    spread = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return {"paired_val_accuracy_points": {"epochs_compared": len(diffs), "mean": round(statistics.mean(diffs), 3),
+                                           "standard_error": round(spread, 3) if spread is not None else None}}
 
 
 # bench/run.py peers runs these (bench/peers.py); `--peers` picks some.
