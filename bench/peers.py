@@ -279,12 +279,11 @@ def raytune_train(dataset_uri: str, samples: int, max_t: int, configs: list[dict
 
         # Ray Train keeps the checkpoints; TuneReportCallback passes each one's path on.
         reports = best.metrics_dataframe
-        path = reports.loc[reports["val_accuracy"].idxmax(), "checkpoint_path"]
-        with train.Checkpoint(path).as_directory() as ckpt:
+        top = reports.loc[reports["val_accuracy"].idxmax()]  # the best trial's best report
+        with train.Checkpoint(top["checkpoint_path"]).as_directory() as ckpt:
             net = tf_keras.models.load_model(os.path.join(ckpt, "model.keras"))
         return {"trials": len(grid), "epochs_spent": epochs, "best_test_accuracy": test_accuracy(net, load(dataset_uri)),
-                "best_val_accuracy": float(reports["val_accuracy"].max()),
-                "best_epoch": int(reports.loc[reports["val_accuracy"].idxmax(), "training_iteration"]),
+                "best_val_accuracy": float(top["val_accuracy"]), "best_epoch": int(top["training_iteration"]),
                 "best_config": best.config,
                 # Each trial's configuration and validation accuracy per epoch, for
                 # bench/run.py's paired comparison with `tuner`'s trials.

@@ -493,16 +493,16 @@ def paired_val_accuracy(summary: dict, rows: list[dict], drawn: list[dict], thei
     validation accuracy of each configuration at each epoch both ran it to, `tuner`'s
     minus the peer's, in points (mean, and its standard error over the pairs). Which
     trial is best hangs on a few of them; this compares every epoch both trained."""
-    ids = sorted(t["trial_id"] for t in summary["trials"])
-    ours = {i: {} for i in range(len(ids))}
+    ours: dict = {}  # trial ID -> {epoch: validation accuracy}
     for r in rows:
-        ours[ids.index(r["trial_id"])][r["epoch"]] = r["val_accuracy"]
+        ours.setdefault(r["trial_id"], {})[r["epoch"]] = r["val_accuracy"]
     diffs = []
-    for i, config in enumerate(drawn):
+    # `drawn` lists the configurations in the order of tuner's sorted trial IDs.
+    for trial_id, config in zip(sorted(t["trial_id"] for t in summary["trials"]), drawn):
         match = [t for t in theirs if all(t["config"].get(k) == v for k, v in config.items())]
         if match:
             curve = match[0]["val_accuracy"]
-            diffs += [100 * (ours[i][e] - curve[e - 1]) for e in ours[i] if e <= len(curve)]
+            diffs += [100 * (acc - curve[e - 1]) for e, acc in ours.get(trial_id, {}).items() if e <= len(curve)]
     if not diffs:
         return {}
     spread = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
