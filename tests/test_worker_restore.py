@@ -33,3 +33,19 @@ def test_restore_skips_a_torn_checkpoint(tmp_path, tear):
     restored = worker.restore_latest(str(run), None)
     assert restored is not None and restored[1] == 1
     assert worker.stored_epochs(str(run), None) == [2, 1]
+
+
+def test_restore_tries_the_epochs_it_is_given(tmp_path):
+    """Workers restore from rank 0's listing (one listing per trial start): the epochs
+    given are the ones tried, newest first, without listing again."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from tuner import models, training
+
+    net = models.mnist_mlp({"width": 8, "depth": 1, "dropout": 0.0}, models.InputSpec((28, 28), num_classes=10))
+    training.compile_model(net, tf_keras.optimizers.SGD(0.1))
+    run = tmp_path / "run"
+    for epoch in (1, 2):
+        _save(run / worker.checkpoint_dir_name(epoch), epoch, net)
+    assert worker.restore_latest(str(run), None, [1])[1] == 1
+    assert worker.restore_latest(str(run), None, [3, 2, 1])[1] == 2  # 3: listed, gone since
+    assert worker.restore_latest(str(run), None, []) is None

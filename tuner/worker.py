@@ -37,6 +37,9 @@ READ_AHEAD_PIECES = 4
 # Set (tests only): each worker writes the labels of the rows it read in each pass over
 # its share to <dir>/<trial's run>-rank<R>-epoch<E>.npy.
 DEBUG_ROWS_ENV = "TUNER_DEBUG_ROWS_DIR"
+# A restore tries at most this many of the newest checkpoints (the list goes from rank 0 to
+# the other workers through Ray Train's broadcast, which takes under 1 KB).
+RESTORE_CANDIDATES = 32
 # `checkpoint.upload` -> ray.train.CheckpointUploadMode's name.
 UPLOAD_MODES = {"async": "ASYNC", "sync": "SYNC"}
 
@@ -72,6 +75,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     import ray.train
     import tensorflow as tf
     import tf_keras
+    from ray.train.collective import broadcast_from_rank_zero
 
     from tuner import data, models, raycompat, schedule, space, training
 
@@ -112,8 +116,12 @@ def train_loop_per_worker(cfg: dict) -> None:
             shuffle_rows=data.shards.shuffle_buffer(pieces, train.row_bytes, SHUFFLE_ROW_GROUPS, SHUFFLE_BUFFER_BYTES),
             seed=cfg["seed"] * 1009 + rank)
 
+    # Rank 0 alone lists the run's checkpoints (one storage listing per trial start, not
+    # one per worker) and hands the list to the others; every rank then loads the same one.
+    stored = broadcast_from_rank_zero(
+        stored_epochs(cfg["run_uri"], cfg["endpoint"])[:RESTORE_CANDIDATES] if rank == 0 else None)
     with strategy.scope():
-        restored = restore_latest(cfg["run_uri"], cfg["endpoint"])
+        restored = restore_latest(cfg["run_uri"], cfg["endpoint"], stored)
         if restored:
             net, start_epoch = restored
         else:
@@ -220,20 +228,22 @@ def stored_epochs(run_uri: str, endpoint: str | None) -> list[int]:
     return sorted(epochs, reverse=True)
 
 
-def restore_latest(run_uri: str, endpoint: str | None):
+def restore_latest(run_uri: str, endpoint: str | None, epochs: list[int] | None = None):
     """(model, epoch) from the newest checkpoint in storage that loads whole, or None.
+    ``epochs``: the run's checkpoints, newest first, as ``stored_epochs`` lists them
+    (listed here when not given).
 
     Read from storage rather than from ``ray.train.get_checkpoint()``: the controller
     registers a reported checkpoint only when it next polls the workers, so after a worker
     dies it may not know the newest checkpoints that are already safely stored. A folder
-    torn by the crash fails to load and the one before it is used. Storage does not change
-    while the new worker group starts, so every rank picks the same epoch.
+    torn by the crash fails to load and the one before it is used. Every rank of a worker
+    group gets the same ``epochs`` (rank 0's listing), so every rank picks the same epoch.
     """
     import tf_keras
 
     from tuner import storage
 
-    for epoch in stored_epochs(run_uri, endpoint):
+    for epoch in stored_epochs(run_uri, endpoint) if epochs is None else epochs:
         folder = storage.join(run_uri, checkpoint_dir_name(epoch))
         try:
             with tempfile.TemporaryDirectory() as tmp:

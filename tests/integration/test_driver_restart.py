@@ -15,7 +15,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-NUM_SAMPLES = 4
+# Three trials, one at a time: the first finishes before the kill, the second is cut off
+# mid-trial, the third starts only in the re-run.
+NUM_SAMPLES = 3
 MAX_T = 6
 # No early stopping (grace period = budget), so the interrupted trial has epochs left.
 ARGS = ["tune", "--config", "quick", "--set", f"search.num_samples={NUM_SAMPLES}", "--set", f"asha.max_t={MAX_T}",

@@ -1,6 +1,7 @@
 """A run stopped by a signal, as people stop runs (Ctrl-C in a terminal, SIGTERM from
 Kubernetes or `timeout`), exits 130/143 with one line naming the command that resumes
-it, writes no summary, and the same command then finishes the experiment.
+it, writes no summary, and the same command then goes on with the experiment; stopped
+again, again, until it finishes.
 
 Real `tuner tune` processes, each with its own in-process Ray; moto S3."""
 
@@ -20,8 +21,8 @@ from conftest import free_port, mlflow_runs
 pytestmark = pytest.mark.slow
 
 MAX_T = 3
-# Two trials, one at a time, no early stopping: the stop comes in the first trial, the
-# re-run has its rest and the whole second trial to do.
+# Two trials, one at a time, no early stopping: the first stop comes in the first trial,
+# the second after the resumed run's first checkpoint, the last run has the rest to do.
 ARGS = ["tune", "--config", "quick", "--set", "search.num_samples=2", "--set", f"asha.max_t={MAX_T}",
         "--set", f"asha.grace_period={MAX_T}", "--set", "scaling.max_concurrent_trials=1"]
 
@@ -36,78 +37,63 @@ def keys(s3, prefix: str) -> list[str]:
             for o in page.get("Contents", [])]
 
 
-def stopped_then_resumed(moto_s3, tmp_path, name: str, send, extra_env: dict | None = None, between=None):
-    """Run the command, call ``send(proc)`` once the first checkpoint is stored, then (after
-    ``between()``) run the same command again; returns (first exit code, its output, the
-    seconds from the signal to the exit)."""
-    s3 = client(moto_s3)
-    prefix = f"interrupt/{name}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}, **moto_s3,
-           **(extra_env or {})}
-    cmd = [sys.executable, "-m", "tuner", *ARGS, "--name", name, "--storage", "s3://tuner/interrupt"]
-    log = tmp_path / "first.log"
+def checkpoints(s3, prefix: str) -> set[str]:
+    return {k for k in keys(s3, f"{prefix}/runs/") if k.endswith("/state.json")}
+
+
+def stop_when(s3, prefix: str, log, cmd, env, tmp_path, send):
+    """Run ``cmd`` (output to ``log``) and call ``send(proc)`` once a checkpoint is stored
+    that was not there before; returns (its exit code, its output, seconds from the signal
+    to the exit)."""
+    before = checkpoints(s3, prefix)
     with open(log, "w") as out:
-        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         deadline = time.time() + 600
-        while first.poll() is None and time.time() < deadline:
-            if any(k.endswith("/state.json") for k in keys(s3, f"{prefix}/runs/")):
+        while proc.poll() is None and time.time() < deadline:
+            if checkpoints(s3, prefix) - before:
                 break
             time.sleep(0.3)
-        assert first.poll() is None, "the run ended before it could be stopped:\n" + log.read_text()[-3000:]
+        assert proc.poll() is None, "the run ended before it could be stopped:\n" + log.read_text()[-3000:]
         sent = time.time()
-        send(first)
-        code = first.wait(timeout=120)
-    stop_seconds = time.time() - sent
+        send(proc)
+        code = proc.wait(timeout=120)
     text = log.read_text()
     assert not keys(s3, f"{prefix}/summary.json"), "an interrupted run wrote a summary"
-    if between:
-        between()
-    second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "Resuming the interrupted experiment" in second.stdout
-    summary = json.loads(s3.get_object(Bucket="tuner", Key=f"{prefix}/summary.json")["Body"].read())
-    assert [(t["status"], t["epochs"], t["error"]) for t in summary["trials"]] == [("terminated", MAX_T, None)] * 2
-    resumed = [e for t in summary["trials"] for e in t["resumed_from_epochs"]]
-    # The stopped trial went on from its checkpoint (at epoch 1 or later), not from scratch.
-    assert resumed and min(resumed) >= 1, summary["trials"]
-    assert summary["best"]["test_accuracy"] > 0.3
-    print(f"stopped {stop_seconds:.1f} s after the signal; resumed from epochs {resumed}")
-    return code, text, stop_seconds
+    return code, text, time.time() - sent
 
 
-def test_ctrl_c_then_the_same_command_resumes(moto_s3, optional_mlflow, tmp_path, unique_name):
-    # With MLflow tracking where the server is installed: the stopped run's MLflow runs
-    # end as interrupted, and the re-run continues them.
+def test_ctrl_c_then_sigterm_twice_then_the_same_command_finishes(moto_s3, optional_mlflow, tmp_path, unique_name):
+    """One experiment stopped twice: by Ctrl-C, then (resumed) by two SIGTERMs beside a
+    stale Ray address file; the third run of the same command finishes it. With MLflow
+    tracking where the server is installed: the stopped runs' MLflow runs end as
+    interrupted, and the re-runs continue them."""
+    s3 = client(moto_s3)
+    prefix = f"interrupt/{unique_name}"
+    tracked = {"MLFLOW_TRACKING_URI": optional_mlflow} if optional_mlflow else {}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}, **moto_s3, **tracked}
+    cmd = [sys.executable, "-m", "tuner", *ARGS, "--name", unique_name, "--storage", "s3://tuner/interrupt"]
+    python = os.path.basename(sys.executable)
+    resume_line = (f"Interrupted; run the same command to resume: {python} -m tuner {' '.join(ARGS)} "
+                   f"--name {unique_name} --storage s3://tuner/interrupt")
+
     def interrupted_in_mlflow():
+        if not optional_mlflow:
+            return
         _, parent, children = mlflow_runs(optional_mlflow, unique_name)
         assert parent.info.status == "KILLED" and children
         assert {(r.info.status, r.data.tags["tuner.outcome"]) for r in children.values()
                 if "tuner.outcome" in r.data.tags} <= {("KILLED", "interrupted"), ("FINISHED", "finished")}
 
-    tracked = {"MLFLOW_TRACKING_URI": optional_mlflow} if optional_mlflow else {}
     # A terminal's Ctrl-C reaches the whole foreground process group, Ray's processes too.
-    code, text, _ = stopped_then_resumed(moto_s3, tmp_path, unique_name, lambda p: os.killpg(p.pid, signal.SIGINT),
-                                         tracked, interrupted_in_mlflow if optional_mlflow else None)
+    code, text, seconds = stop_when(s3, prefix, tmp_path / "first.log", cmd, env, tmp_path,
+                                    lambda p: os.killpg(p.pid, signal.SIGINT))
     assert code == 130, text[-3000:]
-    lines = [line for line in text.splitlines() if line.startswith("Interrupted; ")]
-    python = os.path.basename(sys.executable)
-    assert lines == [f"Interrupted; run the same command to resume: {python} -m tuner {' '.join(ARGS)} "
-                     f"--name {unique_name} --storage s3://tuner/interrupt"], text[-3000:]
+    assert [line for line in text.splitlines() if line.startswith("Interrupted; ")] == [resume_line], text[-3000:]
     assert "Tuner.restore" not in text  # Tune's own hint names an API the user never saw
-    if not optional_mlflow:
-        return
-    # The resumed run continued the MLflow runs of the first: one for the experiment, one
-    # per trial, each epoch logged once.
-    mlflow, parent, children = mlflow_runs(optional_mlflow, unique_name)
-    assert parent.info.status == "FINISHED" and len(children) == 2
-    for run in children.values():
-        assert run.info.status == "FINISHED" and run.data.tags["tuner.outcome"] == "finished"
-        steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_accuracy")]
-        assert sorted(steps) == list(range(1, MAX_T + 1)), steps
+    print(f"Ctrl-C: stopped {seconds:.1f} s after the signal")
+    interrupted_in_mlflow()
 
-
-def test_sigterm_twice_beside_a_stale_ray_address_file(moto_s3, tmp_path, unique_name):
     # A `ray start` cluster that died without `ray stop` leaves Ray's `ray_current_cluster`
     # file naming it. Ray reads it from $TMPDIR/ray; a short folder (Ray's unix sockets
     # go under it too).
@@ -121,7 +107,32 @@ def test_sigterm_twice_beside_a_stale_ray_address_file(moto_s3, tmp_path, unique
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
 
-    code, text, seconds = stopped_then_resumed(moto_s3, tmp_path, unique_name, twice, {"TMPDIR": temp})
+    code, text, seconds = stop_when(s3, prefix, tmp_path / "second.log", cmd, {**env, "TMPDIR": temp}, tmp_path,
+                                    twice)
     assert code == 143, text[-3000:]
-    assert "Interrupted; run the same command to resume: " in text
+    assert "Resuming the interrupted experiment" in text
+    assert resume_line in text.splitlines(), text[-3000:]
     assert "Timed out while waiting for GCS" not in text
+    print(f"SIGTERM twice: stopped {seconds:.1f} s after the first signal")
+    interrupted_in_mlflow()
+
+    third = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "Resuming the interrupted experiment" in third.stdout
+    summary = json.loads(s3.get_object(Bucket="tuner", Key=f"{prefix}/summary.json")["Body"].read())
+    assert [(t["status"], t["epochs"], t["error"]) for t in summary["trials"]] == [("terminated", MAX_T, None)] * 2
+    resumed = [e for t in summary["trials"] for e in t["resumed_from_epochs"]]
+    # The stopped trials went on from their checkpoints (at epoch 1 or later), not from scratch.
+    assert resumed and min(resumed) >= 1, summary["trials"]
+    assert summary["best"]["test_accuracy"] > 0.3
+    print(f"resumed from epochs {resumed}")
+    if not optional_mlflow:
+        return
+    # The re-runs continued the MLflow runs of the first: one for the experiment, one per
+    # trial, each epoch logged once.
+    mlflow, parent, children = mlflow_runs(optional_mlflow, unique_name)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    for run in children.values():
+        assert run.info.status == "FINISHED" and run.data.tags["tuner.outcome"] == "finished"
+        steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert sorted(steps) == list(range(1, MAX_T + 1)), steps
