@@ -283,3 +283,35 @@ def test_an_upload_of_the_experiment_folder_records_what_it_sent(tmp_path):
     (tmp_path / "src" / "experiment_state.json").write_bytes(b"z" * 500)
     assert raycompat.upload_changed(str(tmp_path / "src"), pafs.LocalFileSystem(), dest, sent) == 1
     assert raycompat._LAST_UPLOAD["bytes"] == 500
+
+
+@pytest.mark.slow
+def test_a_restore_reads_no_trial_results_until_fit(tmp_path, monkeypatch):
+    """Tune's restore would read every trial's results (an ExperimentAnalysis) for a
+    get_results() before fit; `tuner`'s restore skips that, and fit still finds them."""
+    import ray
+    from ray import tune
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    from tuner import raycompat
+
+    def trainable(config):
+        tune.report({"score": config["x"]})
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        run_config = tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0)
+        tune.Tuner(trainable, param_space={"x": tune.grid_search([1, 2])}, run_config=run_config).fit()
+        reads = []
+        fetch = ExperimentAnalysis._fetch_trial_dataframes
+        monkeypatch.setattr(ExperimentAnalysis, "_fetch_trial_dataframes",
+                            lambda self: reads.append(1) or fetch(self))
+        restored = raycompat.restore_tuner(str(tmp_path / "exp"), trainable, resume_unfinished=True)
+        assert reads == []
+        from ray.tune.impl import tuner_internal
+
+        assert tuner_internal.ExperimentAnalysis is ExperimentAnalysis  # put back
+        grid = restored.fit()
+        assert reads == [1] and sorted(r.metrics["score"] for r in grid) == [1, 2]
+    finally:
+        ray.shutdown()

@@ -86,6 +86,21 @@ def test_an_untracked_run_loads_neither_mlflow_nor_pytorch():
     assert out.stdout.split() == ["[]"]
 
 
+def test_a_restored_run_loads_no_pytorch_with_its_tensorboard_callback(tmp_path):
+    """A resumed run unpickles its callbacks from tuner.pkl: tensorboardX's writer class
+    is not in the pickle (it would import PyTorch), and the callback still writes."""
+    import subprocess
+
+    from tuner.tensorboard import EpochTensorBoard
+
+    (tmp_path / "cb.pkl").write_bytes(pickle.dumps(EpochTensorBoard("epoch")))
+    probe = ("import pickle, sys; cb = pickle.load(open(sys.argv[1], 'rb')); "
+             "print(cb._summary_writer_cls.__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "cb.pkl")], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["SummaryWriter", "False"]
+
+
 def test_how_a_trial_run_ends():
     assert tracking.end_of(False, 5, 5, "ASHA") == ("FINISHED", {"tuner.outcome": "finished"})
     assert tracking.end_of(False, 1, 5, "ASHA") == (

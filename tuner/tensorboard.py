@@ -33,10 +33,19 @@ class EpochTensorBoard(TBXLoggerCallback):
         super().log_trial_result(iteration, trial, result)
 
     def __getstate__(self):
-        # Pickled into tuner.pkl with the run config: open writers stay behind.
+        # Pickled into tuner.pkl with the run config: open writers stay behind, and so
+        # does tensorboardX's writer class, which a restore would import with PyTorch
+        # (10.8 s of a resumed driver's start at 300 trials here, a busy machine).
         state = self.__dict__.copy()
         state["_trial_writer"], state["_trial_result"] = {}, {}
+        state.pop("_summary_writer_cls", None)
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with _torch_hidden():
+            from tensorboardX import SummaryWriter
+        self._summary_writer_cls = SummaryWriter
 
 
 @contextlib.contextmanager

@@ -422,7 +422,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     if resume:
         _, path = experiment_path(spec)
-        tuner = tune.Tuner.restore(
+        tuner = raycompat.restore_tuner(
             path, trainable, resume_unfinished=True, resume_errored=spec.failure.retry_errored_on_resume,
             storage_filesystem=fs,
         )
