@@ -88,7 +88,7 @@ def test_an_untracked_run_loads_neither_mlflow_nor_pytorch():
 
 def test_a_restored_run_loads_no_pytorch_with_its_tensorboard_callback(tmp_path):
     """A resumed run unpickles its callbacks from tuner.pkl: tensorboardX's writer class
-    is not in the pickle (it would import PyTorch), and the callback still writes."""
+    is not in the pickle (it would import PyTorch), and the unpickled callback has it back."""
     import subprocess
 
     from tuner.tensorboard import EpochTensorBoard
