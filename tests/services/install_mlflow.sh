@@ -26,7 +26,19 @@ if [[ -f $STAMP && $(cat "$STAMP") == "mlflow $version" ]] && "$DIR/bin/mlflow" 
 fi
 rm -rf "$DIR"
 "$PY" -m venv --system-site-packages "$DIR"
-"$DIR/bin/pip" install -q --disable-pip-version-check "mlflow==$version" 2>&1 | grep -v "^WARNING: Location\|dependency resolver\|requires setuptools" >&2 || true
+# The client's version, else the newest of the three releases before it that installs
+# (a package index may lack one of a new release's dependencies for a while; pip does
+# not fall back to an older release by itself then).
+older=$("$DIR/bin/pip" index versions mlflow 2>/dev/null | sed -n 's/^Available versions: //p' | tr -d ',' |
+        tr ' ' '\n' | grep -x '[0-9.]*' | sort -rV | awk -v v="$version" '$0 != v' |
+        while read -r candidate; do [[ $(printf '%s\n%s\n' "$candidate" "$version" | sort -V | head -1) == "$candidate" ]] &&
+        echo "$candidate"; done | head -3 || true)
+for candidate in "$version" $older; do
+    "$DIR/bin/pip" install -q --disable-pip-version-check "mlflow==$candidate" 2>&1 |
+        grep -v "^WARNING: Location\|dependency resolver\|requires setuptools" >&2 || true
+    "$DIR/bin/mlflow" --version >/dev/null 2>&1 && break
+    log "mlflow $candidate did not install; trying an older release"
+done
 "$DIR/bin/mlflow" --version >/dev/null || { log "ERROR: mlflow did not install in $DIR"; exit 1; }
 echo "mlflow $version" >"$STAMP"
-log "installed mlflow $version in $DIR"
+log "installed $("$DIR/bin/mlflow" --version) in $DIR (client: mlflow $version)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -102,6 +103,11 @@ def start(cpus: int = 4, gpus: int = 0, resources: dict | None = None) -> RayHea
     gcs, dashboard, client = free_port(), free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
+    if not (env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH") or Path.home().joinpath(".ray", "auth_token").exists()):
+        # `ray start` makes no token (an in-process Ray does): on a machine that has none
+        # yet, this head gets its own, for the processes given `head.env`.
+        Path(temp_dir, "auth_token").write_text(secrets.token_hex(32))
+        env["RAY_AUTH_TOKEN_PATH"] = str(Path(temp_dir, "auth_token"))
     cmd = [ray, "start", "--head", "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--temp-dir", temp_dir,
            "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
            "--ray-client-server-port", str(client), "--disable-usage-stats"]
