@@ -12,7 +12,8 @@ How a stub trial differs from a real one:
   same keys a real trial reports, but no checkpoint: the summary has no best model and
   nothing is scored on the test split;
 - a resumed trial continues after the last epoch it reported, which it finds in a local
-  file (``$TUNER_STUB_STATE``, a folder) rather than in a checkpoint in storage.
+  file (``$TUNER_STUB_STATE``, a folder) rather than in a checkpoint in storage; the
+  epochs its driver had not taken in it reports again, as a real trial does.
 
 The class is defined in ``__main__``, so Ray pickles it by value into each trial's
 driver; only `tuner` must be importable there.
@@ -87,22 +88,31 @@ def main() -> int:
 
             from tuner.spec import build_spec
 
+            from tuner import resume
+
             spec = build_spec(self.spec_dict)
             seconds = float(os.environ.get("TUNER_STUB_EPOCH_SECONDS", "0.2"))
             state = Path(os.environ.get("TUNER_STUB_STATE", "/tmp/tuner-stub-state"), spec.name, trial_id)
-            done = int(state.read_text()) if state.exists() else 0
+            # "<epoch> <the epoch its run resumed from>", written before the epoch's report.
+            done, done_resumed = map(int, state.read_text().split()) if state.exists() else (0, 0)
+
+            def metrics(epoch: int, train_seconds: float, resumed: int) -> dict:
+                return {"epoch": epoch, **stub_metrics(params, epoch), "learning_rate": params["learning_rate"],
+                        "train_seconds": train_seconds, "validation_seconds": 0.0,
+                        "workers": spec.scaling.workers, "per_worker_batch": params["batch_size"],
+                        "global_batch": params["batch_size"] * spec.scaling.workers, "steps_per_epoch": 1,
+                        "resumed_from_epoch": resumed}
+
+            # As a real trial does from its checkpoints (worker.replayed_epochs): the epochs
+            # done before a stop whose reports the driver never took in.
+            for epoch in range(resume.reported_epoch(self.slots_name, trial_id) + 1, done + 1):
+                tune.report({**metrics(epoch, 0.0, done_resumed), "replayed": True})
             for epoch in range(done + 1, spec.asha.max_t + 1):
                 started = time.time()
                 time.sleep(seconds)
                 state.parent.mkdir(parents=True, exist_ok=True)
-                state.write_text(str(epoch))
-                tune.report({
-                    "epoch": epoch, **stub_metrics(params, epoch), "learning_rate": params["learning_rate"],
-                    "train_seconds": time.time() - started, "validation_seconds": 0.0,
-                    "workers": spec.scaling.workers, "per_worker_batch": params["batch_size"],
-                    "global_batch": params["batch_size"] * spec.scaling.workers, "steps_per_epoch": 1,
-                    "resumed_from_epoch": done,
-                })
+                state.write_text(f"{epoch} {done}")
+                tune.report(metrics(epoch, time.time() - started, done))
 
     tuning.TrialRunner = StubRunner
     time_driver_steps(os.environ.get("TUNER_STUB_STATS"), {

@@ -26,8 +26,9 @@ def make(level="normal"):
                    searched=["learning_rate", "optimizer"])
 
 
-def result(c, trials, t, epoch, acc, done=False, resumed=0):
-    r = {"epoch": epoch, "val_accuracy": acc, "resumed_from_epoch": resumed, "done": done}
+def result(c, trials, t, epoch, acc, done=False, resumed=0, replayed=False):
+    r = {"epoch": epoch, "val_accuracy": acc, "resumed_from_epoch": resumed, "done": done,
+         **({"replayed": True} if replayed else {})}
     c.on_trial_result(iteration=0, trials=trials, trial=t, result=r)
     t.last_result = r
     best = max(acc, t.metric_analysis.get("val_accuracy", {}).get("max", acc))
@@ -52,10 +53,10 @@ def test_one_line_per_event_and_a_progress_line(capsys, tmp_path):
     d.status, d.error_file = "ERROR", str(error)
     c.on_trial_error(iteration=0, trials=trials, trial=d)
     result(c, trials, a, 2, 0.95)
-    # The worker group restarted: the checkpoint's epoch is reported again, then epoch 3.
-    result(c, trials, a, 2, 0.95, resumed=2)
-    result(c, trials, a, 3, 0.96, resumed=2)
-    result(c, trials, a, 4, 0.97, done=True, resumed=2)
+    # Epoch 3 was stored but its result lost (the worker group died): the restarted group
+    # reports it again from its checkpoint, then trains epoch 4.
+    result(c, trials, a, 3, 0.96, replayed=True)
+    result(c, trials, a, 4, 0.97, done=True, resumed=3)
     a.status = "TERMINATED"
     c.on_trial_complete(iteration=0, trials=trials, trial=a)
     c.on_experiment_end(trials=trials)
@@ -72,8 +73,8 @@ def test_one_line_per_event_and_a_progress_line(capsys, tmp_path):
         f"         (traceback: {error})",
         out[9],
         "trial a_00000 epoch 2: val_accuracy 0.95, promoted past rung 2",
-        "trial a_00000 resumed from epoch 2",
-        "trial a_00000 epoch 3: val_accuracy 0.96",
+        "trial a_00000 epoch 3: val_accuracy 0.96 (from its checkpoint, stored before the stop)",
+        "trial a_00000 resumed from epoch 3",
         "trial a_00000 epoch 4: val_accuracy 0.97",
         "trial a_00000 finished 4 epochs, best val_accuracy 0.97",
         out[15],  # the last progress line, once: the experiment's end repeats nothing

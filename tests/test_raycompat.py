@@ -132,8 +132,10 @@ def test_experiment_sync_waits_for_the_experiment_to_move_on(tmp_path, monkeypat
 
     keeper = Keeper(None, None, 1, "slots")
     ended = []
-    keeper._slots = type("Slots", (), {"end": type("Method", (), {"remote": staticmethod(ended.append)})()})()
-    trial = type("Trial", (), {"trial_id": "t", "status": "RUNNING"})()
+    noted = []
+    keeper._slots = type("Slots", (), {"end": type("Method", (), {"remote": staticmethod(ended.append)})(),
+                                       "note": type("Method", (), {"remote": staticmethod(noted.append)})()})()
+    trial = type("Trial", (), {"trial_id": "t", "status": "RUNNING", "last_result": {}})()
     keeper.on_step_begin(0, [trial])
     assert save(1) == 1
     assert save(2) == 0 and save(3) == 0  # nothing moved on

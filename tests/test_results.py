@@ -2,7 +2,7 @@
 
 import math
 
-from tuner.results import rows_from_results, running_seconds, summarize, worker_group_starts
+from tuner.results import once_per_epoch, rows_from_results, running_seconds, summarize, worker_group_starts
 from tuner.spec import load_spec
 
 CONFIG = {"learning_rate": 1e-3, "schedule": "constant", "decay_epochs": 1.0, "decay_rate": 0.5, "staircase": True,
@@ -102,3 +102,10 @@ def test_running_time_adds_up_the_runs_of_a_paused_and_resumed_trial():
                ((8.0, 8.0), (2.0, 10.0), (10.5, 10.5), (2.0, 12.5))]
     assert running_seconds(history) == 22.5
     assert running_seconds([{"time_total_s": 3.0}]) == 3.0 and running_seconds([]) is None
+
+
+def test_an_epoch_reported_again_after_a_resume_makes_one_row():
+    """A resumed trial reports again the epochs the experiment's saved state had not
+    taken in; one of them may already be in Tune's results: the first report stays."""
+    history = [epoch(1, 0.8), epoch(2, 0.9), {**epoch(2, 0.9), "replayed": True}, epoch(3, 0.95)]
+    assert once_per_epoch(history) == [epoch(1, 0.8), epoch(2, 0.9), epoch(3, 0.95)]

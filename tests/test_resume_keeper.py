@@ -15,8 +15,8 @@ CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 class FakeTrial:
     """What ASHA and the keeper read of a trial."""
 
-    def __init__(self, trial_id, status="PENDING"):
-        self.trial_id, self.status = trial_id, status
+    def __init__(self, trial_id, status="PENDING", last_result=None):
+        self.trial_id, self.status, self.last_result = trial_id, status, last_result or {}
 
 
 def asha():
@@ -92,3 +92,30 @@ def test_keeper_pickles_without_its_actor_handle():
     keeper = Keeper(None, None, 1, "slots")
     keeper._slots = object()  # a live handle: must not travel with tuner.pkl
     assert pickle.loads(pickle.dumps(keeper))._slots is None
+
+
+class FakeSlots:
+    """Records the epochs a keeper tells ``resume.Slots`` its driver took in."""
+
+    def __init__(self):
+        self.noted = {}
+        outer = self
+
+        class Note:
+            def remote(self, epochs):
+                outer.noted.update(epochs)
+
+        self.note = Note()
+
+
+def test_keeper_tells_the_slots_which_epochs_the_driver_took_in():
+    """A resumed trial's workers ask ``Slots`` which of their stored epochs to report
+    again: the restored trials' last epochs before the first step, then each result."""
+    keeper = Keeper(None, None, 1, "slots")
+    keeper._slots = FakeSlots()
+    restored, fresh = FakeTrial("a", last_result={"epoch": 3}), FakeTrial("b")
+    keeper.on_step_begin(iteration=0, trials=[restored, fresh])
+    assert keeper._slots.noted == {"a": 3}
+    keeper.on_trial_result(iteration=1, trials=[restored, fresh], trial=fresh, result={"epoch": 1})
+    keeper.on_trial_result(iteration=1, trials=[restored, fresh], trial=fresh, result={"done": True})
+    assert keeper._slots.noted == {"a": 3, "b": 1}

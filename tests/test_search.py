@@ -197,7 +197,7 @@ def test_grid_over_a_conditional_hyperparameter_is_fine_where_it_always_counts()
 
 class FakeTrial:
     def __init__(self, trial_id, status="PENDING"):
-        self.trial_id, self.status = trial_id, status
+        self.trial_id, self.status, self.last_result = trial_id, status, {}
 
     def set_status(self, status):
         self.status = status

@@ -49,3 +49,15 @@ def test_restore_tries_the_epochs_it_is_given(tmp_path):
     assert worker.restore_latest(str(run), None, [1])[1] == 1
     assert worker.restore_latest(str(run), None, [3, 2, 1])[1] == 2  # 3: listed, gone since
     assert worker.restore_latest(str(run), None, []) is None
+
+
+def test_a_resumed_trial_reports_again_the_stored_epochs_its_driver_never_took_in():
+    """The driver took in epoch 2; epochs 3 and 5 are stored (4 dropped by
+    checkpoint.num_to_keep) and training resumes from 5: 3 and 5 are reported again,
+    oldest first, before epoch 6 trains."""
+    assert worker.replayed_epochs([5, 3, 2, 1], reported=2, start_epoch=5) == [3, 5]
+    assert worker.replayed_epochs([5, 3], reported=5, start_epoch=5) == []  # it had them all
+    # A listed checkpoint that does not load: training starts from an older one, and
+    # only epochs up to it are reported again.
+    assert worker.replayed_epochs([6, 5, 3], reported=0, start_epoch=5) == [3, 5]
+    assert worker.replayed_epochs([], reported=0, start_epoch=0) == []

@@ -188,16 +188,18 @@ class Console(tune.Callback):
         epoch = result.get("epoch")
         if epoch is None:
             return
+        replayed = result.get("replayed")
         resumed = result.get("resumed_from_epoch")
-        if resumed and resumed != self._seen.get(trial.trial_id):
-            self._line(f"trial {trial.trial_id} resumed from epoch {resumed}")
-        self._seen[trial.trial_id] = resumed
+        if not replayed:
+            if resumed and resumed != self._seen.get(trial.trial_id):
+                self._line(f"trial {trial.trial_id} resumed from epoch {resumed}")
+            self._seen[trial.trial_id] = resumed
         score = result.get(self.metric)
         text = f"trial {trial.trial_id} epoch {epoch}: {self.metric} {value(score)}"
         if epoch in self.rungs and not result.get("done") and epoch < self.max_t:
             text += f", waits at rung {epoch}" if self.waits_at_rungs else f", promoted past rung {epoch}"
-        if resumed != epoch:  # a resumed trial first re-reports its checkpoint's epoch
-            self._line(text)
+        # An epoch stored before the run stopped, whose result the stopped run never took in.
+        self._line(text + " (from its checkpoint, stored before the stop)" if replayed else text)
         # No progress line here: Tune records the result in the trial after its callbacks.
 
     def on_trial_complete(self, iteration, trials, trial, **info):

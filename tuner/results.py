@@ -32,7 +32,7 @@ ROW_METRICS = (
     "samples_per_second", "workers", "per_worker_batch", "global_batch", "steps_per_epoch",
     "resumed_from_epoch", "startup_seconds", "startup_process_seconds", "startup_worker_entered_seconds",
     "startup_imported_seconds", "startup_ready_seconds", "startup_cpu_seconds",
-    "checkpoint_save_seconds", "previous_report_seconds", "checkpoint_path", "weights_sha256", "peak_rss_mb", "gpus", "driver_gpus",
+    "checkpoint_save_seconds", "previous_report_seconds", "replayed", "checkpoint_path", "weights_sha256", "peak_rss_mb", "gpus", "driver_gpus",
     "time_total_s", "timestamp",
 )
 
@@ -189,7 +189,7 @@ def trials_from_grid(grid) -> list[dict]:
     for result in grid:
         df = result.metrics_dataframe
         history = [] if df is None or df.empty else df.to_dict("records")
-        history = [h for h in history if h.get(TIME_ATTR) is not None and not _isnan(h.get(TIME_ATTR))]
+        history = once_per_epoch(h for h in history if h.get(TIME_ATTR) is not None and not _isnan(h.get(TIME_ATTR)))
         trial_id = (result.metrics or {}).get("trial_id") or posixpath.basename(result.path)
         error = None
         if result.error is not None:
@@ -197,6 +197,19 @@ def trials_from_grid(grid) -> list[dict]:
         trials.append({"trial_id": trial_id, "config": dict(result.config), "history": history, "error": error})
     trials.sort(key=lambda t: t["trial_id"])
     return trials
+
+
+def once_per_epoch(history) -> list[dict]:
+    """``history`` without the results of an epoch reported before. A resumed trial
+    reports again, from their checkpoints, the epochs its driver had not taken in as
+    far as the experiment's saved state knows (``worker.replayed_epochs``); Tune may
+    have written one of them to the trial's results just after its last save."""
+    seen, kept = set(), []
+    for h in history:
+        if h[TIME_ATTR] not in seen:
+            seen.add(h[TIME_ATTR])
+            kept.append(h)
+    return kept
 
 
 def _isnan(v) -> bool:

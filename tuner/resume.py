@@ -20,6 +20,12 @@ run's and counts the re-added trials as live; ``Slots`` (a named actor) admits a
 most ``max_concurrent`` trials into ``fit()``, the others wait before asking for
 workers.
 
+``Slots`` also holds, per trial, the newest epoch this run's driver has taken in (from
+the restored trials, then from each result). A trial's workers read it when they
+start from a checkpoint: epochs stored before the stop whose results never reached
+Tune (the driver died in between) are reported again from their checkpoints, so ASHA
+records them at their rungs and the results and trackers show them.
+
 Imports Ray: load it only where Tune runs.
 """
 
@@ -34,6 +40,7 @@ from ray import tune
 from tuner import raycompat
 
 log = logging.getLogger(__name__)
+_GONE: set[str] = set()  # `Slots` actors found gone (warned about once)
 
 
 @ray.remote(num_cpus=0)
@@ -48,6 +55,7 @@ class Slots:
         self.holders: set[str] = set()
         self.ended: set[str] = set()
         self.paused: set[str] = set()  # freed by `pause`: will acquire again
+        self.reported: dict[str, int] = {}  # trial id -> newest epoch the driver took in
         self.changed = asyncio.Condition()
 
     async def acquire(self, trial_id: str) -> bool:
@@ -88,6 +96,15 @@ class Slots:
 
     async def held(self) -> list[str]:
         return sorted(self.holders)
+
+    async def note(self, epochs: dict[str, int]) -> None:
+        """The driver took in these epochs ({trial id: epoch})."""
+        for trial_id, epoch in epochs.items():
+            self.reported[trial_id] = max(epoch, self.reported.get(trial_id, 0))
+
+    async def reported_epoch(self, trial_id: str) -> int:
+        """The newest epoch of ``trial_id`` the driver took in (0: none)."""
+        return self.reported.get(trial_id, 0)
 
 
 class Keeper(tune.Callback):
@@ -158,8 +175,12 @@ class Keeper(tune.Callback):
             log.info("Restored the %s's records.", type(target).__name__)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if not self._started and self.searcher is not None:
-            self._first_step(trials)
+        if not self._started:
+            # Before any trial starts: what the restored trials had reported.
+            self._note({t.trial_id: (t.last_result or {}).get("epoch") for t in trials})
+            if self.searcher is not None:
+                self._first_step(trials)
+            self._started = True
         # A status Tune changed without a callback (a trial paused at a rung, say).
         statuses = [t.status for t in trials]
         if statuses != getattr(self, "_statuses", None):
@@ -169,7 +190,6 @@ class Keeper(tune.Callback):
             self._follow_pauses(trials)
 
     def _first_step(self, trials) -> None:
-        self._started = True
         # The searcher was restored with the first run's limit and without the trials
         # Tune re-added (errored ones had left its count): this run's limit, and they
         # count against it. (Re-added trials ask for this run's driver bundle: Tune
@@ -189,13 +209,27 @@ class Keeper(tune.Callback):
         if self.searcher is not None:
             self.searcher.max_concurrent = self.max_concurrent + self.scheduler.waiting()
 
-    def _release(self, trial_id: str, paused: bool = False) -> None:
-        try:
-            if self._slots is None:
+    def _slots_actor(self):
+        """This run's ``Slots``, or None (logged) when it is gone."""
+        if self._slots is None:
+            try:
                 self._slots = ray.get_actor(self.slots_name)
-            (self._slots.pause if paused else self._slots.end).remote(trial_id)
-        except ValueError:  # no such actor: nothing to free
-            log.warning("Trial slots actor %r is gone; cannot free the slot of %s", self.slots_name, trial_id)
+            except ValueError:  # no such actor
+                if self.slots_name not in _GONE:
+                    _GONE.add(self.slots_name)
+                    log.warning("Trial slots actor %r is gone", self.slots_name)
+        return self._slots
+
+    def _release(self, trial_id: str, paused: bool = False) -> None:
+        slots = self._slots_actor()
+        if slots is not None:
+            (slots.pause if paused else slots.end).remote(trial_id)
+
+    def _note(self, epochs: dict) -> None:
+        epochs = {t: int(e) for t, e in epochs.items() if isinstance(e, (int, float)) and e > 0}
+        slots = self._slots_actor() if epochs else None
+        if slots is not None:
+            slots.note.remote(epochs)
 
     # Each tells the next save of the experiment state to go to storage.
     def on_trial_add(self, iteration, trials, trial, **info) -> None:
@@ -206,6 +240,7 @@ class Keeper(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         raycompat.experiment_changed()
+        self._note({trial.trial_id: result.get("epoch")})
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         raycompat.experiment_changed()
@@ -229,6 +264,15 @@ def acquire_slot(name: str, trial_id: str) -> None:
     """Wait until ``trial_id`` may start its worker group."""
     if not ray.get(ray.get_actor(name).acquire.remote(trial_id)):
         raise RuntimeError(f"trial {trial_id} ended while it waited for a slot; run the same command again to retry it")
+
+
+def reported_epoch(name: str, trial_id: str) -> int:
+    """The newest epoch of ``trial_id`` that the run's driver has taken in; 0 when none,
+    or when the run's ``Slots`` actor ``name`` is gone (its driver with it)."""
+    try:
+        return ray.get(ray.get_actor(name).reported_epoch.remote(trial_id), timeout=60)
+    except (ValueError, ray.exceptions.RayError):
+        return 0
 
 
 def release_slot(name: str, trial_id: str) -> None:

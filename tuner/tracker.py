@@ -151,7 +151,8 @@ class Tracker(MLflowLoggerCallback):
 
     def log_trial_result(self, iteration, trial, result):
         epoch = result.get("epoch")
-        # Each epoch once (a trial resumed at its budget reports its last epoch again).
+        # Each epoch once: a resumed trial reports again the stored epochs its driver had
+        # not taken in as far as the saved experiment state knows, and MLflow may have some.
         if epoch is None or int(epoch) <= self._logged.get(trial.trial_id, 0):
             return
         self._guarded(f"log epoch {epoch} of trial {trial.trial_id}", self._log_epoch, trial, result, int(epoch))

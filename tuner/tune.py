@@ -207,6 +207,7 @@ class TrialRunner:
             train_loop_per_worker=worker.train_loop_per_worker,
             train_loop_config={**self.loop_config, "params": dict(params), "trial_start": trial_start,
                                "run_uri": run_uri, "driver_gpus": driver_gpus,
+                               "slots": self.slots_name, "trial_id": trial_id,
                                "console": getattr(self, "console", "normal")},
             tensorflow_config=raycompat.Config(),
             scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu,

@@ -63,7 +63,9 @@ def train_loop_per_worker(cfg: dict) -> None:
             ``max_t`` (epochs), ``seed``, ``lr_scaling``, ``reference_batch``,
             ``warmup_epochs``, ``threads`` (TensorFlow intra-op threads, 0 = default),
             ``trial_start`` (unix time the trial driver started, for overhead figures),
-            ``driver_gpus`` (GPUs Ray gave the trial driver, reported as is).
+            ``driver_gpus`` (GPUs Ray gave the trial driver, reported as is),
+            ``slots`` and ``trial_id`` (the run's ``resume.Slots`` actor, which knows the
+            epochs the driver took in, and this trial's id; optional).
     """
     entered = time.time()
     if cfg.get("console", "normal") != "verbose":
@@ -77,7 +79,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     import tf_keras
     from ray.train.collective import broadcast_from_rank_zero
 
-    from tuner import data, models, raycompat, schedule, space, training
+    from tuner import data, models, raycompat, resume, schedule, space, training
 
     raycompat.marker_free_checkpoint_upload()
     imported = time.time()
@@ -117,9 +119,12 @@ def train_loop_per_worker(cfg: dict) -> None:
             seed=cfg["seed"] * 1009 + rank)
 
     # Rank 0 alone lists the run's checkpoints (one storage listing per trial start, not
-    # one per worker) and hands the list to the others; every rank then loads the same one.
-    stored = broadcast_from_rank_zero(
-        stored_epochs(cfg["run_uri"], cfg["endpoint"])[:RESTORE_CANDIDATES] if rank == 0 else None)
+    # one per worker) and asks which epochs the experiment's driver has taken in; it hands
+    # both to the others, and every rank then loads the same checkpoint.
+    stored, reported = broadcast_from_rank_zero(
+        (stored_epochs(cfg["run_uri"], cfg["endpoint"])[:RESTORE_CANDIDATES],
+         resume.reported_epoch(cfg["slots"], cfg["trial_id"]) if cfg.get("slots") else 0)
+        if rank == 0 else None)
     with strategy.scope():
         restored = restore_latest(cfg["run_uri"], cfg["endpoint"], stored)
         if restored:
@@ -133,11 +138,13 @@ def train_loop_per_worker(cfg: dict) -> None:
             training.compile_model(net, optimizer, inputs.task, cfg.get("loss"),
                                    steps_per_execution=min(STEPS_PER_EXECUTION, plan.steps_per_epoch))
 
+    # Epochs stored before the trial stopped whose results the driver never took in (it
+    # was lost in between): reported again from their checkpoints, oldest first, so that
+    # ASHA records them at their rungs and the results show them. A trial that had
+    # trained to its budget has nothing more to do.
+    for epoch in replayed_epochs(stored, reported, start_epoch):
+        _report_stored_epoch(cfg["run_uri"], cfg["endpoint"], epoch)
     if start_epoch >= cfg["max_t"]:
-        # The trial had trained to its budget when its driver was lost, before Tune took
-        # in the last epochs (e.g. `tuner tune` re-run after a crash). Nothing is left to
-        # train: report the stored last epoch again, so Tune and ASHA end where it did.
-        _report_stored_epoch(cfg["run_uri"], cfg["endpoint"], start_epoch)
         return
 
     # Where a trial's fixed start-up cost goes, in seconds since the trial driver started.
@@ -258,6 +265,13 @@ def restore_latest(run_uri: str, endpoint: str | None, epochs: list[int] | None 
     return None
 
 
+def replayed_epochs(stored: list[int], reported: int, start_epoch: int) -> list[int]:
+    """The stored epochs (``stored``) after the driver's newest (``reported``), up to the
+    one training starts from, oldest first. Checkpoints that ``checkpoint.num_to_keep``
+    dropped are not among them."""
+    return sorted(e for e in stored if reported < e <= start_epoch)
+
+
 def stored_metrics(run_uri: str, endpoint: str | None, epoch: int) -> dict:
     """The metrics a trial's run stored with its checkpoint of ``epoch``."""
     from tuner import storage
@@ -267,14 +281,15 @@ def stored_metrics(run_uri: str, endpoint: str | None, epoch: int) -> dict:
 
 
 def _report_stored_epoch(run_uri: str, endpoint: str | None, epoch: int) -> None:
-    """Report a stored checkpoint's metrics (every rank: a report is a barrier)."""
+    """Report a stored checkpoint's metrics as they were first reported, marked
+    ``replayed`` (every rank: a report is a barrier)."""
     import ray.train
 
     from tuner import storage
 
     metrics = stored_metrics(run_uri, endpoint, epoch)
     folder = storage.join(run_uri, checkpoint_dir_name(epoch))
-    metrics.update(resumed_from_epoch=epoch, checkpoint_path=storage.filesystem(folder, endpoint)[1])
+    metrics.update(replayed=True, checkpoint_path=storage.filesystem(folder, endpoint)[1])
     ray.train.report(metrics)
 
 

@@ -5,6 +5,7 @@ again, again, until it finishes.
 
 Real `tuner tune` processes, each with its own in-process Ray; moto S3."""
 
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import tempfile
 import time
 
 import boto3
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import free_port, mlflow_runs
@@ -126,6 +128,14 @@ def test_ctrl_c_then_sigterm_twice_then_the_same_command_finishes(moto_s3, optio
     assert resumed and min(resumed) >= 1, summary["trials"]
     assert summary["best"]["test_accuracy"] > 0.3
     print(f"resumed from epochs {resumed}")
+    # Every epoch in the results, once: those whose results a stopped run never took in
+    # (stored just before the stop) were reported again from their checkpoints.
+    rows = pq.read_table(io.BytesIO(s3.get_object(Bucket="tuner", Key=f"{prefix}/results.parquet")["Body"].read()))
+    epochs = {}
+    for r in rows.select(["trial_id", "epoch"]).to_pylist():
+        epochs.setdefault(r["trial_id"], []).append(r["epoch"])
+    assert [sorted(e) for e in epochs.values()] == [list(range(1, MAX_T + 1))] * 2, epochs
+    print(f"{sum(bool(r) for r in rows.column('replayed').to_pylist())} epochs reported again from checkpoints")
     if not optional_mlflow:
         return
     # The re-runs continued the MLflow runs of the first: one for the experiment, one per
