@@ -1,4 +1,4 @@
-"""The control plane at 60 trials: `bench/scale_stub.py`'s stub trials (the real
+"""The control plane at 36 trials: `bench/scale_stub.py`'s stub trials (the real
 `tuner tune`, each trial's Ray Train run replaced by a loop that reports epochs) on a
 `ray start` cluster with 64 fake GPUs, storage in moto S3 behind a counting proxy. The
 driver is killed (SIGKILL) once half the trials ended and the same command resumes.
@@ -22,14 +22,14 @@ from conftest import REPO, missing
 
 pytestmark = pytest.mark.slow
 
-TRIALS, MAX_T = 60, 9
+TRIALS, MAX_T = 36, 9
 # Per trial, both runs together (bench/run.py scale: 10 at 100 trials without a lost
 # driver). Re-uploading every trial's files at each save of the experiment state, as
 # Tune does by default, costs 60 per trial at 100 trials and grows with the trials.
 MAX_REQUESTS_PER_TRIAL = 25
 
 
-def test_60_stub_trials_and_a_lost_driver(moto_s3, tmp_path, monkeypatch, unique_name):
+def test_36_stub_trials_and_a_lost_driver(moto_s3, tmp_path, monkeypatch, unique_name):
     sys.path.insert(0, str(REPO / "bench"))
     from s3count import CountingProxy
 
@@ -79,7 +79,9 @@ def test_60_stub_trials_and_a_lost_driver(moto_s3, tmp_path, monkeypatch, unique
     table = pq.read_table(io.BytesIO(store.read_bytes(f"{storage}/{unique_name}/results.parquet")))
     rows = [(r["trial_id"], r["epoch"]) for r in table.select(["trial_id", "epoch"]).to_pylist()]
     assert len(rows) == len(set(rows)), "an epoch was reported twice"
-    assert len(rows) >= summary["epochs_spent"] - TRIALS // 2  # the kill may lose an epoch's result per trial
+    # Every epoch, once: those the killed driver never took in were reported again.
+    assert len(rows) == summary["epochs_spent"], (len(rows), summary["epochs_spent"])
+    print(f"{sum(bool(r) for r in table.column('replayed').to_pylist())} epochs reported again after the kill")
     requests = len(log)  # the dataset's staging and reads included
-    assert requests / TRIALS <= MAX_REQUESTS_PER_TRIAL, requests
+    assert requests / TRIALS <= MAX_REQUESTS_PER_TRIAL, requests / TRIALS
     proxy.stop()
