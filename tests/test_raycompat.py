@@ -317,3 +317,15 @@ def test_a_restore_reads_no_trial_results_until_fit(tmp_path, monkeypatch):
         assert reads == [1] and sorted(r.metrics["score"] for r in grid) == [1, 2]
     finally:
         ray.shutdown()
+
+
+def test_an_upload_sends_the_trials_files_before_the_experiment_state(tmp_path):
+    """An upload cut short (the driver killed mid-way) leaves no stored experiment state
+    that counts on trial results not yet stored."""
+    from tuner import raycompat
+
+    (tmp_path / "trial_a").mkdir()
+    for name in ("experiment_state-x.json", "trial_a/result.json", "tuner.pkl"):
+        (tmp_path / name).write_text("{}")
+    order = [rel for _, rel in raycompat._files_under(str(tmp_path))]
+    assert order == ["trial_a/result.json", "experiment_state-x.json", "tuner.pkl"]

@@ -132,3 +132,39 @@ def test_a_server_that_stops_answering_costs_one_warning_not_the_run(tmp_path, c
     assert len(err) == 2, err
     assert err[0].startswith("tuner: warning: MLflow: could not start the experiment's run at http://127.0.0.1:9: ")
     assert err[1].startswith("tuner: warning: MLflow: 3 call(s) were not made while http://127.0.0.1:9 did not answer")
+
+
+def test_a_resumed_trial_on_a_new_ray_keeps_its_stored_results(tmp_path):
+    """A new Ray session has an empty staging folder: a trial that reported before takes
+    its stored result.json back and appends to it, rather than uploading a file of only
+    the new run's epochs over it; a new trial fetches nothing."""
+    import json
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+
+    from tuner.tensorboard import TrialResults
+
+    stored = tmp_path / "storage" / "trial_a"
+    stored.mkdir(parents=True)
+    (stored / "result.json").write_text(json.dumps({"epoch": 1}) + "\n")
+
+    class Trial(SimpleNamespace):  # what the logger reads of Tune's trial; hashable, as Tune's is
+        __hash__ = object.__hash__
+
+    def trial(name, last_result):
+        local = tmp_path / "session-2" / name
+        local.mkdir(parents=True)  # Tune makes it when it adds the trial
+        storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), trial_fs_path=str(tmp_path / "storage" / name))
+        return Trial(trial_id=name, config={}, last_result=last_result, local_path=str(local), storage=storage,
+                     checkpoint=None, init_local_path=lambda: local.mkdir(parents=True, exist_ok=True))
+
+    resumed, fresh = trial("trial_a", {"epoch": 1}), trial("trial_b", {})
+    logger = TrialResults()
+    for t in (resumed, fresh):
+        logger.log_trial_start(t)
+        logger.log_trial_result(1, t, {"epoch": 2})
+        logger.log_trial_end(t)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "session-2" / "trial_a" / "result.json").open()]
+    assert epochs == [1, 2]
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "session-2" / "trial_b" / "result.json").open()] == [2]

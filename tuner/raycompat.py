@@ -369,11 +369,19 @@ def _upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
 
 def _files_under(local_path: str):
     """(path, path relative to ``local_path`` with '/' separators) of every file under it,
-    in a stable order."""
+    in a stable order: the files in its folders (each trial's results) before its own
+    (Tune's experiment state), so that an upload cut short never leaves a stored state
+    newer than the trial results it counts on."""
+    top = []
     for root, _, names in os.walk(local_path):
         for name in sorted(names):
             source = os.path.join(root, name)
-            yield source, os.path.relpath(source, local_path).replace(os.sep, "/")
+            rel = os.path.relpath(source, local_path).replace(os.sep, "/")
+            if root == local_path:
+                top.append((source, rel))
+            else:
+                yield source, rel
+    yield from top
 
 
 # --- Ray Train's checkpoint upload ---------------------------------------------------------

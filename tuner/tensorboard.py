@@ -1,4 +1,5 @@
-"""TensorBoard event files per trial, stepped by epoch.
+"""Tune's files per trial: TensorBoard event files stepped by epoch (``EpochTensorBoard``),
+and ``result.json`` kept whole across a resume (``TrialResults``).
 
 Tune already writes them (``TBXLoggerCallback``, into each trial's folder beside
 ``result.json``), but steps them by ``training_iteration``: the count of reports since
@@ -13,10 +14,46 @@ Imports Ray: load it only where Tune runs.
 from __future__ import annotations
 
 import contextlib
+import logging
+import posixpath
 import sys
+from pathlib import Path
 
-from ray.tune.logger import TBXLoggerCallback
+from ray.air.constants import EXPR_RESULT_FILE
+from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.result import TIMESTEPS_TOTAL
+
+log = logging.getLogger(__name__)
+
+
+class TrialResults(JsonLoggerCallback):
+    """Tune's ``result.json`` per trial (what ``ExperimentAnalysis``, and so
+    ``results.parquet``, reads), kept whole when an experiment resumes on a new Ray.
+
+    Tune writes the file in the driver's staging folder, which belongs to the Ray
+    session, and uploads it whole. Into a new session it takes the stored file back only
+    for trials with a Tune checkpoint, and ``tuner``'s trials report none (their
+    checkpoints are Ray Train's). So after a resume on a new Ray (``tuner tune`` run
+    again in-process, a RayJob retried on a new cluster) each resumed trial's upload
+    would replace the stored file with one holding only the new run's epochs. Here a
+    trial that reported before and has no local file fetches the stored one first.
+    """
+
+    def log_trial_start(self, trial):
+        local = Path(trial.local_path, EXPR_RESULT_FILE)
+        if trial not in self._trial_files and trial.last_result and not local.exists():
+            trial.init_local_path()
+            fs = trial.storage.storage_filesystem
+            stored = posixpath.join(trial.storage.trial_fs_path, EXPR_RESULT_FILE)
+            try:
+                with fs.open_input_file(stored) as f:  # read whole: no ranged requests
+                    local.write_bytes(f.read())
+            except FileNotFoundError:
+                pass
+            except Exception as e:  # noqa: BLE001 - the run goes on; the file starts over
+                log.warning("Could not fetch the stored results of trial %s (%s: %s); its earlier epochs "
+                            "may be missing from results.parquet.", trial.trial_id, type(e).__name__, e)
+        super().log_trial_start(trial)
 
 
 class EpochTensorBoard(TBXLoggerCallback):

@@ -391,7 +391,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     from tuner import schedulers
     from tuner import search as searching
     from tuner.console import Console
-    from tuner.tensorboard import EpochTensorBoard
+    from tuner.tensorboard import EpochTensorBoard, TrialResults
     from tuner.tracking import is_tracker
 
     # Tune saves the experiment state (which trials finished, the scheduler's records) every
@@ -431,8 +431,10 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
         run_config = raycompat.restored_run_config(tuner)
         run_config.verbose = verbose
         callbacks = run_config.callbacks
-        if not any(isinstance(c, JsonLoggerCallback) for c in callbacks):  # stored by an older tuner
-            callbacks.append(JsonLoggerCallback())
+        # Tune's plain results logger, stored by an older tuner (or none): ours, in its place.
+        callbacks[:] = [TrialResults() if type(c) is JsonLoggerCallback else c for c in callbacks]
+        if not any(isinstance(c, TrialResults) for c in callbacks):
+            callbacks.append(TrialResults())
         # This run's console level, whatever the interrupted run's was (an older tuner
         # stored none).
         callbacks[:] = [c for c in callbacks if not (isinstance(c, Console) or is_tracker(c))] + [printer, *trackers]
@@ -460,7 +462,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
                 failure_config=tune.FailureConfig(max_failures=0),
                 verbose=verbose,
                 # The keeper first: Tune restores callback state by list position.
-                callbacks=[keeper, EpochTensorBoard(TIME_ATTR), JsonLoggerCallback(), printer, *trackers],
+                callbacks=[keeper, EpochTensorBoard(TIME_ATTR), TrialResults(), printer, *trackers],
             ),
         )
     with stop.tune_running() if stop else contextlib.nullcontext():
