@@ -73,7 +73,7 @@ def test_one_line_per_event_and_a_progress_line(capsys, tmp_path):
         f"         (traceback: {error})",
         out[9],
         "trial a_00000 epoch 2: val_accuracy 0.95, promoted past rung 2",
-        "trial a_00000 epoch 3: val_accuracy 0.96 (from its checkpoint, stored before the stop)",
+        "trial a_00000 epoch 3: val_accuracy 0.96 (from its checkpoint; its first report was lost)",
         "trial a_00000 resumed from epoch 3",
         "trial a_00000 epoch 4: val_accuracy 0.97",
         "trial a_00000 finished 4 epochs, best val_accuracy 0.97",

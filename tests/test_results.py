@@ -109,3 +109,5 @@ def test_an_epoch_reported_again_after_a_resume_makes_one_row():
     taken in; one of them may already be in Tune's results: the first report stays."""
     history = [epoch(1, 0.8), epoch(2, 0.9), {**epoch(2, 0.9), "replayed": True}, epoch(3, 0.95)]
     assert once_per_epoch(history) == [epoch(1, 0.8), epoch(2, 0.9), epoch(3, 0.95)]
+    # Trained again after a restart from an older checkpoint: a new result, kept.
+    assert once_per_epoch([epoch(1, 0.8), epoch(2, 0.9), epoch(2, 0.91)]) == [epoch(1, 0.8), epoch(2, 0.9), epoch(2, 0.91)]

@@ -119,3 +119,10 @@ def test_keeper_tells_the_slots_which_epochs_the_driver_took_in():
     keeper.on_trial_result(iteration=1, trials=[restored, fresh], trial=fresh, result={"epoch": 1})
     keeper.on_trial_result(iteration=1, trials=[restored, fresh], trial=fresh, result={"done": True})
     assert keeper._slots.noted == {"a": 3, "b": 1}
+    # Saved with the scheduler's records, which can be newer than Tune's saved trials:
+    # the next run's keeper takes the newer of the two.
+    again = Keeper(None, None, 1, "slots")
+    again._slots = FakeSlots()
+    again.set_state({**keeper.get_state(), "epochs": {"a": 3, "b": 2}})
+    again.on_step_begin(iteration=0, trials=[restored, FakeTrial("b", last_result={"epoch": 1})])
+    assert again._slots.noted == {"a": 3, "b": 2}

@@ -61,3 +61,16 @@ def test_a_resumed_trial_reports_again_the_stored_epochs_its_driver_never_took_i
     # only epochs up to it are reported again.
     assert worker.replayed_epochs([6, 5, 3], reported=0, start_epoch=5) == [3, 5]
     assert worker.replayed_epochs([], reported=0, start_epoch=0) == []
+
+
+def test_records_to_report_again_are_read_whole_or_skipped(tmp_path):
+    """Rank 0 reads the records of the epochs to report again before the others restore:
+    a record that does not read, or names another epoch, is skipped, not a failed trial."""
+    run = tmp_path / "run"
+    for epoch, text in ((1, json.dumps({"epoch": 1, "metrics": {"epoch": 1, "val_accuracy": 0.9}})),
+                        (2, "{torn"), (3, json.dumps({"epoch": 2, "metrics": {"epoch": 2}}))):
+        (run / worker.checkpoint_dir_name(epoch)).mkdir(parents=True)
+        (run / worker.checkpoint_dir_name(epoch) / worker.STATE_FILE).write_text(text)
+    records = worker.stored_records(str(run), None, [1, 2, 3, 4])
+    assert list(records) == [1] and records[1]["val_accuracy"] == 0.9
+    assert records[1]["checkpoint_path"].endswith("epoch-0001")

@@ -198,8 +198,9 @@ class Console(tune.Callback):
         text = f"trial {trial.trial_id} epoch {epoch}: {self.metric} {value(score)}"
         if epoch in self.rungs and not result.get("done") and epoch < self.max_t:
             text += f", waits at rung {epoch}" if self.waits_at_rungs else f", promoted past rung {epoch}"
-        # An epoch stored before the run stopped, whose result the stopped run never took in.
-        self._line(text + " (from its checkpoint, stored before the stop)" if replayed else text)
+        # A stored epoch whose first report never reached this driver (a stop, or a worker
+        # group that died, in between), reported again from its checkpoint.
+        self._line(text + " (from its checkpoint; its first report was lost)" if replayed else text)
         # No progress line here: Tune records the result in the trial after its callbacks.
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -200,15 +200,16 @@ def trials_from_grid(grid) -> list[dict]:
 
 
 def once_per_epoch(history) -> list[dict]:
-    """``history`` without the results of an epoch reported before. A resumed trial
-    reports again, from their checkpoints, the epochs its driver had not taken in as
-    far as the experiment's saved state knows (``worker.replayed_epochs``); Tune may
-    have written one of them to the trial's results just after its last save."""
+    """``history`` without the epochs reported again (``replayed``) that it already has.
+    A resumed trial reports again, from their checkpoints, the epochs its driver had not
+    taken in as far as the experiment's saved state knows (``worker.replayed_epochs``);
+    the stored results may have some of them. An epoch trained again (after a restart
+    from an older checkpoint) stays: it is a new result."""
     seen, kept = set(), []
     for h in history:
-        if h[TIME_ATTR] not in seen:
-            seen.add(h[TIME_ATTR])
+        if not (_clean(h.get("replayed")) is True and h[TIME_ATTR] in seen):
             kept.append(h)
+        seen.add(h[TIME_ATTR])
     return kept
 
 

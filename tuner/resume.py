@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import ray
 from ray import tune
@@ -131,6 +132,7 @@ class Keeper(tune.Callback):
         self.stopper = stopper
         self._slots = None
         self._started = False
+        self._epochs: dict[str, int] = {}  # trial id -> newest epoch the driver took in
         self._share_slots()
 
     def this_run(self, max_concurrent: int, slots_name: str) -> None:
@@ -152,6 +154,11 @@ class Keeper(tune.Callback):
 
     def get_state(self) -> dict | None:
         state = {}
+        if getattr(self, "_epochs", None):
+            # Saved beside the scheduler's records, which may be newer than the trials'
+            # own saved state (`callback-states-*` goes up first): a resumed trial's
+            # workers then report again none of the epochs those records hold.
+            state["epochs"] = dict(self._epochs)
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state()
         if getattr(self, "stopper", None) is not None:  # keepers pickled before stoppers have none
@@ -159,6 +166,7 @@ class Keeper(tune.Callback):
         return state or None
 
     def set_state(self, state: dict) -> None:
+        self._epochs = dict(state.get("epochs") or {})
         # "asha": what keepers saved before the scheduler became a choice.
         for key, target in (("scheduler", self.scheduler), ("asha", self.scheduler),
                             ("stopper", getattr(self, "stopper", None))):
@@ -176,8 +184,11 @@ class Keeper(tune.Callback):
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         if not self._started:
-            # Before any trial starts: what the restored trials had reported.
-            self._note({t.trial_id: (t.last_result or {}).get("epoch") for t in trials})
+            # Before any trial starts: what the restored trials had reported, as Tune's
+            # saved state and this keeper's own (which may be newer) have it.
+            saved = getattr(self, "_epochs", {})
+            self._note({t.trial_id: max((t.last_result or {}).get("epoch") or 0, saved.get(t.trial_id, 0))
+                        for t in trials})
             if self.searcher is not None:
                 self._first_step(trials)
             self._started = True
@@ -226,7 +237,12 @@ class Keeper(tune.Callback):
             (slots.pause if paused else slots.end).remote(trial_id)
 
     def _note(self, epochs: dict) -> None:
-        epochs = {t: int(e) for t, e in epochs.items() if isinstance(e, (int, float)) and e > 0}
+        """Tell ``Slots`` (and this keeper's saved state) the epochs the driver took in."""
+        epochs = {t: int(e) for t, e in epochs.items() if isinstance(e, (int, float)) and 0 < e < math.inf}
+        if not hasattr(self, "_epochs"):  # a keeper pickled by an older tuner
+            self._epochs = {}
+        for t, e in epochs.items():
+            self._epochs[t] = max(e, self._epochs.get(t, 0))
         slots = self._slots_actor() if epochs else None
         if slots is not None:
             slots.note.remote(epochs)
@@ -268,7 +284,9 @@ def acquire_slot(name: str, trial_id: str) -> None:
 
 def reported_epoch(name: str, trial_id: str) -> int:
     """The newest epoch of ``trial_id`` that the run's driver has taken in; 0 when none,
-    or when the run's ``Slots`` actor ``name`` is gone (its driver with it)."""
+    or when the run's ``Slots`` actor ``name`` does not answer (gone with its driver, or
+    not within 60 s): then every stored epoch is reported again, and the driver's
+    results, MLflow and schedulers take each epoch once."""
     try:
         return ray.get(ray.get_actor(name).reported_epoch.remote(trial_id), timeout=60)
     except (ValueError, ray.exceptions.RayError):

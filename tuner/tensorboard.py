@@ -36,12 +36,16 @@ class TrialResults(JsonLoggerCallback):
     checkpoints are Ray Train's). So after a resume on a new Ray (``tuner tune`` run
     again in-process, a RayJob retried on a new cluster) each resumed trial's upload
     would replace the stored file with one holding only the new run's epochs. Here a
-    trial that reported before and has no local file fetches the stored one first.
+    trial without a local file fetches the stored one first: in a resumed run every
+    trial (``fetch_stored``: the stored file may hold epochs that Tune's saved state of
+    the trial does not), else a trial that reported before.
     """
+
+    fetch_stored = False
 
     def log_trial_start(self, trial):
         local = Path(trial.local_path, EXPR_RESULT_FILE)
-        if trial not in self._trial_files and trial.last_result and not local.exists():
+        if trial not in self._trial_files and (self.fetch_stored or trial.last_result) and not local.exists():
             trial.init_local_path()
             fs = trial.storage.storage_filesystem
             stored = posixpath.join(trial.storage.trial_fs_path, EXPR_RESULT_FILE)

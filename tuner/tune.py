@@ -435,6 +435,9 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
         callbacks[:] = [TrialResults() if type(c) is JsonLoggerCallback else c for c in callbacks]
         if not any(isinstance(c, TrialResults) for c in callbacks):
             callbacks.append(TrialResults())
+        for c in callbacks:
+            if isinstance(c, TrialResults):
+                c.fetch_stored = True
         # This run's console level, whatever the interrupted run's was (an older tuner
         # stored none).
         callbacks[:] = [c for c in callbacks if not (isinstance(c, Console) or is_tracker(c))] + [printer, *trackers]

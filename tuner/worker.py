@@ -119,12 +119,15 @@ def train_loop_per_worker(cfg: dict) -> None:
             seed=cfg["seed"] * 1009 + rank)
 
     # Rank 0 alone lists the run's checkpoints (one storage listing per trial start, not
-    # one per worker) and asks which epochs the experiment's driver has taken in; it hands
-    # both to the others, and every rank then loads the same checkpoint.
-    stored, reported = broadcast_from_rank_zero(
-        (stored_epochs(cfg["run_uri"], cfg["endpoint"])[:RESTORE_CANDIDATES],
-         resume.reported_epoch(cfg["slots"], cfg["trial_id"]) if cfg.get("slots") else 0)
-        if rank == 0 else None)
+    # one per worker), asks which epochs the experiment's driver has taken in and reads the
+    # stored records of the newer ones; it hands the epochs to the others, and every rank
+    # then loads the same checkpoint.
+    records = {}
+    if rank == 0:
+        listed = stored_epochs(cfg["run_uri"], cfg["endpoint"])[:RESTORE_CANDIDATES]
+        reported = resume.reported_epoch(cfg["slots"], cfg["trial_id"]) if cfg.get("slots") else 0
+        records = stored_records(cfg["run_uri"], cfg["endpoint"], [e for e in listed if e > reported])
+    stored, reported, recorded = broadcast_from_rank_zero((listed, reported, sorted(records)) if rank == 0 else None)
     with strategy.scope():
         restored = restore_latest(cfg["run_uri"], cfg["endpoint"], stored)
         if restored:
@@ -138,12 +141,13 @@ def train_loop_per_worker(cfg: dict) -> None:
             training.compile_model(net, optimizer, inputs.task, cfg.get("loss"),
                                    steps_per_execution=min(STEPS_PER_EXECUTION, plan.steps_per_epoch))
 
-    # Epochs stored before the trial stopped whose results the driver never took in (it
-    # was lost in between): reported again from their checkpoints, oldest first, so that
-    # ASHA records them at their rungs and the results show them. A trial that had
-    # trained to its budget has nothing more to do.
-    for epoch in replayed_epochs(stored, reported, start_epoch):
-        _report_stored_epoch(cfg["run_uri"], cfg["endpoint"], epoch)
+    # Stored epochs whose reports never reached the driver (it was stopped, or this worker
+    # group died, in between): reported again from their checkpoints' records, oldest
+    # first, so that ASHA records them at their rungs and the results show them. Every
+    # rank reports (a report is a barrier); rank 0's metrics are the ones Ray Train uses.
+    for epoch in replayed_epochs(recorded, reported, start_epoch):
+        ray.train.report({**records[epoch], "replayed": True} if rank == 0 else {})
+    # A trial that had trained to its budget has nothing more to do.
     if start_epoch >= cfg["max_t"]:
         return
 
@@ -265,11 +269,11 @@ def restore_latest(run_uri: str, endpoint: str | None, epochs: list[int] | None 
     return None
 
 
-def replayed_epochs(stored: list[int], reported: int, start_epoch: int) -> list[int]:
-    """The stored epochs (``stored``) after the driver's newest (``reported``), up to the
-    one training starts from, oldest first. Checkpoints that ``checkpoint.num_to_keep``
-    dropped are not among them."""
-    return sorted(e for e in stored if reported < e <= start_epoch)
+def replayed_epochs(recorded: list[int], reported: int, start_epoch: int) -> list[int]:
+    """The epochs with a readable stored record (``recorded``) after the driver's newest
+    (``reported``), up to the one training starts from, oldest first. Checkpoints that
+    ``checkpoint.num_to_keep`` dropped are not among them."""
+    return sorted(e for e in recorded if reported < e <= start_epoch)
 
 
 def stored_metrics(run_uri: str, endpoint: str | None, epoch: int) -> dict:
@@ -280,17 +284,21 @@ def stored_metrics(run_uri: str, endpoint: str | None, epoch: int) -> dict:
     return json.loads(storage.read_bytes(storage.join(folder, STATE_FILE), endpoint))["metrics"]
 
 
-def _report_stored_epoch(run_uri: str, endpoint: str | None, epoch: int) -> None:
-    """Report a stored checkpoint's metrics as they were first reported, marked
-    ``replayed`` (every rank: a report is a barrier)."""
-    import ray.train
-
+def stored_records(run_uri: str, endpoint: str | None, epochs: list[int]) -> dict[int, dict]:
+    """{epoch: the metrics stored with its checkpoint, and the checkpoint's path} for the
+    ``epochs`` whose record reads whole and names its epoch; others are skipped."""
     from tuner import storage
 
-    metrics = stored_metrics(run_uri, endpoint, epoch)
-    folder = storage.join(run_uri, checkpoint_dir_name(epoch))
-    metrics.update(replayed=True, checkpoint_path=storage.filesystem(folder, endpoint)[1])
-    ray.train.report(metrics)
+    records = {}
+    for epoch in epochs:
+        folder = storage.join(run_uri, checkpoint_dir_name(epoch))
+        try:
+            metrics = stored_metrics(run_uri, endpoint, epoch)
+            if metrics.get("epoch") == epoch:
+                records[epoch] = {**metrics, "checkpoint_path": storage.filesystem(folder, endpoint)[1]}
+        except Exception as e:  # noqa: BLE001 - an unreadable record is not reported again
+            print(f"tuner: skipping the record of {folder}: {type(e).__name__}: {e}", flush=True)
+    return records
 
 
 def weights_digest(net) -> str:
