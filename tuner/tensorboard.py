@@ -41,7 +41,9 @@ class TrialResults(JsonLoggerCallback):
     the trial does not), else a trial that reported before.
     """
 
-    fetch_stored = False
+    def __init__(self, fetch_stored: bool = False):
+        super().__init__()
+        self.fetch_stored = fetch_stored
 
     def log_trial_start(self, trial):
         local = Path(trial.local_path, EXPR_RESULT_FILE)

@@ -431,13 +431,12 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
         run_config = raycompat.restored_run_config(tuner)
         run_config.verbose = verbose
         callbacks = run_config.callbacks
-        # Tune's plain results logger, stored by an older tuner (or none): ours, in its place.
-        callbacks[:] = [TrialResults() if type(c) is JsonLoggerCallback else c for c in callbacks]
-        if not any(isinstance(c, TrialResults) for c in callbacks):
-            callbacks.append(TrialResults())
-        for c in callbacks:
-            if isinstance(c, TrialResults):
-                c.fetch_stored = True
+        # The results logger, as a resumed run's (it holds no state; an older tuner stored
+        # Tune's plain one, or none): in the stored one's place.
+        results_logger = TrialResults(fetch_stored=True)
+        callbacks[:] = [results_logger if isinstance(c, JsonLoggerCallback) else c for c in callbacks]
+        if results_logger not in callbacks:
+            callbacks.append(results_logger)
         # This run's console level, whatever the interrupted run's was (an older tuner
         # stored none).
         callbacks[:] = [c for c in callbacks if not (isinstance(c, Console) or is_tracker(c))] + [printer, *trackers]
