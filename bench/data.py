@@ -306,21 +306,30 @@ def s3(work: Path, mnist: str | None, smoke: bool) -> dict:
     """S3 requests outside the dataset (checkpoints, results, Tune's state), by kind, of
     real `tuner tune` runs through a counting proxy in front of moto: 1 and 4 trials of
     one epoch (what one more trial costs, the run's own start and end left out: ASHA
-    stops most trials at their first rung), and one trial of 1 and 4 epochs (what one
-    more epoch costs). One trial at a time, 2 workers each."""
+    stops most trials at their first rung), one trial of 1 and 4 epochs (what one more
+    epoch costs), and an ASHA experiment (8 trials, up to 9 epochs, a rung at 1, 3 and 9:
+    what a trial-epoch costs over a whole run). One trial at a time, 2 workers each."""
+    import boto3
+
     from run import NAME, tuner
 
     from tuner import data as tdata
 
     many = 2 if smoke else 4
 
-    def run(trials: int, epochs: int) -> dict:
-        name = f"{NAME['s3']}-{trials}x{epochs}"
+    def run(trials: int, epochs: int, grace: int | None = None, label: str = "") -> tuple[dict, int]:
+        """(requests by kind, epochs the trials ran)"""
+        name = f"{NAME['s3']}-{label or f'{trials}x{epochs}'}"
         tuner(["tune", "--config", "quick", "--name", name, "--storage", f"s3://{BUCKET}/store",
                "--set", f"data.uri=s3://{BUCKET}/datasets/x1", "--set", f"search.num_samples={trials}",
-               "--set", f"asha.max_t={epochs}", "--set", f"asha.grace_period={epochs}",
+               "--set", f"asha.max_t={epochs}", "--set", f"asha.grace_period={grace or epochs}",
+               "--set", "asha.reduction_factor=3",
                "--set", "search.space.batch_size=128", "--set", "scaling.max_concurrent_trials=1"], work)
-        return _kinds(proxy.take_log()[1])
+        kinds = _kinds(proxy.take_log()[1])
+        client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+        summary = json.loads(client.get_object(Bucket=BUCKET, Key=f"store/{name}/summary.json")["Body"].read())
+        proxy.take()  # that read is the benchmark's, not the run's
+        return kinds, summary["epochs_spent"]
 
     def per(more: dict, one: dict, n: int) -> dict:
         kinds = {k: round((more.get(k, 0) - one.get(k, 0)) / n, 1) for k in sorted(set(more) | set(one))}
@@ -329,16 +338,29 @@ def s3(work: Path, mnist: str | None, smoke: bool) -> dict:
     with _counted_s3() as (proxy, _):
         tdata.mnist_dataset(tdata.source_for(mnist or "builtin"), 1 / 12).write(f"s3://{BUCKET}/datasets/x1")
         proxy.take()
-        one = run(1, 1)
-        trials = run(many, 1)
-        epochs = run(1, many)
+        one, _ = run(1, 1)
+        trials, _ = run(many, 1)
+        epochs, _ = run(1, many)
+        asha, asha_epochs = run(3, 3, 1, "asha") if smoke else run(8, 9, 1, "asha")
     extra_trial, extra_epoch = per(trials, one, many - 1), per(epochs, one, many - 1)
+    # A run's own start and end (pre-flight, spec, Tune's first saves, results, the best
+    # model, summary): what a run of one 1-epoch trial costs beyond one more such trial.
+    fixed = {k: v - extra_trial["by_kind"].get(k, 0) for k, v in one.items()}
+    trial_files = ("checkpoints", "trial_logs")  # a trial's checkpoints and results
     return {
         "storage": "moto S3 on 127.0.0.1 behind a counting proxy", "workers": 2, "goal_per_trial_epoch": 10,
         "run_of_one_1_epoch_trial": {"requests": sum(one.values()), "by_kind": dict(sorted(one.items()))},
         "per_extra_1_epoch_trial": extra_trial,
+        "per_extra_1_epoch_trial_checkpoints_and_results": round(sum(extra_trial["by_kind"].get(k, 0)
+                                                                     for k in trial_files), 1),
         "per_extra_epoch": extra_epoch,
-        # An ASHA experiment's mean: its trials' fixed cost spread over the epochs they ran.
-        "per_trial_epoch_at_1_epoch_per_trial": extra_trial["requests"],
-        "per_trial_epoch_at_3_epochs_per_trial": round((extra_trial["requests"] + 2 * extra_epoch["requests"]) / 3, 1),
+        "per_extra_epoch_checkpoints_and_results": round(sum(extra_epoch["by_kind"].get(k, 0) for k in trial_files), 1),
+        "asha_run": {
+            "trials": 3 if smoke else 8, "epochs": asha_epochs, "requests": sum(asha.values()),
+            "by_kind": dict(sorted(asha.items())),
+            "per_trial_epoch": round(sum(asha.values()) / asha_epochs, 2),
+            "per_trial_epoch_without_the_runs_start_and_end": round(
+                (sum(asha.values()) - sum(fixed.values())) / asha_epochs, 2),
+            "per_trial_epoch_checkpoints_and_results": round(sum(asha.get(k, 0) for k in trial_files) / asha_epochs, 2),
+        },
     }

@@ -105,7 +105,7 @@ def main() -> int:
 
             # As a real trial does from its checkpoints (worker.replayed_epochs): the epochs
             # done before a stop whose reports the driver never took in.
-            for epoch in range(resume.reported_epoch(self.slots_name, trial_id) + 1, done + 1):
+            for epoch in range(resume.start(self.slots_name, trial_id)[0] + 1, done + 1):
                 tune.report({**metrics(epoch, 0.0, done_resumed), "replayed": True})
             for epoch in range(done + 1, spec.asha.max_t + 1):
                 started = time.time()

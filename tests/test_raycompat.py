@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,12 +135,19 @@ def test_experiment_sync_waits_for_the_experiment_to_move_on(tmp_path, monkeypat
     ended = []
     noted = []
     keeper._slots = type("Slots", (), {"end": type("Method", (), {"remote": staticmethod(ended.append)})(),
-                                       "note": type("Method", (), {"remote": staticmethod(noted.append)})()})()
+                                       "note": type("Method", (), {"remote": staticmethod(noted.append)})(),
+                                       "added": type("Method", (), {"remote": staticmethod(noted.append)})()})()
     trial = type("Trial", (), {"trial_id": "t", "status": "RUNNING", "last_result": {}})()
     keeper.on_step_begin(0, [trial])
     assert save(1) == 1
     assert save(2) == 0 and save(3) == 0  # nothing moved on
     keeper.on_step_begin(1, [trial])  # the same statuses
+    assert save(4) == 0
+    added = type("Trial", (), {"trial_id": "u", "status": "PENDING", "last_result": {}})()
+    keeper.on_step_begin(1, [trial, added])  # a trial added
+    assert save(4) == 1
+    added.status = "RUNNING"
+    keeper.on_step_begin(1, [trial, added])  # started: resumed alike, its files change with a result
     assert save(4) == 0
     keeper.on_trial_result(2, [trial], trial, {"epoch": 1})
     assert save(5) == 1 and (remote / "experiment_state.json").read_text() == '{"_iteration": 5}'
@@ -225,7 +233,9 @@ def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_pat
         ["bkt/store/exp/epoch-0002"]
 
 
-def test_storage_check_on_s3_puts_the_marker_file_and_no_directory_markers(tmp_path, moto_endpoint):
+def test_storage_check_on_s3_puts_one_marker_file_per_experiment_and_none_per_trial(tmp_path, moto_endpoint):
+    """Tune's check puts its marker and no directory markers; a trial's Train run, in
+    the experiment's folder, puts nothing."""
     from ray.train._internal.storage import StorageContext as TuneStorage
     from ray.train.v2._internal.execution.storage import StorageContext as TrainStorage
 
@@ -238,14 +248,13 @@ def test_storage_check_on_s3_puts_the_marker_file_and_no_directory_markers(tmp_p
     TrainStorage("bkt-check/store/exp/runs", "trial1", storage_filesystem=fs)
     TuneStorage("bkt-check/store", "exp", storage_filesystem=fs)
     assert {o["Key"] for o in s3.list_objects_v2(Bucket="bkt-check")["Contents"]} == {
-        "store/exp/runs/trial1/.validate_storage_marker", "store/exp/.validate_storage_marker"}
+        "store/exp/.validate_storage_marker"}
     # Elsewhere, Ray's own check: the folder made, the marker written and found.
     TrainStorage(str(tmp_path / "local"), "trial1")
     assert (tmp_path / "local" / "trial1" / ".validate_storage_marker").is_file()
     server.stop()
     with pytest.raises(OSError):  # a PUT that fails raises, as Ray's read-back would
-        TrainStorage("bkt-check/store/exp/runs", "trial2",
-                     storage_filesystem=storage.s3_filesystem(endpoint, quick_fail=True))
+        TuneStorage("bkt-check/store", "exp2", storage_filesystem=storage.s3_filesystem(endpoint, quick_fail=True))
 
 
 def test_the_experiment_state_period_starts_at_2_s_and_grows_with_the_state(monkeypatch):
@@ -329,3 +338,62 @@ def test_an_upload_sends_the_trials_files_before_the_experiment_state(tmp_path):
         (tmp_path / name).write_text("{}")
     order = [rel for _, rel in raycompat._files_under(str(tmp_path))]
     assert order == ["trial_a/result.json", "experiment_state-x.json", "tuner.pkl"]
+
+
+def test_the_end_of_run_analysis_reads_results_where_the_driver_wrote_them(tmp_path):
+    """From the driver's staging folder when the file is there (no storage requests);
+    from storage, as Ray does, for a trial this driver did not run."""
+    import json
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    from tuner import raycompat
+
+    raycompat.local_trial_results()
+    for folder, epochs in (("stored", [1]), ("local", [1, 2])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "result.json").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in epochs))
+
+    def epochs(local_path):
+        trial = SimpleNamespace(local_path=local_path, last_result={"trial_id": "t"},
+                                storage=SimpleNamespace(trial_fs_path=str(tmp_path / "stored"),
+                                                        storage_filesystem=pafs.LocalFileSystem()))
+        return list(ExperimentAnalysis._fetch_trial_dataframe(None, trial)["epoch"])
+
+    assert epochs(str(tmp_path / "local")) == [1, 2]
+    assert epochs(str(tmp_path / "elsewhere")) == [1]
+
+
+def test_a_new_train_run_looks_for_its_checkpoint_list_with_one_request(moto_endpoint):
+    """One request when the list is not there (a new trial); a list that is there is
+    loaded as Ray loads it."""
+    import importlib.util
+
+    from ray.train import CheckpointConfig
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
+    from ray.train.v2._internal.execution.storage import StorageContext as TrainStorage
+
+    from tuner import raycompat, storage
+
+    spec = importlib.util.spec_from_file_location("s3count", Path(__file__).parents[1] / "bench" / "s3count.py")
+    s3count = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(s3count)
+    raycompat.marker_free_storage_check()
+    raycompat.one_request_snapshot_probe()
+    endpoint, s3, _ = moto_endpoint
+    s3.create_bucket(Bucket="bkt-probe")
+    proxy = s3count.CountingProxy(endpoint).start()
+    try:
+        context = TrainStorage("bkt-probe/exp/runs", "trial1", storage_filesystem=storage.s3_filesystem(proxy.url))
+        proxy.take()
+        manager = CheckpointManager(CheckpointConfig(), context)
+        assert [m for m, _ in proxy.take_log()[1]] == ["HEAD"]
+        manager._current_report_index = 3
+        manager._write_state_to_storage()
+        proxy.take()
+        assert CheckpointManager(CheckpointConfig(), context)._current_report_index == 3
+        assert [m for m, _ in proxy.take_log()[1]] == ["HEAD", "GET"]
+    finally:
+        proxy.stop()

@@ -95,17 +95,22 @@ def test_keeper_pickles_without_its_actor_handle():
 
 
 class FakeSlots:
-    """Records the epochs a keeper tells ``resume.Slots`` its driver took in."""
+    """Records the epochs a keeper tells ``resume.Slots`` its driver took in, and the
+    trials it added."""
 
     def __init__(self):
-        self.noted = {}
+        self.noted, self.new = {}, []
         outer = self
 
         class Note:
             def remote(self, epochs):
                 outer.noted.update(epochs)
 
-        self.note = Note()
+        class Added:
+            def remote(self, trial_ids):
+                outer.new.extend(trial_ids)
+
+        self.note, self.added = Note(), Added()
 
 
 def test_keeper_tells_the_slots_which_epochs_the_driver_took_in():
@@ -126,3 +131,34 @@ def test_keeper_tells_the_slots_which_epochs_the_driver_took_in():
     again.set_state({**keeper.get_state(), "epochs": {"a": 3, "b": 2}})
     again.on_step_begin(iteration=0, trials=[restored, FakeTrial("b", last_result={"epoch": 1})])
     assert again._slots.noted == {"a": 3, "b": 2}
+
+
+def test_only_trials_this_driver_added_start_without_looking_for_checkpoints():
+    """The restored trials (there at the first step) may have stored checkpoints; a trial
+    added later has none at its first start, but may at any start after it (a worker
+    group restarted, a trial Tune runs again); a mark that comes after the first start is
+    ignored."""
+    import asyncio
+
+    from tuner.resume import Slots
+
+    keeper = Keeper(None, None, 1, "slots")
+    keeper._slots = FakeSlots()
+    restored, added = FakeTrial("a", last_result={"epoch": 3}), FakeTrial("b")
+    keeper.on_step_begin(iteration=0, trials=[restored])
+    keeper.on_step_begin(iteration=1, trials=[restored])
+    keeper.on_step_begin(iteration=2, trials=[restored, added])
+    keeper.on_step_begin(iteration=3, trials=[added, restored])  # Tune may reorder its list
+    assert keeper._slots.new == ["b"]
+    assert pickle.loads(pickle.dumps(keeper))._known == set()
+
+    async def starts():
+        slots = Slots.__ray_metadata__.modified_class(capacity=1)
+        await slots.note({"a": 3})
+        await slots.added(["b"])
+        first = [await slots.start(t) for t in ("a", "b", "b")]
+        await slots.start("c")
+        await slots.added(["c"])  # after its first start
+        return first + [await slots.start("c")]
+
+    assert asyncio.run(starts()) == [(3, True), (0, False), (0, True), (0, True)]

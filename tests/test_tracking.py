@@ -137,8 +137,12 @@ def test_a_server_that_stops_answering_costs_one_warning_not_the_run(tmp_path, c
 def test_a_resumed_trial_on_a_new_ray_keeps_its_stored_results(tmp_path):
     """A new Ray session has an empty staging folder: a trial that reported before takes
     its stored result.json back and appends to it, rather than uploading a file of only
-    the new run's epochs over it; a new trial fetches nothing."""
+    the new run's epochs over it; a new trial reads nothing from storage (Tune's
+    ``last_result`` is never empty: it holds the trial's id). Each trial's files are
+    made only when they have something to upload: params.json at the start, result.json
+    with the first result, and no params.pkl."""
     import json
+    from pathlib import Path
     from types import SimpleNamespace
 
     import pyarrow.fs as pafs
@@ -148,23 +152,67 @@ def test_a_resumed_trial_on_a_new_ray_keeps_its_stored_results(tmp_path):
     stored = tmp_path / "storage" / "trial_a"
     stored.mkdir(parents=True)
     (stored / "result.json").write_text(json.dumps({"epoch": 1}) + "\n")
+    reads = []
+
+    class Storage(pafs.LocalFileSystem):
+        def open_input_file(self, path):
+            reads.append(path)
+            return super().open_input_file(path)
 
     class Trial(SimpleNamespace):  # what the logger reads of Tune's trial; hashable, as Tune's is
         __hash__ = object.__hash__
 
-    def trial(name, last_result):
+    def trial(name, reported):
         local = tmp_path / "session-2" / name
         local.mkdir(parents=True)  # Tune makes it when it adds the trial
-        storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), trial_fs_path=str(tmp_path / "storage" / name))
-        return Trial(trial_id=name, config={}, last_result=last_result, local_path=str(local), storage=storage,
+        storage = SimpleNamespace(storage_filesystem=Storage(), trial_fs_path=str(tmp_path / "storage" / name))
+        return Trial(trial_id=name, config={"lr": 0.1}, last_result={"trial_id": name, **reported},
+                     run_metadata=SimpleNamespace(last_result=reported), local_path=str(local), storage=storage,
                      checkpoint=None, init_local_path=lambda: local.mkdir(parents=True, exist_ok=True))
 
     resumed, fresh = trial("trial_a", {"epoch": 1}), trial("trial_b", {})
     logger = TrialResults()
     for t in (resumed, fresh):
         logger.log_trial_start(t)
+        if t is fresh:
+            assert [p.name for p in Path(t.local_path).iterdir()] == ["params.json"]
         logger.log_trial_result(1, t, {"epoch": 2})
         logger.log_trial_end(t)
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "session-2" / "trial_a" / "result.json").open()]
-    assert epochs == [1, 2]
-    assert [json.loads(line)["epoch"] for line in (tmp_path / "session-2" / "trial_b" / "result.json").open()] == [2]
+    assert reads == [str(stored / "result.json")]
+    session = tmp_path / "session-2"
+    assert [json.loads(line)["epoch"] for line in (session / "trial_a" / "result.json").open()] == [1, 2]
+    assert [json.loads(line)["epoch"] for line in (session / "trial_b" / "result.json").open()] == [2]
+    assert sorted(p.name for p in (session / "trial_b").iterdir()) == ["params.json", "result.json"]
+    assert json.loads((session / "trial_b" / "params.json").read_text()) == {"lr": 0.1}
+
+
+def test_the_tensorboard_file_is_made_with_the_first_result(tmp_path):
+    """Not at the trial's start: a file of only its header would go up to storage once
+    more. Steps are epochs, and a trial ended before any result leaves no file."""
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from tuner.tensorboard import EpochTensorBoard
+
+    class Trial(SimpleNamespace):
+        __hash__ = object.__hash__
+
+    def trial(name):
+        local = tmp_path / name
+        return Trial(trial_id=name, local_path=str(local), evaluated_params={"lr": 0.1},
+                     init_local_path=lambda: local.mkdir(parents=True, exist_ok=True))
+
+    reported, silent = trial("a"), trial("b")
+    board = EpochTensorBoard("epoch")
+    for t in (reported, silent):
+        board.log_trial_start(t)
+    assert not (tmp_path / "a").exists()
+    board.log_trial_result(1, reported, {"epoch": 3, "training_iteration": 1, "val_accuracy": 0.5})
+    for t in (reported, silent):
+        board.log_trial_end(t)
+    assert not (tmp_path / "b").exists()
+    [events] = (tmp_path / "a").glob("events.out.tfevents.*")
+    scalars = [(e.step, v.tag, round(v.simple_value, 6)) for e in tf.compat.v1.train.summary_iterator(str(events))
+               for v in e.summary.value if v.HasField("simple_value")]
+    assert (3, "ray/tune/val_accuracy", 0.5) in scalars

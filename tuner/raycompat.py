@@ -13,8 +13,14 @@ pins the version and exercises each).
   only the files changed since its last upload, and only once the experiment moved on
   (``incremental_experiment_sync``, ``experiment_changed``).
 - Ray Tune's and Ray Train's storage check (``StorageContext._create_validation_file``),
-  made to put its marker file on S3 without directory markers or a read-back
-  (``marker_free_storage_check``).
+  made to put Tune's marker file on S3 without directory markers or a read-back, and
+  Train's not at all (``marker_free_storage_check``).
+- Ray Train's look for its checkpoint list
+  (``CheckpointManager._maybe_load_state_from_storage``), made one read on S3
+  (``one_request_snapshot_probe``).
+- The end-of-run analysis's read of each trial's results
+  (``ExperimentAnalysis._fetch_trial_dataframe``), made from the driver's staging folder
+  where the file is (``local_trial_results``).
 - Ray Train's checkpoint upload (``StorageContext.persist_current_checkpoint``), made to
   put each file in one request on S3, without directory markers
   (``marker_free_checkpoint_upload``), and its deletion of old checkpoints
@@ -96,6 +102,7 @@ class Config(TensorflowConfig):
 def _unpickled_config(state: dict) -> Config:
     marker_free_checkpoint_delete()
     marker_free_storage_check()  # the controller makes the trial's Train StorageContext
+    one_request_snapshot_probe()  # and its checkpoint manager
     config = Config()
     config.__dict__.update(state)
     return config
@@ -420,18 +427,21 @@ def marker_free_checkpoint_upload() -> None:
 
 
 def marker_free_storage_check() -> None:
-    """Make Ray Tune's and Ray Train's storage check put one marker file on S3, and only
-    that.
+    """Make Ray Tune's storage check put one marker file on S3, and only that, and Ray
+    Train's put none there.
 
     Each ``StorageContext`` (Tune's per experiment run, Train's per trial) checks its
     storage when it is made: it ``create_dir``s its folder, which on S3 puts a directory
     marker at each level of the path (4 for a trial's Train run), puts a marker file and
-    reads it back (a HEAD): 6 requests per trial where 1 does (``bench/run.py s3``). On S3 every node
+    reads it back (a HEAD): 6 requests per trial (``bench/run.py s3``). On S3 every node
     reads the same bucket, so the read-back in the writing process finds what the PUT
-    stored, and S3 has no directories to make. On an ``S3FileSystem`` the marker file is
-    put (a PUT that fails raises, as Ray's check would) and nothing else; any other
-    filesystem (a local path, where the check finds a head-node-only folder) takes Ray's
-    path.
+    stored, and S3 has no directories to make. On an ``S3FileSystem``, Tune's check puts
+    the marker file (a PUT that fails raises, as Ray's check would) and nothing else.
+    Train's run folder is inside the experiment's, on the bucket that check (and
+    ``tuner``'s pre-flight) has just written to: there it puts nothing, and a node that
+    cannot write fails its trial at the first checkpoint, with the server's error. Any
+    other filesystem (a local path, where the check finds a head-node-only folder) takes
+    Ray's path.
     """
     import pyarrow.fs as pafs
     from ray.train._internal.storage import _VALIDATE_STORAGE_MARKER_FILENAME
@@ -445,15 +455,17 @@ def marker_free_storage_check() -> None:
             continue
         create, check = cls._create_validation_file, cls._check_validation_file
 
-        def _create_validation_file(self, create=create, marker=marker):
+        def _create_validation_file(self, create=create, marker=marker, put=cls is TuneStorage):
             if not isinstance(self.storage_filesystem, pafs.S3FileSystem):
                 return create(self)
-            with self.storage_filesystem.open_output_stream(posixpath.join(self.experiment_fs_path, marker)):
-                pass  # closed here: a failed PUT raises
+            if put:
+                with self.storage_filesystem.open_output_stream(posixpath.join(self.experiment_fs_path, marker)):
+                    pass  # closed here: a failed PUT raises
             self.tuner_marker_put = True
 
         def _check_validation_file(self, check=check):
-            # The flag travels with pickled copies, whose filesystem Tune may swap.
+            # Set where the check was made the way above; the flag travels with pickled
+            # copies, whose filesystem Tune may swap.
             put = getattr(self, "tuner_marker_put", False)
             if not (put and isinstance(self.storage_filesystem, pafs.S3FileSystem)):
                 return check(self)
@@ -502,6 +514,76 @@ def marker_free_checkpoint_delete() -> None:
 
     checkpoint_manager.delete_fs_path = delete_fs_path
     checkpoint_manager.tuner_marker_free = True
+
+
+def one_request_snapshot_probe() -> None:
+    """Make Ray Train's controller look for its checkpoint list on S3 with one request.
+
+    A Train run's checkpoint manager starts by looking for the list it keeps
+    (``checkpoint_manager_snapshot.json``, which a run with the same name left): Ray
+    2.60 probes for it (on S3 a HEAD, then a listing when it is not there, as it could
+    be a folder) and then reads it (a HEAD and a GET). Every new trial pays the 2
+    requests of a miss. On an ``S3FileSystem`` it is read straight away here: one
+    request when it is not there (the read's HEAD), two when it is. Any other
+    filesystem takes Ray's path.
+    """
+    import pyarrow.fs as pafs
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
+
+    if getattr(CheckpointManager, "tuner_one_request_probe", False):
+        return
+    load = CheckpointManager._maybe_load_state_from_storage
+
+    def _maybe_load_state_from_storage(self):
+        storage = self._storage_context
+        if not isinstance(storage.storage_filesystem, pafs.S3FileSystem):
+            return load(self)
+        try:
+            with storage.storage_filesystem.open_input_stream(storage.checkpoint_manager_snapshot_path) as f:
+                state = f.read().decode("utf-8")
+        except FileNotFoundError:
+            return
+        self._load_state(state)
+
+    CheckpointManager._maybe_load_state_from_storage = _maybe_load_state_from_storage
+    CheckpointManager.tuner_one_request_probe = True
+
+
+# --- Tune's results at the end of a run ----------------------------------------------------
+
+
+def local_trial_results() -> None:
+    """Make the analysis Tune builds at the end of ``fit`` read each trial's
+    ``result.json`` from the driver's staging folder, where Tune's logger wrote it and
+    whence it was uploaded, when it is there.
+
+    Ray 2.60 reads every trial's file back from storage: on S3 a probe and a read, 3
+    requests per trial (``bench/run.py s3``). A trial this driver did not run (it ended
+    before a resume on a new Ray) has no local file and is read from storage, as Ray
+    does; a resumed trial's local file starts as the stored one
+    (``tensorboard.TrialResults``).
+    """
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    if getattr(ExperimentAnalysis, "tuner_local_results", False):
+        return
+    fetch = ExperimentAnalysis._fetch_trial_dataframe
+
+    def _fetch_trial_dataframe(self, trial):
+        import pandas as pd
+        from ray.air.constants import EXPR_RESULT_FILE
+
+        try:
+            with open(os.path.join(trial.local_path, EXPR_RESULT_FILE), "rb") as f:
+                content = f.read().decode("utf-8").rstrip("\n")
+        except Exception:  # noqa: BLE001 - no staging folder (outside a Ray session), no file: Ray's way
+            return fetch(self, trial)
+        if not content or trial.last_result is None:
+            return fetch(self, trial)
+        return pd.json_normalize([json.loads(row) for row in content.split("\n")], sep="/")
+
+    ExperimentAnalysis._fetch_trial_dataframe = _fetch_trial_dataframe
+    ExperimentAnalysis.tuner_local_results = True
 
 
 def delete_s3_folder(fs, fs_path: str) -> int:

@@ -24,7 +24,9 @@ workers.
 the restored trials, then from each result). A trial's workers read it when they
 start from a checkpoint: epochs stored before the stop whose results never reached
 Tune (the driver died in between) are reported again from their checkpoints, so ASHA
-records them at their rungs and the results and trackers show them.
+records them at their rungs and the results and trackers show them. And it knows the
+trials this driver added (not restored) that have not started yet: their workers have
+no stored checkpoint to look for (one storage listing less per trial).
 
 Imports Ray: load it only where Tune runs.
 """
@@ -57,6 +59,8 @@ class Slots:
         self.ended: set[str] = set()
         self.paused: set[str] = set()  # freed by `pause`: will acquire again
         self.reported: dict[str, int] = {}  # trial id -> newest epoch the driver took in
+        self.new: set[str] = set()  # added by this driver, not started: nothing stored
+        self.started: set[str] = set()  # whose workers asked `start`
         self.changed = asyncio.Condition()
 
     async def acquire(self, trial_id: str) -> bool:
@@ -103,9 +107,18 @@ class Slots:
         for trial_id, epoch in epochs.items():
             self.reported[trial_id] = max(epoch, self.reported.get(trial_id, 0))
 
-    async def reported_epoch(self, trial_id: str) -> int:
-        """The newest epoch of ``trial_id`` the driver took in (0: none)."""
-        return self.reported.get(trial_id, 0)
+    async def added(self, trial_ids: list[str]) -> None:
+        """The driver added these trials (new ones, not restored ones)."""
+        self.new.update(set(trial_ids) - self.started)
+
+    async def start(self, trial_id: str) -> tuple[int, bool]:
+        """A worker group of ``trial_id`` starts: (the newest epoch of it the driver took
+        in, 0 if none; whether it may have stored checkpoints, False only the first time
+        a trial this driver added starts)."""
+        stored = trial_id not in self.new
+        self.new.discard(trial_id)
+        self.started.add(trial_id)
+        return self.reported.get(trial_id, 0), stored
 
 
 class Keeper(tune.Callback):
@@ -133,6 +146,7 @@ class Keeper(tune.Callback):
         self._slots = None
         self._started = False
         self._epochs: dict[str, int] = {}  # trial id -> newest epoch the driver took in
+        self._known: set[str] = set()  # trial ids seen by this driver
         self._share_slots()
 
     def this_run(self, max_concurrent: int, slots_name: str) -> None:
@@ -148,6 +162,7 @@ class Keeper(tune.Callback):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_slots"] = None  # an actor handle of a cluster that will be gone
+        state["_known"] = set()
         state.pop("_paused", None)
         state.pop("_statuses", None)
         return state
@@ -192,8 +207,13 @@ class Keeper(tune.Callback):
             if self.searcher is not None:
                 self._first_step(trials)
             self._started = True
-        # A status Tune changed without a callback (a trial paused at a rung, say).
-        statuses = [t.status for t in trials]
+            self._known = {t.trial_id for t in trials}  # restored: their workers look for checkpoints
+        elif len(trials) > len(self._known):  # trials are only ever added
+            self._added([t.trial_id for t in trials if t.trial_id not in self._known])
+        # A status Tune changed without a callback (a trial added, or paused at a rung).
+        # A trial's start is not a change worth a save: a resume runs a stored RUNNING
+        # trial as a PENDING one, and its files change with its first result.
+        statuses = ["PENDING" if t.status == "RUNNING" else t.status for t in trials]
         if statuses != getattr(self, "_statuses", None):
             self._statuses = statuses
             raycompat.experiment_changed()
@@ -236,6 +256,13 @@ class Keeper(tune.Callback):
         if slots is not None:
             (slots.pause if paused else slots.end).remote(trial_id)
 
+    def _added(self, trial_ids: list[str]) -> None:
+        """Tell ``Slots`` of trials this driver added: nothing of theirs is stored yet."""
+        self._known.update(trial_ids)
+        slots = self._slots_actor()
+        if slots is not None:
+            slots.added.remote(trial_ids)
+
     def _note(self, epochs: dict) -> None:
         """Tell ``Slots`` (and this keeper's saved state) the epochs the driver took in."""
         epochs = {t: int(e) for t, e in epochs.items() if isinstance(e, (int, float)) and 0 < e < math.inf}
@@ -248,12 +275,6 @@ class Keeper(tune.Callback):
             slots.note.remote(epochs)
 
     # Each tells the next save of the experiment state to go to storage.
-    def on_trial_add(self, iteration, trials, trial, **info) -> None:
-        raycompat.experiment_changed()
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        raycompat.experiment_changed()
-
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         raycompat.experiment_changed()
         self._note({trial.trial_id: result.get("epoch")})
@@ -282,15 +303,18 @@ def acquire_slot(name: str, trial_id: str) -> None:
         raise RuntimeError(f"trial {trial_id} ended while it waited for a slot; run the same command again to retry it")
 
 
-def reported_epoch(name: str, trial_id: str) -> int:
-    """The newest epoch of ``trial_id`` that the run's driver has taken in; 0 when none,
-    or when the run's ``Slots`` actor ``name`` does not answer (gone with its driver, or
-    not within 60 s): then every stored epoch is reported again, and the driver's
-    results, MLflow and schedulers take each epoch once."""
+def start(name: str, trial_id: str) -> tuple[int, bool]:
+    """For a worker group of ``trial_id`` that starts: (the newest epoch of it that the
+    run's driver has taken in, whether it may have stored checkpoints), as ``Slots.start``.
+    (0, True) when the run's ``Slots`` actor ``name`` does not answer (gone with its
+    driver, or not within 60 s): then the run's checkpoints are looked for, every stored
+    epoch is reported again, and the driver's results, MLflow and schedulers take each
+    epoch once."""
     try:
-        return ray.get(ray.get_actor(name).reported_epoch.remote(trial_id), timeout=60)
+        reported, stored = ray.get(ray.get_actor(name).start.remote(trial_id), timeout=60)
+        return reported, stored
     except (ValueError, ray.exceptions.RayError):
-        return 0
+        return 0, True
 
 
 def release_slot(name: str, trial_id: str) -> None:

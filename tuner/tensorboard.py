@@ -14,14 +14,16 @@ Imports Ray: load it only where Tune runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import posixpath
 import sys
 from pathlib import Path
 
-from ray.air.constants import EXPR_RESULT_FILE
+from ray.air.constants import EXPR_PARAM_FILE, EXPR_RESULT_FILE
 from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.result import TIMESTEPS_TOTAL
+from ray.tune.utils.util import SafeFallbackEncoder
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,11 @@ class TrialResults(JsonLoggerCallback):
     trial without a local file fetches the stored one first: in a resumed run every
     trial (``fetch_stored``: the stored file may hold epochs that Tune's saved state of
     the trial does not), else a trial that reported before.
+
+    Each trial's files go up with the experiment's next save, so each file made costs a
+    PUT on S3: ``result.json`` is made with the trial's first result (Tune's callback
+    makes it empty at the start, then uploads it again), and ``params.pkl`` is not
+    written (``params.json`` is; nothing reads the pickle).
     """
 
     def __init__(self, fetch_stored: bool = False):
@@ -46,9 +53,12 @@ class TrialResults(JsonLoggerCallback):
         self.fetch_stored = fetch_stored
 
     def log_trial_start(self, trial):
+        if trial in self._trial_files:
+            self._trial_files.pop(trial).close()
+        trial.init_local_path()
+        self.update_config(trial, trial.config)
         local = Path(trial.local_path, EXPR_RESULT_FILE)
-        if trial not in self._trial_files and (self.fetch_stored or trial.last_result) and not local.exists():
-            trial.init_local_path()
+        if (self.fetch_stored or has_reported(trial)) and not local.exists():
             fs = trial.storage.storage_filesystem
             stored = posixpath.join(trial.storage.trial_fs_path, EXPR_RESULT_FILE)
             try:
@@ -59,7 +69,28 @@ class TrialResults(JsonLoggerCallback):
             except Exception as e:  # noqa: BLE001 - the run goes on; the file starts over
                 log.warning("Could not fetch the stored results of trial %s (%s: %s); its earlier epochs "
                             "may be missing from results.parquet.", trial.trial_id, type(e).__name__, e)
-        super().log_trial_start(trial)
+
+    def log_trial_result(self, iteration, trial, result):
+        # The file is made with the first result, not at the start: an empty file would be
+        # uploaded once more (a PUT per trial on S3).
+        if trial not in self._trial_configs:
+            self.log_trial_start(trial)
+        if trial not in self._trial_files:
+            self._trial_files[trial] = Path(trial.local_path, EXPR_RESULT_FILE).open("at")
+        super().log_trial_result(iteration, trial, result)
+
+    def update_config(self, trial, config):
+        # Tune's own writes params.pkl beside params.json: nothing reads it (Tune's
+        # restore takes configs from the experiment state), and on S3 it is a PUT per trial.
+        self._trial_configs[trial] = config
+        with Path(trial.local_path, EXPR_PARAM_FILE).open("w") as f:
+            json.dump(config, f, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+
+
+def has_reported(trial) -> bool:
+    """Whether Tune took in a result of ``trial`` (restored with the experiment, or in this
+    run). Not ``trial.last_result``: it is never empty, Tune fills in the trial's id."""
+    return any(k != "trial_id" for k in trial.run_metadata.last_result)
 
 
 class EpochTensorBoard(TBXLoggerCallback):
@@ -68,7 +99,16 @@ class EpochTensorBoard(TBXLoggerCallback):
             super().__init__()
         self.time_attr = time_attr
 
+    def log_trial_start(self, trial) -> None:
+        # The writer (and its file) is made with the trial's first result: made here, its
+        # header alone would be uploaded once more (a PUT per trial on S3).
+        if trial in self._trial_writer:
+            self._trial_writer.pop(trial).close()
+            self._trial_result.pop(trial, None)
+
     def log_trial_result(self, iteration, trial, result) -> None:
+        if trial not in self._trial_writer:
+            super().log_trial_start(trial)
         if self.time_attr in result:
             # Tune's logger steps by `timesteps_total` when a result has one; only this
             # logger's copy gets it.

@@ -65,7 +65,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             ``trial_start`` (unix time the trial driver started, for overhead figures),
             ``driver_gpus`` (GPUs Ray gave the trial driver, reported as is),
             ``slots`` and ``trial_id`` (the run's ``resume.Slots`` actor, which knows the
-            epochs the driver took in, and this trial's id; optional).
+            epochs the driver took in and whether the trial can have stored checkpoints,
+            and this trial's id; optional).
     """
     entered = time.time()
     if cfg.get("console", "normal") != "verbose":
@@ -118,14 +119,15 @@ def train_loop_per_worker(cfg: dict) -> None:
             shuffle_rows=data.shards.shuffle_buffer(pieces, train.row_bytes, SHUFFLE_ROW_GROUPS, SHUFFLE_BUFFER_BYTES),
             seed=cfg["seed"] * 1009 + rank)
 
-    # Rank 0 alone lists the run's checkpoints (one storage listing per trial start, not
-    # one per worker), asks which epochs the experiment's driver has taken in and reads the
-    # stored records of the newer ones; it hands the epochs to the others, and every rank
-    # then loads the same checkpoint.
+    # Rank 0 alone asks which epochs the experiment's driver has taken in, lists the run's
+    # checkpoints (one storage listing per trial start, not one per worker; none for a new
+    # trial's first start, which has nothing stored) and reads the stored records of the
+    # newer ones; it hands the epochs to the others, and every rank then loads the same
+    # checkpoint.
     records = {}
     if rank == 0:
-        listed = stored_epochs(cfg["run_uri"], cfg["endpoint"])[:RESTORE_CANDIDATES]
-        reported = resume.reported_epoch(cfg["slots"], cfg["trial_id"]) if cfg.get("slots") else 0
+        reported, any_stored = resume.start(cfg["slots"], cfg["trial_id"]) if cfg.get("slots") else (0, True)
+        listed = stored_epochs(cfg["run_uri"], cfg["endpoint"])[:RESTORE_CANDIDATES] if any_stored else []
         records = stored_records(cfg["run_uri"], cfg["endpoint"], [e for e in listed if e > reported])
     stored, reported, recorded = broadcast_from_rank_zero((listed, reported, sorted(records)) if rank == 0 else None)
     with strategy.scope():
