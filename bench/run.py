@@ -524,7 +524,7 @@ from scale import scale  # noqa: E402
 BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "cnn": cnn, "reliability": reliability, "economy": economy,
            "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers, "data": data, "s3": s3,
            "scale": scale, "head": head}
-# `all`; reliability (~15 min, Ceph), s3 (~6 min), scale (39 min at 100 and 300 trials) and head
+# `all`; reliability (~15 min, Ceph), s3 (~7 min), scale (39 min at 100 and 300 trials) and head
 # (2 min) run on their own.
 ALL = ["b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data"]
 

@@ -110,6 +110,8 @@ class CountingProxy:
                     return
                 finally:
                     upstream.close()
+                # Counted before the client has its answer: whoever it tells sees the count.
+                proxy._count(self.command, self.path, len(body), len(data))
                 self.send_response(response.status, response.reason)
                 for k, v in response.getheaders():
                     if k.lower() not in HOP and k.lower() != "content-length":
@@ -119,7 +121,6 @@ class CountingProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
-                proxy._count(self.command, self.path, len(body), len(data))
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 

@@ -341,8 +341,8 @@ def test_an_upload_sends_the_trials_files_before_the_experiment_state(tmp_path):
 
 
 def test_the_end_of_run_analysis_reads_results_where_the_driver_wrote_them(tmp_path):
-    """From the driver's staging folder when the file is there (no storage requests);
-    from storage, as Ray does, for a trial this driver did not run."""
+    """What ``local_results`` has (no storage requests); from storage, as Ray does, where
+    it has nothing."""
     import json
     from types import SimpleNamespace
 
@@ -351,19 +351,21 @@ def test_the_end_of_run_analysis_reads_results_where_the_driver_wrote_them(tmp_p
 
     from tuner import raycompat
 
-    raycompat.local_trial_results()
-    for folder, epochs in (("stored", [1]), ("local", [1, 2])):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "result.json").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in epochs))
+    local = {"here": [{"epoch": 1}, {"epoch": 2}], "silent": []}
+    raycompat.local_trial_results(lambda trial: local.get(trial.trial_id))
+    (tmp_path / "stored").mkdir()
+    (tmp_path / "stored" / "result.json").write_text(json.dumps({"epoch": 1}) + "\n")
 
-    def epochs(local_path):
-        trial = SimpleNamespace(local_path=local_path, last_result={"trial_id": "t"},
+    def epochs(trial_id):
+        trial = SimpleNamespace(trial_id=trial_id, last_result={"trial_id": trial_id},
                                 storage=SimpleNamespace(trial_fs_path=str(tmp_path / "stored"),
                                                         storage_filesystem=pafs.LocalFileSystem()))
-        return list(ExperimentAnalysis._fetch_trial_dataframe(None, trial)["epoch"])
+        frame = ExperimentAnalysis._fetch_trial_dataframe(None, trial)
+        return list(frame["epoch"]) if "epoch" in frame else []
 
-    assert epochs(str(tmp_path / "local")) == [1, 2]
-    assert epochs(str(tmp_path / "elsewhere")) == [1]
+    assert epochs("here") == [1, 2]
+    assert epochs("silent") == []
+    assert epochs("elsewhere") == [1]
 
 
 def test_a_new_train_run_looks_for_its_checkpoint_list_with_one_request(moto_endpoint):

@@ -134,8 +134,8 @@ def test_keeper_tells_the_slots_which_epochs_the_driver_took_in():
 
 
 def test_only_trials_this_driver_added_start_without_looking_for_checkpoints():
-    """The restored trials (there at the first step) may have stored checkpoints; a trial
-    added later has none at its first start, but may at any start after it (a worker
+    """In a run that resumed nothing, the trials there at the first step may have stored
+    checkpoints; a trial added later has none at its first start, but may at any start after it (a worker
     group restarted, a trial Tune runs again); a mark that comes after the first start is
     ignored."""
     import asyncio
@@ -150,7 +150,14 @@ def test_only_trials_this_driver_added_start_without_looking_for_checkpoints():
     keeper.on_step_begin(iteration=2, trials=[restored, added])
     keeper.on_step_begin(iteration=3, trials=[added, restored])  # Tune may reorder its list
     assert keeper._slots.new == ["b"]
-    assert pickle.loads(pickle.dumps(keeper))._known == set()
+    restored = pickle.loads(pickle.dumps(keeper))
+    assert restored._known == set()
+    # A resumed run marks nothing: a restored grid search hands out its trial ids again.
+    restored.this_run(1, "slots")
+    restored._slots = FakeSlots()
+    restored.on_step_begin(iteration=0, trials=[FakeTrial("a")])
+    restored.on_step_begin(iteration=1, trials=[FakeTrial("a"), FakeTrial("d")])
+    assert restored._slots.new == []
 
     async def starts():
         slots = Slots.__ray_metadata__.modified_class(capacity=1)

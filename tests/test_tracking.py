@@ -147,7 +147,7 @@ def test_a_resumed_trial_on_a_new_ray_keeps_its_stored_results(tmp_path):
 
     import pyarrow.fs as pafs
 
-    from tuner.tensorboard import TrialResults
+    from tuner.tensorboard import TrialResults, local_results
 
     stored = tmp_path / "storage" / "trial_a"
     stored.mkdir(parents=True)
@@ -184,6 +184,21 @@ def test_a_resumed_trial_on_a_new_ray_keeps_its_stored_results(tmp_path):
     assert [json.loads(line)["epoch"] for line in (session / "trial_b" / "result.json").open()] == [2]
     assert sorted(p.name for p in (session / "trial_b").iterdir()) == ["params.json", "result.json"]
     assert json.loads((session / "trial_b" / "params.json").read_text()) == {"lr": 0.1}
+    # What the end-of-run analysis takes (not storage's copy): the files this process wrote.
+    assert [r["epoch"] for r in local_results(resumed)] == [1, 2] and local_results(fresh) == [{"epoch": 2}]
+    assert local_results(trial("trial_c", {"epoch": 1})) is None  # ended before this run: read from storage
+    silent = trial("trial_d", {})
+    logger.log_trial_start(silent)
+    assert local_results(silent) == []
+
+    # A resumed run in the same Ray session: an earlier driver's local file may lag behind
+    # the stored one (the experiment went on elsewhere meanwhile): the stored one wins.
+    (stored.parent / "trial_e").mkdir()
+    (stored.parent / "trial_e" / "result.json").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2)))
+    stale = trial("trial_e", {"epoch": 2})
+    (session / "trial_e" / "result.json").write_text(json.dumps({"epoch": 1}) + "\n")
+    TrialResults(fetch_stored=True).log_trial_start(stale)
+    assert [r["epoch"] for r in local_results(stale)] == [1, 2]
 
 
 def test_the_tensorboard_file_is_made_with_the_first_result(tmp_path):

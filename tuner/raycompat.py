@@ -232,8 +232,8 @@ def incremental_experiment_sync() -> None:
     uploaded it, and sends a file again only when its bytes changed (read after the
     stat, so a file Tune appends to meanwhile is sent again next time); directories are
     made once, and on S3 not at all (keys need none). Once ``experiment_changed`` has
-    been called (``tuner.resume.Keeper`` calls it when a trial is added, starts,
-    reports, pauses or ends), a save uploads only if it has been called since the last
+    been called (``tuner.resume.Keeper`` calls it when a trial reports or ends, and at
+    the next step after one is added or paused), a save uploads only if it has been called since the last
     upload or the syncer's ``sync_period`` (Tune's ``SyncConfig``, 300 s) has passed.
     The syncer pickles without what it sent, so the searcher's saved state (which holds
     it) changes only with the searcher. Restores, excludes (Tune passes none here) and
@@ -319,8 +319,8 @@ def adaptive_experiment_state_period(floor: float) -> None:
 
 
 def experiment_changed() -> None:
-    """The experiment moved on (a trial was added, started, reported, paused or ended):
-    the next save of its state goes to storage."""
+    """The experiment moved on (a trial was added, reported, paused or ended): the next
+    save of its state goes to storage."""
     _CHANGES["tracked"] = _CHANGES["pending"] = True
 
 
@@ -552,16 +552,16 @@ def one_request_snapshot_probe() -> None:
 # --- Tune's results at the end of a run ----------------------------------------------------
 
 
-def local_trial_results() -> None:
-    """Make the analysis Tune builds at the end of ``fit`` read each trial's
-    ``result.json`` from the driver's staging folder, where Tune's logger wrote it and
-    whence it was uploaded, when it is there.
+def local_trial_results(local_results) -> None:
+    """Make the analysis Tune builds at the end of ``fit`` take each trial's results from
+    ``local_results(trial)`` where it has them: the rows of the trial's ``result.json``
+    as this process wrote it ([] for none), or None, and then the stored file is read, as
+    Ray does.
 
     Ray 2.60 reads every trial's file back from storage: on S3 a probe and a read, 3
-    requests per trial (``bench/run.py s3``). A trial this driver did not run (it ended
-    before a resume on a new Ray) has no local file and is read from storage, as Ray
-    does; a resumed trial's local file starts as the stored one
-    (``tensorboard.TrialResults``).
+    requests per trial (``bench/run.py s3``), or for a trial without a file two probes
+    and a warning. ``tensorboard.local_results`` has the files of the trials this
+    driver ran.
     """
     from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
 
@@ -571,16 +571,11 @@ def local_trial_results() -> None:
 
     def _fetch_trial_dataframe(self, trial):
         import pandas as pd
-        from ray.air.constants import EXPR_RESULT_FILE
 
-        try:
-            with open(os.path.join(trial.local_path, EXPR_RESULT_FILE), "rb") as f:
-                content = f.read().decode("utf-8").rstrip("\n")
-        except Exception:  # noqa: BLE001 - no staging folder (outside a Ray session), no file: Ray's way
+        rows = local_results(trial)
+        if rows is None:
             return fetch(self, trial)
-        if not content or trial.last_result is None:
-            return fetch(self, trial)
-        return pd.json_normalize([json.loads(row) for row in content.split("\n")], sep="/")
+        return pd.json_normalize(rows, sep="/") if rows else pd.DataFrame()
 
     ExperimentAnalysis._fetch_trial_dataframe = _fetch_trial_dataframe
     ExperimentAnalysis.tuner_local_results = True

@@ -24,9 +24,11 @@ workers.
 the restored trials, then from each result). A trial's workers read it when they
 start from a checkpoint: epochs stored before the stop whose results never reached
 Tune (the driver died in between) are reported again from their checkpoints, so ASHA
-records them at their rungs and the results and trackers show them. And it knows the
-trials this driver added (not restored) that have not started yet: their workers have
-no stored checkpoint to look for (one storage listing less per trial).
+records them at their rungs and the results and trackers show them. And in a run that
+resumes nothing, it knows the trials the driver added that have not started yet: their
+workers have no stored checkpoint to look for (one storage listing less per trial). In a
+resumed run every trial looks: a restored grid search hands out its trial ids again,
+so a trial added anew may be one whose checkpoints a stopped run stored.
 
 Imports Ray: load it only where Tune runs.
 """
@@ -147,12 +149,14 @@ class Keeper(tune.Callback):
         self._started = False
         self._epochs: dict[str, int] = {}  # trial id -> newest epoch the driver took in
         self._known: set[str] = set()  # trial ids seen by this driver
+        self._resumed = False
         self._share_slots()
 
     def this_run(self, max_concurrent: int, slots_name: str) -> None:
         """Point a restored keeper at this run's concurrency and slots."""
         self.max_concurrent, self.slots_name = max_concurrent, slots_name
         self._started = False
+        self._resumed = True
         self._share_slots()
 
     def _share_slots(self) -> None:
@@ -208,7 +212,7 @@ class Keeper(tune.Callback):
                 self._first_step(trials)
             self._started = True
             self._known = {t.trial_id for t in trials}  # restored: their workers look for checkpoints
-        elif len(trials) > len(self._known):  # trials are only ever added
+        elif len(trials) > len(self._known) and not self._resumed:  # trials are only ever added
             self._added([t.trial_id for t in trials if t.trial_id not in self._known])
         # A status Tune changed without a callback (a trial added, or paused at a rung).
         # A trial's start is not a change worth a save: a resume runs a stored RUNNING
@@ -257,7 +261,8 @@ class Keeper(tune.Callback):
             (slots.pause if paused else slots.end).remote(trial_id)
 
     def _added(self, trial_ids: list[str]) -> None:
-        """Tell ``Slots`` of trials this driver added: nothing of theirs is stored yet."""
+        """Tell ``Slots`` of trials this driver added in a run that resumed nothing:
+        nothing of theirs is stored yet."""
         self._known.update(trial_ids)
         slots = self._slots_actor()
         if slots is not None:
@@ -334,6 +339,7 @@ def restored_keeper(tuner, max_concurrent: int, slots_name: str) -> Keeper:
         keepers[0].this_run(max_concurrent, slots_name)
         return keepers[0]
     keeper = Keeper(None, raycompat.restored_search_alg(tuner), max_concurrent, slots_name)
+    keeper.this_run(max_concurrent, slots_name)
     run_config.callbacks = [*(run_config.callbacks or []), keeper]
     return keeper
 

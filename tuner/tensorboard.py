@@ -38,9 +38,9 @@ class TrialResults(JsonLoggerCallback):
     checkpoints are Ray Train's). So after a resume on a new Ray (``tuner tune`` run
     again in-process, a RayJob retried on a new cluster) each resumed trial's upload
     would replace the stored file with one holding only the new run's epochs. Here a
-    trial without a local file fetches the stored one first: in a resumed run every
-    trial (``fetch_stored``: the stored file may hold epochs that Tune's saved state of
-    the trial does not), else a trial that reported before.
+    trial fetches the stored one when it first starts in this process: in a resumed run
+    every trial (``fetch_stored``: the stored file may hold epochs that Tune's saved
+    state of the trial does not), else a trial that reported before.
 
     Each trial's files go up with the experiment's next save, so each file made costs a
     PUT on S3: ``result.json`` is made with the trial's first result (Tune's callback
@@ -58,7 +58,10 @@ class TrialResults(JsonLoggerCallback):
         trial.init_local_path()
         self.update_config(trial, trial.config)
         local = Path(trial.local_path, EXPR_RESULT_FILE)
-        if (self.fetch_stored or has_reported(trial)) and not local.exists():
+        # The first start in this process of a trial that may have stored results: the
+        # stored file, which a local one (left in the same Ray session by an earlier
+        # driver) may lag behind, if the experiment went on elsewhere since.
+        if (self.fetch_stored or has_reported(trial)) and str(local) not in _STARTED_HERE:
             fs = trial.storage.storage_filesystem
             stored = posixpath.join(trial.storage.trial_fs_path, EXPR_RESULT_FILE)
             try:
@@ -69,6 +72,7 @@ class TrialResults(JsonLoggerCallback):
             except Exception as e:  # noqa: BLE001 - the run goes on; the file starts over
                 log.warning("Could not fetch the stored results of trial %s (%s: %s); its earlier epochs "
                             "may be missing from results.parquet.", trial.trial_id, type(e).__name__, e)
+        _STARTED_HERE.add(str(local))
 
     def log_trial_result(self, iteration, trial, result):
         # The file is made with the first result, not at the start: an empty file would be
@@ -85,6 +89,28 @@ class TrialResults(JsonLoggerCallback):
         self._trial_configs[trial] = config
         with Path(trial.local_path, EXPR_PARAM_FILE).open("w") as f:
             json.dump(config, f, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+
+
+# The result.json files of the trials a TrialResults of this process started.
+_STARTED_HERE: set[str] = set()
+
+
+def local_results(trial) -> list[dict] | None:
+    """The rows of ``trial``'s ``result.json`` as this process wrote it ([] where it has
+    none and the trial never reported), or None where this process did not run the trial
+    (a resumed experiment's trials that had ended) or lost its file: then storage has
+    them (``raycompat.local_trial_results``)."""
+    try:
+        local = str(Path(trial.local_path, EXPR_RESULT_FILE))
+    except Exception:  # noqa: BLE001 - no staging folder outside a Ray session
+        return None
+    if local not in _STARTED_HERE:
+        return None
+    try:
+        text = Path(local).read_text()
+    except FileNotFoundError:
+        return None if has_reported(trial) else []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def has_reported(trial) -> bool:

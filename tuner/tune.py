@@ -391,7 +391,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     from tuner import schedulers
     from tuner import search as searching
     from tuner.console import Console
-    from tuner.tensorboard import EpochTensorBoard, TrialResults
+    from tuner.tensorboard import EpochTensorBoard, TrialResults, local_results
     from tuner.tracking import is_tracker
 
     # Tune saves the experiment state (which trials finished, the scheduler's records) every
@@ -405,7 +405,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     raycompat.incremental_experiment_sync()
     raycompat.marker_free_storage_check()
-    raycompat.local_trial_results()
+    raycompat.local_trial_results(local_results)
     fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
     slots = keep.start_slots(slots_name, cluster.concurrent)  # noqa: F841 (alive until fit returns)
