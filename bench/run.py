@@ -13,6 +13,8 @@
     python bench/run.py peers --mnist ../shared/data/mnist    # vs Keras Tuner, Optuna, plain Ray Tune (~40 min)
     python bench/run.py searchers --mnist ../shared/data/mnist  # random, quasi_random, tpe, bayesian (~40 min)
     python bench/run.py data --mnist ../shared/data/mnist     # streaming shards vs in-memory vs Ray Data, 1x/5x/20x MNIST on S3 (~20 min)
+    python bench/run.py pbt --mnist ../shared/data/mnist      # PBT and PB2 vs ASHA at about the same worker-seconds (~40 min)
+    python bench/run.py warm --mnist ../shared/data/mnist     # a warm-started second run vs a cold one (~20 min)
     python bench/run.py b1 --smoke                        # tiny and quick, on the shipped subset
 
 Each run prints its figures as JSON and appends them, with the date, the machine and the
@@ -38,7 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
 # Experiment names unique per run, so a reused --work folder never refuses a rerun.
 NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned", "cnn", "economy", "scaling",
-                                                             "ckpt", "peers", "searchers", "data", "s3", "scale", "head")}
+                                                             "ckpt", "peers", "searchers", "data", "s3", "scale", "head",
+                                                             "pbt", "warm")}
 
 
 def tuner(args: list[str], cwd: Path) -> dict:
@@ -511,6 +514,118 @@ def paired_val_accuracy(summary: dict, rows: list[dict], drawn: list[dict], thei
 
 
 # bench/run.py peers runs these (bench/peers.py); `--peers` picks some.
+# PBT against ASHA: the `mnist` preset's training knobs with a constant schedule (PBT finds
+# its own schedule: it changes the learning rate as it trains), Adam, the economy's model sizes.
+POPULATION_SPACE = ["--set", "search.space.learning_rate={loguniform: [1.0e-4, 1.0e-2]}",
+                    "--set", "search.space.schedule=constant", "--set", "search.space.optimizer=adam",
+                    "--set", "search.space.batch_size={choice: [64, 128, 256]}",
+                    "--set", "search.space.width={choice: [256, 512]}", "--set", "search.space.depth={choice: [1, 2]}",
+                    "--set", "search.space.dropout={uniform: [0.1, 0.5]}"]
+
+
+def _tuning_figures(summary: dict, run: dict) -> dict:
+    """The figures `pbt` and `warm` compare, from a finished experiment."""
+    failed = [t["trial_id"] for t in summary["trials"] if t["status"] != "terminated"]
+    if failed:
+        raise SystemExit(f"trials {failed} of {summary['name']} failed")
+    best = summary["best"]
+    return {"trials": len(summary["trials"]), "epochs_spent": summary["epochs_spent"],
+            # Worker processes held, start-up included: trial running time x workers.
+            "worker_seconds": round(sum(t["wall_seconds"] * t["workers"] for t in summary["trials"]), 1),
+            "worker_group_starts": sum(1 + t["restarts"] for t in summary["trials"]),
+            "wall_seconds": round(run["seconds"], 1),
+            "best_test_accuracy": round(best["test_accuracy"], 4), "best_val_accuracy": round(best["val_accuracy"], 4),
+            "best_epoch": best["epoch"], "best_config": best["config"]}
+
+
+def pbt(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """PBT and PB2 against ASHA on one space and about the same worker-seconds: ASHA over
+    27 configurations (max_t 10, grace 1, reduction factor 3: about 64 epochs and 27
+    worker-group starts), PBT and PB2 over a population of 6 trained to the same 10 epochs
+    (60 epochs; a perturbation point every 2 epochs, the worst quarter copies the best
+    quarter's checkpoint and explores the learning rate and the batch size). 2-worker trials,
+    one at a time on 2 cores (so PBT's members take turns: a worker-group start per member
+    and interval), seed 0."""
+    dataset = stage(work, mnist)
+    runs = {"asha": ["--set", "search.num_samples=27", "--set", "scheduler.kind=asha"],
+            "pbt": ["--set", "search.num_samples=6", "--set", "scheduler.kind=pbt", "--set", "pbt.interval=2"],
+            "pb2": ["--set", "search.num_samples=6", "--set", "scheduler.kind=pb2", "--set", "pbt.interval=2"]}
+    max_t = 10
+    if smoke:  # PB2 alone (tests/integration/test_pbt.py runs PBT), 2 members, 2 epochs
+        runs, max_t = {"pb2": ["--set", "search.num_samples=2", "--set", "scheduler.kind=pb2", "--set",
+                               "pbt.interval=1", "--set", "pbt.quantile=0.5"]}, 2
+    out = {}
+    for how, args in runs.items():
+        name = f"{NAME['pbt']}-{how}"
+        run = tuner(["tune", "--config", "mnist", "--name", name, "--storage", str(work / "store"),
+                     "--set", f"data.uri={dataset}", "--set", "search.seed=0", "--set", f"asha.max_t={max_t}",
+                     "--set", "asha.grace_period=1", "--set", "asha.reduction_factor=3", *POPULATION_SPACE, *args], work)
+        summary, _ = experiment(work / "store", name)
+        out[how] = _tuning_figures(summary, run)
+        if how != "asha":
+            out[how]["exploits"] = sum(len(t.get("lineage", [])) - 1 for t in summary["trials"])
+            out[how]["best_schedule"] = summary["best"].get("schedule")
+    if "asha" in out:
+        for how in ("pbt", "pb2"):
+            out[f"{how}_vs_asha"] = {
+                "best_test_accuracy_difference_pt": round(100 * (out[how]["best_test_accuracy"]
+                                                                 - out["asha"]["best_test_accuracy"]), 2),
+                "worker_seconds_ratio": round(out[how]["worker_seconds"] / out["asha"]["worker_seconds"], 3),
+                "wall_ratio": round(out[how]["wall_seconds"] / out["asha"]["wall_seconds"], 3),
+                "epochs_ratio": round(out[how]["epochs_spent"] / out["asha"]["epochs_spent"], 3)}
+    return {"max_t": max_t, **out}
+
+
+def _reached(rows: list[dict], target: float) -> dict:
+    """Trials started, and training worker-seconds spent, until a trial first reported a
+    validation accuracy of at least ``target`` (trials in the order they first reported)."""
+    rows = sorted(rows, key=lambda r: r["timestamp"])
+    order = list(dict.fromkeys(r["trial_id"] for r in rows))
+    spent = 0.0
+    for r in rows:
+        spent += (r.get("train_seconds") or 0) * (r.get("workers") or 1)
+        if r.get("val_accuracy") is not None and r["val_accuracy"] >= target:
+            return {"reached": True, "trials": order.index(r["trial_id"]) + 1, "training_worker_seconds": round(spent, 1)}
+    return {"reached": False, "trials": len(order), "training_worker_seconds": round(spent, 1)}
+
+
+def warm(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """A warm start against a cold start: the `mnist` preset's economy space tuned once
+    (TPE, seed 0, 12 trials, ASHA max_t 6), then twice more with seed 1: warm-started from
+    the first (its trials given to TPE first, its best configuration run first) and cold.
+    Figure: trials and training worker-seconds until the second run's first validation
+    accuracy within 0.1 pt of the first run's best."""
+    dataset = stage(work, mnist)
+    samples, max_t = (1, 1) if smoke else (12, 6)
+    common = ["--config", "mnist", "--storage", str(work / "store"), "--set", f"data.uri={dataset}",
+              "--set", "search.algorithm=tpe", "--set", f"search.num_samples={samples}", "--set", f"asha.max_t={max_t}",
+              "--set", "asha.grace_period=1", "--set", "asha.reduction_factor=3", *ECONOMY_SPACE]
+    first = f"{NAME['warm']}-first"
+    runs = {"first": ["--set", "search.seed=0"],
+            "warm": ["--set", "search.seed=1", "--set", f"search.warm_start.experiments=[{first}]"],
+            "cold": ["--set", "search.seed=1"]}
+    if smoke:  # the warm-started run; the cold one is any other run
+        del runs["cold"]
+    out, target = {}, None
+    for how, args in runs.items():
+        name = f"{NAME['warm']}-{how}"
+        run = tuner(["tune", "--name", name, *common, *args], work)
+        summary, rows = experiment(work / "store", name)
+        out[how] = _tuning_figures(summary, run)
+        if how == "first":
+            target = summary["best"]["val_accuracy"] - 0.001
+        else:
+            out[how]["until_within_0.1pt_of_first_best"] = _reached(rows, target)
+    if "cold" in out:
+        warm_run, cold_run = (out[h]["until_within_0.1pt_of_first_best"] for h in ("warm", "cold"))
+        out["warm_vs_cold"] = {
+            "trials_ratio": round(warm_run["trials"] / cold_run["trials"], 3),
+            "training_worker_seconds_ratio": round(warm_run["training_worker_seconds"]
+                                                   / max(cold_run["training_worker_seconds"], 1e-9), 3),
+            "both_reached": warm_run["reached"] and cold_run["reached"]}
+    return {"target_val_accuracy": round(target, 4), **out}
+
+
 PEERS = ["kerastuner", "optuna", "raytune", "raytune_train"]
 PEER_SPACE_KEYS = ["learning_rate", "schedule", "decay_epochs", "optimizer", "dropout", "width", "depth"]
 
@@ -523,10 +638,10 @@ from scale import scale  # noqa: E402
 
 BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "cnn": cnn, "reliability": reliability, "economy": economy,
            "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers, "data": data, "s3": s3,
-           "scale": scale, "head": head}
+           "scale": scale, "head": head, "pbt": pbt, "warm": warm}
 # `all`; reliability (~15 min, Ceph), s3 (~7 min), scale (39 min at 100 and 300 trials) and head
 # (2 min) run on their own.
-ALL = ["b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data"]
+ALL = ["b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data", "pbt", "warm"]
 
 
 def record(command: str, results: dict) -> None:

@@ -111,3 +111,62 @@ def test_an_epoch_reported_again_after_a_resume_makes_one_row():
     assert once_per_epoch(history) == [epoch(1, 0.8), epoch(2, 0.9), epoch(3, 0.95)]
     # Trained again after a restart from an older checkpoint: a new result, kept.
     assert once_per_epoch([epoch(1, 0.8), epoch(2, 0.9), epoch(2, 0.91)]) == [epoch(1, 0.8), epoch(2, 0.9), epoch(2, 0.91)]
+
+
+def test_a_pbt_summary_keeps_each_lineage_and_the_best_models_schedule_with_its_replay():
+    import shlex
+
+    from tuner import population as pop
+    from tuner import report
+
+    spec = load_spec("quick", ["scheduler.kind=pbt", "pbt.interval=1", "search.num_samples=2", "asha.max_t=3",
+                               "search.space.learning_rate={loguniform: [1.0e-4, 1.0e-2]}"])
+    p = pop.Population(spec.search.space, 2, 1, 0.5, 0.0, None, 3)
+    p.add("a", CONFIG), p.add("b", {**CONFIG, "learning_rate": 1e-4})
+    p.report("a", 1, 0.9, "b/exp/runs/a/epoch-0001")
+    p.report("b", 1, 0.1, "b/exp/runs/b/epoch-0001")
+    exploit = p.decide("b")
+    assert exploit.donor == "a"
+    p.apply(exploit)
+
+    def row(e, acc, gen, run):
+        return {**epoch(e, acc), "generation": gen, "checkpoint_path": f"b/exp/runs/{run}/epoch-{e:04d}"}
+
+    records = [
+        {"trial_id": "a", "config": CONFIG, "error": None,
+         "history": [row(1, 0.9, 0, "a"), row(2, 0.92, 0, "a"), row(3, 0.93, 0, "a")]},
+        {"trial_id": "b", "config": exploit.config, "error": None,
+         "history": [row(1, 0.1, 0, "b"), row(2, 0.95, 1, "b-g1"), row(3, 0.96, 1, "b-g1")]},
+    ]
+    command = ["tuner", "tune", "--config", "quick", "--set", "scheduler.kind=pbt", "--name", "exp", "--set",
+               "asha.max_t=3", "--set", "search.space.learning_rate={loguniform: [1.0e-4, 1.0e-2]}"]
+    summary = summarize(spec, command, records, lambda p: "s3://" + p, lambda p: True, population=p)
+    b = next(t for t in summary["trials"] if t["trial_id"] == "b")
+    assert [(s["generation"], s["start_epoch"], s["from_trial"]) for s in b["lineage"]] == [(0, 0, None), (1, 1, "a")]
+    best = summary["best"]
+    assert (best["trial_id"], best["epoch"], best["generation"]) == ("b", 3, 1)
+    assert best["config"] == exploit.config
+    # Trained from scratch: a's first epoch (a's learning rate), then b's explored one.
+    assert [(s["epoch"], s["trial"], s["learning_rate"]) for s in best["schedule"]] == [
+        (0, "a", CONFIG["learning_rate"]), (1, "b", exploit.config["learning_rate"])]
+    replay = shlex.split(best["replay"]["command"])
+    assert replay[:4] == ["tuner", "train", "--config", "quick"] and replay[replay.index("--name") + 1] == "quick-replay"
+    sets = [replay[i + 1] for i, a in enumerate(replay) if a == "--set"]
+    assert "asha.max_t=3" in sets and "scheduler.kind=fifo" in sets
+    replayed = load_spec("quick", sets)
+    assert replayed.search.space["learning_rate"].values == (CONFIG["learning_rate"],)
+    changed = {n: exploit.config[n] for n in p.mutate if exploit.config[n] != CONFIG[n]}
+    assert "learning_rate" in changed
+    assert replayed.training.hyperparameter_schedule == [{"epoch": 1, **changed}]
+    # Each row's config is its generation's, with where that generation came from.
+    rows = rows_from_results(records, {t["trial_id"]: t["lineage"] for t in summary["trials"]})
+    rows_b = [r for r in rows if r["trial_id"] == "b"]
+    assert [(r["config/learning_rate"], r["pbt_from_trial"], r["pbt_from_epoch"]) for r in rows_b] == [
+        (1e-4, None, None), (exploit.config["learning_rate"], "a", 1), (exploit.config["learning_rate"], "a", 1)]
+    # The report draws the population and the schedule, and lists the schedule.
+    pngs = report.figures(summary, rows)
+    assert {"population", "schedule", "hyperparameters"} <= set(pngs) and "rungs" not in pngs
+    assert report.exploit_jumps(b, {t: [r for r in rows if r["trial_id"] == t] for t in "ab"}, "val_accuracy") == [
+        ((1, 0.9), (2, 0.95))]
+    page = report.render_html(summary, rows, {})
+    assert "Its hyperparameter schedule" in page and "quick-replay" in page

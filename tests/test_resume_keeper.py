@@ -102,9 +102,12 @@ class FakeSlots:
         self.noted, self.new = {}, []
         outer = self
 
+        self.gates = {}
+
         class Note:
-            def remote(self, epochs):
+            def remote(self, epochs, gates=None):
                 outer.noted.update(epochs)
+                outer.gates.update(gates or {})
 
         class Added:
             def remote(self, trial_ids):
@@ -169,3 +172,37 @@ def test_only_trials_this_driver_added_start_without_looking_for_checkpoints():
         return first + [await slots.start("c")]
 
     assert asyncio.run(starts()) == [(3, True), (0, False), (0, True), (0, True)]
+
+
+def test_a_pbt_members_workers_wait_at_a_perturbation_point_for_the_drivers_decision():
+    """Keyed by the member's Train run (a generation after an exploit has its own), the
+    driver's epochs and PBT's decisions reach ``Slots``; a worker's ``gate`` returns once
+    the driver took its epoch in: go on, or pause."""
+    import asyncio
+
+    from tuner.resume import Slots
+
+    class Scheduler:
+        def gate(self, trial_id):
+            return {"a": (2, False), "b": (2, True)}.get(trial_id)
+
+        def state(self):
+            return {}
+
+    keeper = Keeper(Scheduler(), None, 1, "slots")
+    keeper._slots = FakeSlots()
+    member = FakeTrial("a")
+    member.config = {"pbt_generation": 1}
+    keeper.on_step_begin(iteration=0, trials=[member])
+    keeper.on_trial_result(iteration=1, trials=[member], trial=member, result={"epoch": 2, "generation": 1})
+    assert keeper._slots.noted == {"a-g1": 2} and keeper._slots.gates == {"a-g1": (2, False)}
+
+    async def gates():
+        slots = Slots.__ray_metadata__.modified_class(capacity=1)
+        waiting = asyncio.ensure_future(slots.gate("a-g1", 2, timeout=5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # the driver has not taken epoch 2 in yet
+        await slots.note({"a-g1": 2, "b": 2}, {"a-g1": (2, False), "b": (2, True)})
+        return [await waiting, await slots.gate("b", 2, timeout=5), await slots.gate("c", 4, timeout=0.05)]
+
+    assert asyncio.run(gates()) == [False, True, True]  # c: no answer in time, goes on

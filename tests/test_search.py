@@ -430,8 +430,8 @@ def test_the_plateau_rule_comes_from_the_spec():
     assert (stop.patience, stop.min_delta) == (3, 0.001)
     with pytest.raises(SpecError, match=r"`scheduler.plateau_patience` is 0, but must be >= 1"):
         load_spec("quick", ["scheduler.plateau_patience=0"])
-    with pytest.raises(SpecError, match=r"`scheduler.kind` is 'pbt', but must be one of: asha, asha_promote, hyperband"):
-        load_spec("quick", ["scheduler.kind=pbt"])
+    with pytest.raises(SpecError, match=r"`scheduler.kind` is 'pbs', but must be one of: asha, asha_promote, hyperband"):
+        load_spec("quick", ["scheduler.kind=pbs"])
 
 
 def test_the_keeper_saves_the_median_rule_and_the_stopper_and_counts_resumed_trials(tmp_path):

@@ -5,6 +5,9 @@ import pytest
 from tuner.spec import Dim, SpecError, apply_overrides, build_spec, load_raw, load_spec, preset_names, require_fixed
 
 
+PBT = {"scheduler": {"kind": "pbt"}, "search": {"space": {"learning_rate": {"loguniform": [1e-4, 1e-2]}}}}
+
+
 def problems(raw):
     with pytest.raises(SpecError) as e:
         build_spec(raw)
@@ -79,6 +82,42 @@ def test_seed_baseline_is_the_tutorial():
         ({"checkpoint": {"upload": "later"}}, "The value of `checkpoint.upload` is 'later', but must be one of: async, sync."),
         ({"failure": {"controller_failure_limit": -1}}, "would retry forever"),
         ({"name": "a/b"}, "The value of `name` is 'a/b'"),
+        # Population-based training.
+        (PBT | {"pbt": {"mutate": ["learning_rate", "width"]}},
+         "`pbt.mutate` names `width`, a model hyperparameter: it shapes the weights a member copies"),
+        (PBT | {"pbt": {"mutate": ["optimizer"]}}, "`pbt.mutate` names `optimizer`, which a member cannot change"),
+        (PBT | {"pbt": {"mutate": "learning_rate"}}, "The value of `pbt.mutate` is 'learning_rate', but must be a list"),
+        (PBT | {"pbt": {"interval": 0}}, "The value of `pbt.interval` is 0, but must be >= 1"),
+        (PBT | {"pbt": {"interval": 10}}, "The value of `pbt.interval` is 10, but must be >= 1 and < `asha.max_t` (10)"),
+        (PBT | {"pbt": {"quantile": 0.6}}, "The value of `pbt.quantile` is 0.6, but must be > 0 and <= 0.5."),
+        (PBT | {"pbt": {"resample_probability": 2}}, "The value of `pbt.resample_probability` is 2.0, but must be"),
+        ({**PBT, "search": {**PBT["search"], "algorithm": "grid", "space": {"batch_size": {"choice": [32, 64]}}}},
+         "`scheduler.kind: pbt` draws its first population with `search.algorithm` random or quasi_random, not grid"),
+        ({"scheduler": {"kind": "pbt"}}, "Population-based training changes hyperparameters as it trains, but nothing "
+                                         "is mutable"),
+        ({"scheduler": {"kind": "pb2"}, "search": {"space": {"batch_size": {"choice": [32, 64]}}}},
+         "`scheduler.kind: pb2` chooses numeric values by a GP bandit, but no mutated hyperparameter is a range"),
+        (PBT | {"scheduler": {"kind": "pbt", "plateau_patience": 2}}, "`scheduler.plateau_patience` is set, but"),
+        (PBT | {"training": {"hyperparameter_schedule": [{"epoch": 2, "learning_rate": 0.1}]}},
+         "`training.hyperparameter_schedule` is set, but `scheduler.kind: pbt` changes the hyperparameters itself"),
+        # A replayed schedule.
+        ({"training": {"hyperparameter_schedule": [{"epoch": 2, "width": 3}]}},
+         "`training.hyperparameter_schedule[0]` sets `width`, but a schedule changes only learning_rate"),
+        ({"training": {"hyperparameter_schedule": [{"epoch": 3, "learning_rate": 0.1}, {"epoch": 2, "batch_size": 8}]}},
+         "`training.hyperparameter_schedule[1]` is {'epoch': 2, 'batch_size': 8}, but each entry must be"),
+        ({"training": {"hyperparameter_schedule": [{"epoch": 10, "learning_rate": 0.1}]}},
+         "`training.hyperparameter_schedule` has an entry at epoch 10, but trials train `asha.max_t` (10) epochs"),
+        ({"training": {"hyperparameter_schedule": [{"epoch": 2, "learning_rate": -1}]}},
+         "The value of `training.hyperparameter_schedule[0].learning_rate` is -1.0, but must be > 0"),
+        ({"training": {"hyperparameter_schedule": {"epoch": 2}}}, "but must be a list of {epoch: E, <knob>: value"),
+        # Warm starts.
+        ({"search": {"warm_start": {"experiments": ["x"], "top": -1}}}, "The value of `search.warm_start.top` is -1"),
+        ({"search": {"warm_start": {"experiments": ["mnist-asha"]}}},
+         "`search.warm_start.experiments` names this experiment, `mnist-asha`; name earlier ones."),
+        ({"search": {"warm_start": {"experiments": ["a/b"]}}}, "names 'a/b', which is not an experiment name."),
+        ({"search": {"warm_start": {"experiments": ["x"], "storage": "gs://b"}}}, "`search.warm_start.storage` is 'gs://b'"),
+        ({"search": {"warm_start": {"experiments": ["x"], "top": 9}}},
+         "The value of `search.warm_start.top` is 9, but only `search.num_samples` (8) trials run; lower it."),
     ],
 )
 def test_bad_values_have_one_clear_line(raw, message):
@@ -142,3 +181,11 @@ def test_dataset_uri_default_follows_source_and_storage():
     assert load_spec("quick").dataset_uri().endswith("datasets/mnist-subset")
     spec = load_spec("mnist", **{"storage.uri": "s3://b/p"})
     assert spec.dataset_uri() == "s3://b/p/datasets/mnist"
+
+
+def test_a_population_spec_and_a_schedule_that_fit():
+    spec = build_spec(PBT | {"pbt": {"interval": 3, "mutate": ["learning_rate"]}})
+    assert (spec.pbt.interval, spec.pbt.mutate) == (3, ["learning_rate"])
+    spec = build_spec({"training": {"hyperparameter_schedule": [{"epoch": 2, "learning_rate": 1e-2, "batch_size": 64}]}})
+    assert spec.training.hyperparameter_schedule == [{"epoch": 2, "learning_rate": 0.01, "batch_size": 64}]
+    assert build_spec(spec.to_dict()) == spec

@@ -180,6 +180,10 @@ def cmd_best(args) -> int:
         raise UsageError(f"No summary at {storage.join(args.storage, args.name, 'summary.json')}; "
                          "has `tuner tune` finished for that --name and --storage?") from None
     print(json.dumps(summary["best"], indent=2))
+    replay = (summary["best"] or {}).get("replay")
+    if replay:
+        print(f"Its hyperparameter schedule, replayed from scratch (run where the experiment was started):\n"
+              f"  {replay['command']}")
     return 0
 
 
@@ -219,11 +223,11 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
         say(f"Resuming the {what} `{spec.name}` from {results.experiment_uri(spec)}: "
             "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
     try:
-        grid, rungs = experiment.run(plan, cluster, stop, args.console)
+        grid, scheduler = experiment.run(plan, cluster, stop, args.console)
     except KeyboardInterrupt:
         experiment.track_interrupted(plan)
         raise
-    summary, uri = experiment.summarize(plan, cluster, grid, rungs)
+    summary, uri = experiment.summarize(plan, cluster, grid, scheduler)
     tracked = experiment.track(plan, summary)
     best = summary["best"]
     failed = [t for t in summary["trials"] if t["status"] == "error"]
@@ -241,6 +245,7 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
         f"  config: {json.dumps(best['config'], sort_keys=True)}\n"
         f"  checkpoint: {best['checkpoint_uri']}\n  summary: {uri}"
         + (f"\n  MLflow: {tracked}" if tracked else "")
+        + (f"\n  its schedule, replayed from scratch: {best['replay']['command']}" if best.get("replay") else "")
     )
     return 0
 

@@ -7,6 +7,9 @@ per event. ``Console`` is a Tune callback that prints:
 
 - ``trial <id> started: <hyperparameters>``;
 - ``trial <id> epoch N: <metric> V`` (with ``promoted past rung R`` at an ASHA rung);
+- ``trial <id> exploits <id> at epoch E: learning_rate 1.2e-03 -> 9.6e-04`` (PBT: it
+  continues from the other's checkpoint of epoch E with the explored hyperparameters;
+  ``a -> b``: the copied trial's value and the explored one);
 - ``trial <id> resumed from epoch E`` (a restarted worker group, or a resumed experiment);
 - ``trial <id> finished`` / ``stopped by <scheduler> at epoch E`` / ``failed: <reason>``;
 - a progress line: trials running, finished, stopped and failed, epochs spent of the
@@ -72,10 +75,13 @@ class Console(tune.Callback):
             until it is promoted (else ASHA decides at once).
         experiment_uri: where the experiment is stored (a failed trial's ``error.txt``
             is in its trial folder there).
+        population: with PBT, the run's ``schedulers.PopulationScheduler`` (its exploits
+            are printed; members pause between perturbation points to share the slots).
     """
 
     def __init__(self, level: str, metric: str, mode: str, max_t: int, budget: int, scheduler: str,
-                 rungs: list[int], searched: list[str], waits_at_rungs: bool = False, experiment_uri: str = ""):
+                 rungs: list[int], searched: list[str], waits_at_rungs: bool = False, experiment_uri: str = "",
+                 population=None):
         self.level = level
         self.metric, self.mode = metric, mode
         self.max_t, self.budget = max_t, budget
@@ -84,6 +90,7 @@ class Console(tune.Callback):
         self.searched = list(searched)
         self.waits_at_rungs = waits_at_rungs
         self.experiment_uri = experiment_uri
+        self.population = population
         self._fresh()
 
     def _fresh(self) -> None:
@@ -97,6 +104,7 @@ class Console(tune.Callback):
         state = dict(self.__dict__)
         for k in ("_started_at", "_seen", "_last_progress", "_last_counted", "_progress_shown", "_redrawn"):
             state.pop(k, None)
+        state["population"] = None  # the scheduler: the run that restores it hands it over again
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -156,15 +164,16 @@ class Console(tune.Callback):
                     stopped += 1
             elif status == "RUNNING":
                 running += 1
-            elif status == "PAUSED":  # at a rung, until promoted
+            elif status == "PAUSED":  # at a rung until promoted, or a PBT member between its turns
                 waiting += 1
             else:
                 pending += 1
             score = t.metric_analysis.get(self.metric, {}).get(self.mode)
             if score is not None and not math.isnan(score) and (best is None or pick(best, score) != best):
                 best, best_id = score, t.trial_id
+        paused = "paused" if getattr(self, "population", None) is not None else "waiting at a rung"
         parts = [f"trials: {running} running, {finished} finished, {stopped} stopped, {failed} failed"
-                 + (f", {waiting} waiting at a rung" if waiting else "") + (f", {pending} pending" if pending else ""),
+                 + (f", {waiting} {paused}" if waiting else "") + (f", {pending} pending" if pending else ""),
                  f"epochs {epochs} of {self.budget}"]
         if best is not None:
             parts.append(f"best {self.metric} {value(best)} (trial {best_id})")
@@ -174,6 +183,12 @@ class Console(tune.Callback):
     # --- Tune's hooks -------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        population = getattr(self, "population", None)
+        if trial.trial_id in self._seen and population is not None:  # a PBT member's next turn
+            epoch = population.population.progress(trial.trial_id)
+            self._seen[trial.trial_id] = epoch or None  # its workers resume from there
+            self._line(f"trial {trial.trial_id} continues from epoch {epoch}")
+            return
         if trial.trial_id in self._seen:  # a trial paused at a rung was promoted (asha_promote)
             epoch = (trial.last_result or {}).get("epoch")
             self._line(f"trial {trial.trial_id} promoted past rung {epoch}, continues" if epoch
@@ -201,6 +216,12 @@ class Console(tune.Callback):
         # A stored epoch whose first report never reached this driver (a stop, or a worker
         # group that died, in between), reported again from its checkpoint.
         self._line(text + " (from its checkpoint; its first report was lost)" if replayed else text)
+        population = getattr(self, "population", None)
+        exploit = population.exploits.pop(trial.trial_id, None) if population is not None else None
+        if exploit is not None:
+            changes = ", ".join(f"{k} {value(a)} -> {value(b)}" for k, (a, b) in exploit.changes.items())
+            self._line(f"trial {trial.trial_id} exploits {exploit.donor} at epoch {exploit.epoch}: "
+                       + (changes or "the same hyperparameters"))
         # No progress line here: Tune records the result in the trial after its callbacks.
 
     def on_trial_complete(self, iteration, trials, trial, **info):

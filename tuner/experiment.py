@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner import data, models, results, schedule, storage
+from tuner import data, models, results, schedule, storage, warm
 from tuner.space import model_hyperparameters, ordered, with_builder_defaults
 from tuner.spec import Spec, differences, load_spec, missing_dependency, require_fixed
 
@@ -61,6 +61,7 @@ class Plan:
     runtime_env: dict
     pending: data.Prepared | None = None  # a dataset to stage
     warnings: list[str] = field(default_factory=list)
+    warm_start: warm.WarmStart | None = None  # a new experiment's points from earlier ones
 
 
 # --- 1. prepare -----------------------------------------------------------------------
@@ -102,6 +103,9 @@ def prepare(config: str, overrides: list[str], top_level: dict[str, Any], addres
     if problems:
         raise UsageError(*problems)
     plan.warnings += check_builder(builder, spec, plan.inputs)
+    if search and state == "new" and spec.search.warm_start.experiments:
+        plan.warm_start = warm_start(spec, plan.inputs.task)
+        plan.warnings += plan.warm_start.warnings
     plan.runtime_env = tuning.runtime_env_for(
         spec, *_shipped(builder, working_dir, [spec.storage.uri, spec.data.uri, spec.data.source]))
     return plan
@@ -150,6 +154,41 @@ def dataset(spec: Spec, dataset_uri: str, builtin: bool) -> tuple[models.InputSp
                          f"--source YOUR_DATA.csv --dest {dataset_uri} --label COLUMN")
     pending = data.mnist_dataset(data.source_for(spec.data.source, spec.storage.endpoint), spec.data.validation_fraction)
     return pending.input_spec(), pending.rows("train"), pending
+
+
+def warm_start(spec: Spec, task: str) -> warm.WarmStart:
+    """The finished trials of ``search.warm_start.experiments`` that fit this space (read,
+    never written). Raises UsageError for an experiment that does not exist, has not
+    finished or has no finished trials, or followed another task or objective."""
+    w, metric, mode = spec.search.warm_start, spec.objective.metric, spec.objective.mode
+    where, endpoint = w.storage or spec.storage.uri, spec.storage.endpoint
+    trials, problems = [], []
+    for name in w.experiments:
+        folder = storage.join(where, name)
+        try:
+            summary = storage.read_json(storage.join(folder, results.SUMMARY), endpoint)
+        except FileNotFoundError:
+            problems.append(f"The warm-start experiment `{name}` " + (
+                "has not finished (no summary.json yet); run its command again to finish it, or leave it out of "
+                "`search.warm_start.experiments`." if storage.exists(storage.join(folder, SPEC_FILE), endpoint) else
+                f"does not exist under {where}; check `search.warm_start.experiments` and `search.warm_start.storage`."))
+            continue
+        theirs = (summary.get("objective") or {}).get("metric"), (summary.get("objective") or {}).get("mode")
+        if theirs != (metric, mode) or summary.get("task", task) != task:
+            problems.append(f"The warm-start experiment `{name}` tuned {summary.get('task', task)} for {theirs[0]} "
+                            f"({theirs[1]}), this one {task} for {metric} ({mode}); warm-start from experiments of the "
+                            "same task and objective.")
+            continue
+        last = results.last_values(where, name, metric, endpoint)
+        finished = [t for t in summary["trials"] if t["status"] == "terminated" and t.get(f"best_{metric}") is not None]
+        if not finished:
+            problems.append(f"The warm-start experiment `{name}` has no finished trials to learn from; leave it out of "
+                            "`search.warm_start.experiments`.")
+        trials += [{"config": t["config"], "best": t[f"best_{metric}"], "source": f"{name}/{t['trial_id']}",
+                    "value": last.get(t["trial_id"], t[f"best_{metric}"])} for t in finished]
+    if problems:
+        raise UsageError(*problems)
+    return warm.select(spec.search.space, trials, mode, w.top)
 
 
 def check_objective(spec: Spec, task: str) -> list[str]:
@@ -265,27 +304,30 @@ def stage(plan: Plan) -> None:
 
 
 def run(plan: Plan, cluster, stop=None, console: str = "normal"):
-    """Tune's ``ResultGrid`` and the scheduler's rungs (or None)."""
+    """Tune's ``ResultGrid`` and the scheduler whose records were kept (or None)."""
     from tuner import tune as tuning
 
     return tuning.run(plan.spec, plan.dataset_uri, plan.inputs.to_dict(), cluster, search=plan.search,
-                      resume=plan.resume, stop=stop, console=console)
+                      resume=plan.resume, stop=stop, console=console, warm_start=plan.warm_start)
 
 
-def summarize(plan: Plan, cluster, grid, rungs) -> tuple[dict, str]:
+def summarize(plan: Plan, cluster, grid, scheduler) -> tuple[dict, str]:
     """Write ``results.parquet``, ``best_model.keras`` and ``summary.json``; returns the
-    summary and its URI."""
+    summary and its URI. ``scheduler``: as ``run`` returns it."""
     import pyarrow.fs as pafs
 
-    from tuner import worker
+    from tuner import checkpoints
 
     spec = plan.spec
     trials = results.trials_from_grid(grid)
     fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    population = getattr(scheduler, "population", None)
+    rungs = scheduler.rungs() if hasattr(scheduler, "rungs") else None
     summary = results.summarize(
         spec, plan.command, trials,
         storage_fs_uri=lambda p: storage.to_uri(fs, p),
-        checkpoint_exists=lambda p: fs.get_file_info(posixpath.join(p, worker.MODEL_FILE)).type == pafs.FileType.File,
+        checkpoint_exists=lambda p: fs.get_file_info(posixpath.join(p, checkpoints.MODEL_FILE)).type == pafs.FileType.File,
+        population=population,
     )
     summary["task"] = plan.inputs.task
     summary["max_concurrent_trials"] = cluster.concurrent
@@ -293,7 +335,8 @@ def summarize(plan: Plan, cluster, grid, rungs) -> tuple[dict, str]:
                                     k == spec.scaling.driver_resource}
     if rungs is not None:
         summary["asha_rungs"] = results.asha_rungs(rungs, spec.objective.mode)
-    results.write_results(spec, results.rows_from_results(trials))
+    lineages = {t["trial_id"]: t["lineage"] for t in summary["trials"] if "lineage" in t}
+    results.write_results(spec, results.rows_from_results(trials, lineages))
     results.export_best(spec, summary, plan.dataset_uri)
     return summary, results.write_summary(spec, summary)
 

@@ -41,7 +41,6 @@ this module first, which installs the same lazy package there.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import importlib.util
@@ -163,6 +162,16 @@ def median_results(rule) -> dict:
 def median_keys(rule) -> tuple[str, str]:
     """(time attribute, metric) of a MedianStoppingRule."""
     return rule._time_attr, rule._metric
+
+
+def pb2_explore(data, bounds: dict, current, base: str, old: str, config: dict):
+    """Ray's PB2 explore step (``ray.tune.schedulers.pb2._explore``): the GP-UCB choice of
+    ``bounds``' values for ``old`` continuing ``base``, from ``data`` (a DataFrame of
+    Trial, Time, the values, Reward at each perturbation point); returns (the chosen
+    values, ``data`` with the choice added)."""
+    from ray.tune.schedulers.pb2 import _explore
+
+    return _explore(data, bounds, current, base, old, config)
 
 
 # --- searchers' live-trial counts, and the restored Tuner --------------------------------
@@ -507,6 +516,8 @@ def marker_free_checkpoint_delete() -> None:
 
         if not isinstance(fs, pafs.S3FileSystem):
             return delete(fs=fs, fs_path=fs_path)
+        from tuner.storage import delete_s3_folder
+
         try:
             delete_s3_folder(fs, fs_path)
         except Exception:  # noqa: BLE001 - as Ray's: a checkpoint left behind is not an error
@@ -581,36 +592,10 @@ def local_trial_results(local_results) -> None:
     ExperimentAnalysis.tuner_local_results = True
 
 
-def delete_s3_folder(fs, fs_path: str) -> int:
-    """Delete every object under ``fs_path``/ (bucket/key, on the S3FileSystem ``fs``):
-    one listing per 1,000 keys and one DELETE per key; returns how many."""
-    bucket, _, folder = fs_path.strip("/").partition("/")
-    client = boto3_client(fs)
-    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder + "/")
-            for item in page.get("Contents", [])]
-    for key in keys:
-        client.delete_object(Bucket=bucket, Key=key)
-    return len(keys)
+def __getattr__(name: str):
+    # The S3 client lives in tuner.storage now.
+    if name in ("boto3_client", "delete_s3_folder"):
+        from tuner import storage
 
-
-def boto3_client(fs):
-    """A boto3 S3 client to the server, and with the credentials, of the pyarrow
-    S3FileSystem ``fs`` (one per such settings, reused)."""
-    settings = fs.__reduce__()[1][0]
-    return _boto3_client(tuple((k, settings.get(k)) for k in (
-        "endpoint_override", "scheme", "region", "access_key", "secret_key", "session_token")))
-
-
-@functools.lru_cache(maxsize=8)
-def _boto3_client(settings: tuple):
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    s = dict(settings)
-    endpoint = f"{s.get('scheme') or 'https'}://{s['endpoint_override']}" if s.get("endpoint_override") else None
-    return boto3.client(
-        "s3", endpoint_url=endpoint, region_name=s.get("region") or None,
-        aws_access_key_id=s.get("access_key") or None, aws_secret_access_key=s.get("secret_key") or None,
-        aws_session_token=s.get("session_token") or None,
-        config=BotoConfig(retries={"max_attempts": 12, "mode": "standard"}, connect_timeout=30, read_timeout=120,
-                          s3={"addressing_style": "path" if endpoint else "auto"}))
+        return getattr(storage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -138,6 +138,9 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
     out = {}
 
     order = ranked(summary)
+    if any("lineage" in t for t in summary["trials"]):
+        out.update(population_figures(summary, by_trial, plt))
+        return out | hyperparameter_figures(summary, order, plt)
     top = {t["trial_id"] for t in order[:TOP]}
     many = len(order)
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -168,6 +171,13 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
     ax.set(xlabel="rung (epochs)", ylabel="trials that reached it", title="Rung ladder")
     out["rungs"] = _png(fig)
 
+    return out | hyperparameter_figures(summary, order, plt)
+
+
+def hyperparameter_figures(summary: dict, order: list[dict], plt) -> dict[str, bytes]:
+    """The objective against each hyperparameter, and the parallel coordinates."""
+    out = {}
+    metric, _ = objective(summary)
     space = summary["spec"]["search"]["space"]
     searched = [n for n, d in space.items() if isinstance(d, dict)]
     scores = {t["trial_id"]: t.get(f"best_{metric}") for t in summary["trials"] if t.get(f"best_{metric}") is not None}
@@ -214,6 +224,74 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
         ax.set(ylabel="position in range (0 = low)", title=title)
         ax.grid(alpha=0.3)
         out["parallel"] = _png(fig)
+    return out
+
+
+def exploit_jumps(trial: dict, by_trial: dict[str, list[dict]], metric: str) -> list[tuple]:
+    """A PBT member's exploits as ((donor's epoch, donor's score there), (the epoch after,
+    the member's score there)): the jump from the copied checkpoint to its next result."""
+    jumps = []
+    rows = by_trial.get(trial["trial_id"], [])
+    for segment in trial.get("lineage", [])[1:]:
+        donor = {r["epoch"]: r.get(metric) for r in by_trial.get(segment["from_trial"], [])
+                 if (r.get("generation") or 0) == segment["from_generation"]}
+        after = [r for r in rows if (r.get("generation") or 0) == segment["generation"]]
+        start = segment["start_epoch"]
+        if start in donor and after:
+            first = min(after, key=lambda r: r["epoch"])
+            jumps.append(((start, donor[start]), (first["epoch"], first.get(metric))))
+    return jumps
+
+
+def population_figures(summary: dict, by_trial: dict[str, list[dict]], plt) -> dict[str, bytes]:
+    """PBT: the population's curves (each generation a line, a dashed jump at each
+    exploit from the copied checkpoint), and the best model's hyperparameter schedule."""
+    metric, _ = objective(summary)
+    order = ranked(summary)
+    colours = plt.get_cmap("tab10")
+    out = {}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, t in enumerate(reversed(order)):
+        colour = colours(i % 10)
+        rows = by_trial.get(t["trial_id"], [])
+        for g in sorted({r.get("generation") or 0 for r in rows}):
+            hist = sorted((r for r in rows if (r.get("generation") or 0) == g), key=lambda r: r["epoch"])
+            ax.plot([r["epoch"] for r in hist], [r.get(metric) for r in hist], marker="o", ms=3, color=colour,
+                    label=t["trial_id"] if g == 0 else None, **line_style(True, len(order)))
+        for (x0, y0), (x1, y1) in exploit_jumps(t, by_trial, metric):
+            ax.plot([x0, x1], [y0, y1], linestyle="--", color=colour, alpha=0.8, linewidth=1)
+            ax.plot([x0], [y0], marker="s", color=colour, ms=5)
+    ax.set(xlabel="epoch", ylabel=label(metric),
+           title="Population: each trial's generations, a dashed jump where it continued another's checkpoint")
+    if len(order) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    out["population"] = _png(fig)
+
+    best = summary.get("best") or {}
+    schedule = best.get("schedule") or []
+    names = [n for n in (schedule[0] if schedule else {}) if n not in ("epoch", "trial")]
+    if schedule and names:
+        space = summary["spec"]["search"]["space"]
+        end = summary["spec"]["asha"]["max_t"]
+        fig, axes = plt.subplots(len(names), 1, figsize=(7, 1.8 * len(names) + 0.6), sharex=True, squeeze=False)
+        for ax, name in zip(axes[:, 0], names):
+            steps = [(s["epoch"], s[name]) for s in schedule if s.get(name) is not None]
+            if not steps:
+                ax.axis("off")
+                continue
+            xs = [e for e, _ in steps] + [end]
+            ys = [v for _, v in steps] + [steps[-1][1]]
+            ax.step(xs, ys, where="post")
+            if isinstance(space.get(name), dict) and next(iter(space[name])) in ("loguniform", "int_loguniform"):
+                ax.set_yscale("log")
+            ax.set(ylabel=name)
+            ax.grid(alpha=0.3)
+        axes[-1, 0].set(xlabel="epoch")
+        fig.suptitle(f"The best model's hyperparameter schedule (trial {best['trial_id']}, through the trials it copied)",
+                     fontsize=10)
+        fig.tight_layout()
+        out["schedule"] = _png(fig)
     return out
 
 
@@ -304,6 +382,7 @@ def render_html(summary: dict, rows: list[dict], pngs: dict[str, bytes]) -> str:
         f"<pre>{e(json.dumps(best['config'], indent=2, sort_keys=True))}</pre>"
     )
     warn_html = "".join(f'<p class="warn">{e(w)}</p>' for w in warnings) or "<p>No best value sits at the edge of its range.</p>"
+    best_html += schedule_html(best)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuner report: {e(summary['name'])}</title>
 <style>
@@ -336,6 +415,19 @@ window.addEventListener("load", () => {{
 </script>
 </body></html>
 """
+
+
+def schedule_html(best: dict) -> str:
+    """A PBT best trial's hyperparameter schedule as a table, and its replay command."""
+    schedule, e = best.get("schedule") or [], html.escape
+    if not schedule:
+        return ""
+    names = [n for n in schedule[0] if n not in ("epoch", "trial")]
+    head = "".join(f"<th>{e(n)}</th>" for n in names)
+    body = "".join(f"<tr><td>{s['epoch']}</td><td>{e(s['trial'])}</td>"
+                   + "".join(f"<td>{e(str(s.get(n)))}</td>" for n in names) + "</tr>" for s in schedule)
+    return (f"<h3>Its hyperparameter schedule</h3><table><tr><th>from epoch</th><th>trained by</th>{head}"
+            f"</tr>{body}</table><p>Replayed from scratch:</p><pre>{e(best['replay']['command'])}</pre>")
 
 
 def write_report(storage_uri: str, name: str, endpoint: str | None = None, files: dict | None = None) -> str:

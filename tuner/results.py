@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tuner import population as pop
 from tuner import storage
 from tuner.spec import Spec
 from tuner.tune import TIME_ATTR
@@ -33,8 +34,10 @@ ROW_METRICS = (
     "resumed_from_epoch", "startup_seconds", "startup_process_seconds", "startup_worker_entered_seconds",
     "startup_imported_seconds", "startup_ready_seconds", "startup_cpu_seconds",
     "checkpoint_save_seconds", "previous_report_seconds", "replayed", "checkpoint_path", "weights_sha256", "peak_rss_mb", "gpus", "driver_gpus",
-    "time_total_s", "timestamp",
+    "time_total_s", "timestamp", "generation",
 )
+# A PBT member's rows: where the generation that trained the row's epoch came from.
+LINEAGE_COLUMNS = ("pbt_from_trial", "pbt_from_epoch")
 
 
 def experiment_uri(spec: Spec) -> str:
@@ -50,19 +53,32 @@ def _clean(value):
     return value
 
 
-def rows_from_results(trials: list[dict]) -> list[dict]:
+def rows_from_results(trials: list[dict], lineages: dict[str, list[dict]] | None = None) -> list[dict]:
     """Flatten per-trial records into per-epoch rows.
 
     Args:
         trials: ``{"trial_id", "config", "history": [metrics dict per epoch], ...}``.
+        lineages: PBT members' ``Population.lineage``, by trial id: a row's config is
+            then its generation's, and ``pbt_from_trial`` / ``pbt_from_epoch`` say where
+            that generation started.
     """
     rows = []
+    lineages = lineages or {}
     names = list(dict.fromkeys(k for t in trials for k in t["config"]))
     for t in trials:
+        lineage = lineages.get(t["trial_id"])
         for metrics in t["history"]:
             row = {"trial_id": t["trial_id"]}
-            row.update({f"config/{k}": _clean(t["config"].get(k)) for k in names})
+            config, origin = t["config"], {}
+            if lineage:
+                segment = lineage[min(int(_clean(metrics.get("generation")) or 0), len(lineage) - 1)]
+                config = segment["config"]
+                origin = {"pbt_from_trial": segment["from_trial"],
+                          "pbt_from_epoch": segment["start_epoch"] if segment["from_trial"] else None}
+            row.update({f"config/{k}": _clean(config.get(k)) for k in names})
             row.update({k: _clean(metrics.get(k)) for k in ROW_METRICS})
+            if lineages:
+                row.update({k: origin.get(k) for k in LINEAGE_COLUMNS})
             rows.append(row)
     return rows
 
@@ -122,7 +138,8 @@ def running_seconds(history: list[dict]) -> float | None:
     return _clean(history[-1].get("time_total_s")) if history else None
 
 
-def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri, checkpoint_exists) -> dict:
+def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri, checkpoint_exists,
+              population=None) -> dict:
     """The summary without the test accuracy (added by ``export_best``).
 
     Args:
@@ -130,6 +147,9 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
         storage_fs_uri: maps a checkpoint path inside the storage filesystem to a URI.
         checkpoint_exists: whether a checkpoint path is still in storage (retention
             deletes all but the best few, and on ties it may keep a later epoch).
+        population: a PBT run's ``tuner.population.Population``: each trial gets its
+            ``lineage``, and the best trial the ``schedule`` of hyperparameters that
+            trained its model and the command that replays it.
     """
     metric, mode = spec.objective.metric, spec.objective.mode
     better = max if mode == "max" else min
@@ -155,6 +175,8 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
             "wall_seconds": running_seconds(history),
             "restarts": len(starts) - 1 if starts else 0,
             "resumed_from_epochs": starts[1:],
+            **({"lineage": population.lineage(t["trial_id"])}
+               if population is not None and t["trial_id"] in population.members else {}),
         })
         candidates += [(m[metric], int(m[TIME_ATTR]), t, m) for m in history
                        if m.get("checkpoint_path") and m.get(metric) is not None]
@@ -170,6 +192,8 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
                 metric: value,
                 "checkpoint_uri": storage_fs_uri(m["checkpoint_path"]),
             }
+            if population is not None and t["trial_id"] in population.members:
+                best.update(best_schedule(spec, command, population, t["trial_id"], int(_clean(m.get("generation")) or 0)))
             break
     return {
         "name": spec.name,
@@ -183,6 +207,53 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
     }
 
 
+def best_schedule(spec: Spec, command: list[str], population, trial_id: str, generation: int) -> dict:
+    """The best PBT member's model: its generation's config, the ``schedule`` of
+    hyperparameters that trained it from scratch (through the members it copied), and
+    ``replay``: that schedule as ``training.hyperparameter_schedule`` and the ``tuner
+    train`` command that trains it again."""
+    import shlex
+
+    import yaml
+
+    from tuner.space import searched
+
+    schedule = population.schedule(trial_id, generation)
+    replay = pop.replay_schedule(schedule, population.mutate)
+    first = schedule[0]["config"]
+    args = _replay_args(command[2:] if command[:2] == ["tuner", "tune"] else [])
+    if not any(a == "--config" or a.startswith("--config=") for a in args):
+        args = ["--config", "quick", *args]  # `tuner tune`'s default; `tuner train` needs one
+    sets = {f"search.space.{n}": first.get(n) if first.get(n) is not None else spec.search.space[n].corners()[0]
+            for n in searched(spec.search.space)}
+    sets["scheduler.kind"] = "fifo"
+    if replay:
+        sets["training.hyperparameter_schedule"] = replay
+    flow = {k: yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+            for k, v in sets.items()}
+    replay_command = ["tuner", "train", *args, "--name", f"{spec.name}-replay",
+                      *[x for k, v in flow.items() for x in ("--set", f"{k}={v}")]]
+    return {"config": dict(schedule[-1]["config"]), "generation": generation,
+            "schedule": [{"epoch": s["epoch"], "trial": s["trial"], **{n: s["config"].get(n) for n in population.mutate}}
+                         for s in schedule],
+            "replay": {"hyperparameter_schedule": replay, "command": shlex.join(replay_command)}}
+
+
+def _replay_args(args: list[str]) -> list[str]:
+    """A ``tuner tune`` command's arguments without its ``--name`` (the replay's overrides
+    come after its own, and the last of a key wins)."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i] == "--name":
+            i += 2
+        elif args[i].startswith("--name="):
+            i += 1
+        else:
+            out.append(args[i])
+            i += 1
+    return out
+
+
 def trials_from_grid(grid) -> list[dict]:
     """Per-trial records from Tune's ``ResultGrid``."""
     trials = []
@@ -194,7 +265,8 @@ def trials_from_grid(grid) -> list[dict]:
         error = None
         if result.error is not None:
             error = str(result.error).strip().splitlines()[-1][:500] if str(result.error).strip() else type(result.error).__name__
-        trials.append({"trial_id": trial_id, "config": dict(result.config), "history": history, "error": error})
+        trials.append({"trial_id": trial_id, "config": pop.hyperparameters(result.config), "history": history,
+                       "error": error})
     trials.sort(key=lambda t: t["trial_id"])
     return trials
 
@@ -234,13 +306,13 @@ def export_best(spec: Spec, summary: dict, dataset_uri: str) -> None:
         return
     import tf_keras
 
-    from tuner import data, training, worker
+    from tuner import checkpoints, data, training
 
     manifest = data.read_manifest(dataset_uri, spec.storage.endpoint)
     task = data.staged.task(manifest)
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp, worker.MODEL_FILE)
-        local.write_bytes(storage.read_bytes(storage.join(best["checkpoint_uri"], worker.MODEL_FILE), spec.storage.endpoint))
+        local = Path(tmp, checkpoints.MODEL_FILE)
+        local.write_bytes(storage.read_bytes(storage.join(best["checkpoint_uri"], checkpoints.MODEL_FILE), spec.storage.endpoint))
         net = tf_keras.models.load_model(local)
         test = data.SplitReader(dataset_uri, manifest, "test", spec.storage.endpoint)
         scores = training.evaluate(net, test.chunks(), task=task, loss=spec.model.loss)
@@ -253,6 +325,23 @@ def write_summary(spec: Spec, summary: dict) -> str:
     uri = storage.join(experiment_uri(spec), SUMMARY)
     storage.write_json(uri, summary, spec.storage.endpoint)
     return uri
+
+
+def last_values(storage_uri: str, name: str, metric: str, endpoint: str | None = None) -> dict[str, float]:
+    """{trial id: the last ``metric`` it reported} from an experiment's results.parquet
+    ({} where there is none)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(storage_uri, name, RESULTS), endpoint)),
+                              columns=["trial_id", "epoch", metric])
+    except (OSError, KeyError, ValueError):  # none stored, or without the metric
+        return {}
+    out: dict[str, tuple] = {}
+    for row in table.to_pylist():
+        if row[metric] is not None and (row["trial_id"] not in out or row["epoch"] >= out[row["trial_id"]][0]):
+            out[row["trial_id"]] = (row["epoch"], row[metric])
+    return {t: v for t, (_, v) in out.items()}
 
 
 def read_summary(storage_uri: str, name: str, endpoint: str | None = None) -> dict:

@@ -43,6 +43,7 @@ import ray
 from ray import tune
 
 from tuner import raycompat
+from tuner.population import generation_of, run_name
 
 log = logging.getLogger(__name__)
 _GONE: set[str] = set()  # `Slots` actors found gone (warned about once)
@@ -63,6 +64,7 @@ class Slots:
         self.reported: dict[str, int] = {}  # trial id -> newest epoch the driver took in
         self.new: set[str] = set()  # added by this driver, not started: nothing stored
         self.started: set[str] = set()  # whose workers asked `start`
+        self.gates: dict[str, tuple[int, bool]] = {}  # run -> (a perturbation point, whether it goes on)
         self.changed = asyncio.Condition()
 
     async def acquire(self, trial_id: str) -> bool:
@@ -104,10 +106,24 @@ class Slots:
     async def held(self) -> list[str]:
         return sorted(self.holders)
 
-    async def note(self, epochs: dict[str, int]) -> None:
-        """The driver took in these epochs ({trial id: epoch})."""
-        for trial_id, epoch in epochs.items():
-            self.reported[trial_id] = max(epoch, self.reported.get(trial_id, 0))
+    async def note(self, epochs: dict[str, int], gates: dict | None = None) -> None:
+        """The driver took in these epochs ({run: epoch}); ``gates``: {run: (epoch, goes
+        on)}, PBT's decisions at perturbation points."""
+        async with self.changed:
+            for run, epoch in epochs.items():
+                self.reported[run] = max(epoch, self.reported.get(run, 0))
+            self.gates.update({run: (int(epoch), bool(go)) for run, (epoch, go) in (gates or {}).items()})
+            self.changed.notify_all()
+
+    async def gate(self, run: str, epoch: int, timeout: float) -> bool:
+        """Whether ``run`` goes on past ``epoch``, a perturbation point, once the driver took
+        that epoch in (True after ``timeout`` seconds without it)."""
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.reported.get(run, 0) >= epoch), timeout)
+            except asyncio.TimeoutError:
+                return True
+            return self.gates.get(run, (epoch, True)) != (epoch, False)
 
     async def added(self, trial_ids: list[str]) -> None:
         """The driver added these trials (new ones, not restored ones)."""
@@ -206,8 +222,7 @@ class Keeper(tune.Callback):
             # Before any trial starts: what the restored trials had reported, as Tune's
             # saved state and this keeper's own (which may be newer) have it.
             saved = getattr(self, "_epochs", {})
-            self._note({t.trial_id: max((t.last_result or {}).get("epoch") or 0, saved.get(t.trial_id, 0))
-                        for t in trials})
+            self._note({run_of(t): max(_epoch_of(t), saved.get(run_of(t), 0)) for t in trials})
             if self.searcher is not None:
                 self._first_step(trials)
             self._started = True
@@ -268,8 +283,9 @@ class Keeper(tune.Callback):
         if slots is not None:
             slots.added.remote(trial_ids)
 
-    def _note(self, epochs: dict) -> None:
-        """Tell ``Slots`` (and this keeper's saved state) the epochs the driver took in."""
+    def _note(self, epochs: dict, gates: dict | None = None) -> None:
+        """Tell ``Slots`` (and this keeper's saved state) the epochs the driver took in,
+        and PBT's decisions at perturbation points (``gates``)."""
         epochs = {t: int(e) for t, e in epochs.items() if isinstance(e, (int, float)) and 0 < e < math.inf}
         if not hasattr(self, "_epochs"):  # a keeper pickled by an older tuner
             self._epochs = {}
@@ -277,12 +293,16 @@ class Keeper(tune.Callback):
             self._epochs[t] = max(e, self._epochs.get(t, 0))
         slots = self._slots_actor() if epochs else None
         if slots is not None:
-            slots.note.remote(epochs)
+            slots.note.remote(epochs, gates) if gates else slots.note.remote(epochs)
 
     # Each tells the next save of the experiment state to go to storage.
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         raycompat.experiment_changed()
-        self._note({trial.trial_id: result.get("epoch")})
+        run = run_name(trial.trial_id, result.get("generation") or 0)
+        # PBT: the scheduler has decided on this result (Tune calls it before callbacks);
+        # a member's workers wait at a perturbation point for that decision.
+        gate = self.scheduler.gate(trial.trial_id) if hasattr(self.scheduler, "gate") else None
+        self._note({run: result.get("epoch")}, {run: gate} if gate else None)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         raycompat.experiment_changed()
@@ -293,6 +313,20 @@ class Keeper(tune.Callback):
         self._release(trial.trial_id)
 
 
+def run_of(trial) -> str:
+    """The Train run a trial's workers use now (a PBT member's current generation's)."""
+    return run_name(trial.trial_id, generation_of(getattr(trial, "config", None)))
+
+
+def _epoch_of(trial) -> int:
+    """The newest epoch Tune took in of the trial's current run (0 for a PBT member whose
+    new generation has not reported yet)."""
+    last = trial.last_result or {}
+    if (last.get("generation") or 0) != generation_of(getattr(trial, "config", None)):
+        return 0
+    return last.get("epoch") or 0
+
+
 def start_slots(name: str, capacity: int):
     """The ``Slots`` actor for this run, on the calling driver's node (not a preemptible
     worker node). It lives while the returned handle does: keep it."""
@@ -300,6 +334,16 @@ def start_slots(name: str, capacity: int):
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     return Slots.options(name=name, scheduling_strategy=here).remote(capacity)
+
+
+def gate(name: str, run: str, epoch: int, timeout: float = 120) -> bool:
+    """For a PBT member's worker at a perturbation point: whether it goes on past
+    ``epoch`` (the driver's decision, once it took the epoch in). True when the run's
+    ``Slots`` actor does not answer within ``timeout`` seconds (gone with its driver)."""
+    try:
+        return ray.get(ray.get_actor(name).gate.remote(run, epoch, timeout), timeout=timeout + 30)
+    except (ValueError, ray.exceptions.RayError):
+        return True
 
 
 def acquire_slot(name: str, trial_id: str) -> None:

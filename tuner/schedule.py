@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,35 @@ def schedule_for(params: dict, plan: BatchPlan, lr_scaling: str, reference_batch
         warmup_epochs=warmup_epochs,
         **decay,
     )
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Epochs ``[start, end)`` of a trial trained with ``params``."""
+
+    start: int
+    end: int
+    params: dict
+
+
+def stretches(params: Mapping[str, Any], hp_schedule: list[dict] | None, max_t: int) -> list[Stretch]:
+    """A trial's epochs cut where ``training.hyperparameter_schedule`` (``[{epoch: E,
+    knob: value, ...}]``, increasing epochs) changes its knobs; one stretch without it. A
+    knob its trial does not use (momentum without sgd) stays unused (None)."""
+    from tuner.space import active
+
+    out, current, start = [], dict(params), 0
+    for step in hp_schedule or []:
+        if step["epoch"] >= max_t:
+            break
+        if step["epoch"] > start:
+            out.append(Stretch(start, step["epoch"], current))
+            start = step["epoch"]
+        current = {**current, **{k: v for k, v in step.items() if k != "epoch" and active(k, current)}}
+    out.append(Stretch(start, max_t, current))
+    return out
+
+
+def stretch_at(stretches: list[Stretch], epoch: int) -> Stretch:
+    """The stretch that trains the epoch after ``epoch`` (the last one at the budget)."""
+    return next((s for s in stretches if s.start <= epoch < s.end), stretches[-1])

@@ -3,7 +3,8 @@
 ``asha`` (``ResumableASHA``: Ray's ASHA whose rungs are saved and loaded as plain data),
 ``asha_promote`` (``PromotingASHA``: the paper's promotion rule, trials wait paused at a
 rung until promoted), ``hyperband`` (asynchronous, one bracket per halving rate),
-``median_stopping`` and ``fifo``; the ``Plateau`` stopper combines with any of them.
+``median_stopping``, ``fifo``, and ``pbt`` / ``pb2`` (``PopulationScheduler`` over
+``tuner.population``'s rules); the ``Plateau`` stopper combines with any of them but PBT.
 All but FIFO, and the stopper, keep their state across a resume through ``resume.Keeper``.
 ASHA is asynchronous successive halving (Li et al., MLSys 2020, https://arxiv.org/abs/1810.05934).
 
@@ -12,6 +13,7 @@ Imports Ray: load it only where Tune runs.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -21,6 +23,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
 from tuner import raycompat
 from tuner.spec import Spec
+
+log = logging.getLogger(__name__)
 
 
 class ResumableASHA(ASHAScheduler):
@@ -76,10 +80,13 @@ def hyperband_brackets(max_t: int, grace_period: int, reduction_factor: int) -> 
     return int(math.floor(math.log(max_t / grace_period, reduction_factor) + 1e-9)) + 1
 
 
-def scheduler_for(spec: Spec, search: bool, time_attr: str):
-    """The spec's scheduler (ASHA, Hyperband and median stopping resumable), FIFO for a
-    single training run."""
+def scheduler_for(spec: Spec, search: bool, time_attr: str, runs_uri: str | None = None):
+    """The spec's scheduler (ASHA, Hyperband, median stopping and PBT resumable), FIFO for
+    a single training run. ``runs_uri``: ``<storage>/<name>/runs`` (PBT copies checkpoints
+    there)."""
     a, kind = spec.asha, spec.scheduler.kind if search else "fifo"
+    if kind in ("pbt", "pb2"):
+        return population_for(spec, time_attr, runs_uri)
     if kind == "asha":
         return ResumableASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
                              reduction_factor=a.reduction_factor)
@@ -331,3 +338,252 @@ class Plateau(tune.Stopper):
 def stopper_for(spec: Spec, metric: str, mode: str, time_attr: str) -> Plateau | None:
     s = spec.scheduler
     return Plateau(metric, time_attr, s.plateau_patience, s.plateau_min_delta, mode) if s.plateau_patience else None
+
+
+class PopulationScheduler(FIFOScheduler):
+    """Population-based training over multi-worker trials (``scheduler.kind`` pbt / pb2):
+    Tune's side of ``tuner.population.Population``, which decides.
+
+    At a member's perturbation point (every ``pbt.interval`` epochs) it either exploits:
+    the donor's newest checkpoint is copied in storage (``checkpoints.copy_checkpoint``: the
+    model by a server-side copy, never through this process) into the member's next
+    generation's Train run, the member's config becomes the explored one and it pauses;
+    when it runs again, its workers restore that checkpoint and retune the optimizer to
+    the new hyperparameters. Or it goes on, unless the trial slots are all busy while a
+    member with less progress waits, or the population is not all added yet: then it
+    pauses so that one can run (Ray's PBT time-multiplexes the population the same way).
+    Waiting members run least progress first.
+
+    Args:
+        population: the rules and the members' state (saved by ``resume.Keeper``).
+        time_attr: the reported epoch.
+        runs_uri: ``<storage>/<name>/runs``: where each trial's Train runs are.
+        endpoint: the S3 endpoint of the storage.
+        max_concurrent: trial slots (set by ``resume.Keeper`` for this run).
+    """
+
+    def __init__(self, population, time_attr: str, runs_uri: str, endpoint: str | None,
+                 metric: str | None = None, mode: str | None = None, max_concurrent: int = 1):
+        super().__init__()
+        self.population = population
+        self._time_attr, self._metric, self._mode = time_attr, metric, mode
+        self.runs_uri, self.endpoint = runs_uri, endpoint
+        self.max_concurrent = max_concurrent
+        self._paused: set[str] = set()  # paused by this scheduler, not started again yet
+        self.exploits: dict[str, object] = {}  # trial id -> its newest Exploit (for the console; not saved)
+        self._gates: dict[str, tuple[int, bool]] = {}  # trial id -> (its newest perturbation point, goes on)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["exploits"] = {}
+        return state
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        if self._metric and metric and self._metric != metric or self._mode and mode and self._mode != mode:
+            return False
+        self._metric, self._mode = self._metric or metric, self._mode or mode
+        return True
+
+    def _reward(self, value) -> float:
+        if value is None or not math.isfinite(value):
+            return -math.inf
+        return value if self._mode == "max" else -value
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        member = self.population.members.get(trial.trial_id)
+        if member is not None and trial.status == Trial.PENDING:
+            member.done = False  # a failed member a resumed run retries
+        self.population.add(trial.trial_id, trial.config or {})
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self._time_attr not in result or self._metric not in result:
+            return TrialScheduler.CONTINUE
+        from tuner import population as pop
+
+        epoch = int(result[self._time_attr])
+        if result.get("generation", 0) != pop.generation_of(trial.config):
+            return TrialScheduler.CONTINUE  # a late report of the generation before an exploit
+        due = self.population.report(trial.trial_id, epoch, self._reward(result[self._metric]),
+                                     result.get("checkpoint_path"))
+        if not due or result.get("replayed"):
+            return TrialScheduler.CONTINUE
+        exploit = self.population.decide(trial.trial_id)
+        if exploit is not None and self._copy(exploit):
+            self.population.apply(exploit)
+            trial.set_config({**exploit.config, pop.GENERATION_KEY: exploit.generation})
+            self.exploits[trial.trial_id] = exploit
+            return self._pause(trial, epoch)
+        if self._others_wait(tune_controller, trial, epoch):
+            return self._pause(trial, epoch)
+        self._gates[trial.trial_id] = (epoch, True)
+        return TrialScheduler.CONTINUE
+
+    def _pause(self, trial, epoch: int) -> str:
+        self._paused.add(trial.trial_id)
+        self._gates[trial.trial_id] = (epoch, False)
+        return TrialScheduler.PAUSE
+
+    def gate(self, trial_id: str) -> tuple[int, bool] | None:
+        """(The member's newest perturbation point, whether it goes on past it), for its
+        workers, which wait there for it (``resume.gate``): a member that pauses trains
+        no further while Tune stops it."""
+        return self._gates.get(trial_id)
+
+    def _copy(self, exploit) -> bool:
+        """The donor's checkpoint into the member's next generation's run; False (and
+        no exploit) when it cannot be read or written."""
+        from tuner import population as pop
+        from tuner import checkpoints, storage
+
+        target = storage.join(self.runs_uri, pop.run_name(exploit.trial, exploit.generation))
+        try:
+            checkpoints.copy_checkpoint(exploit.checkpoint, target, exploit.epoch, self.endpoint,
+                                   {"trial": exploit.donor, "epoch": exploit.epoch})
+        except Exception as e:  # noqa: BLE001 - the donor's checkpoint may be gone (retention); the member goes on
+            log.warning("trial %s could not copy trial %s's checkpoint of epoch %s (%s: %s); it goes on as it is",
+                        exploit.trial, exploit.donor, exploit.epoch, type(e).__name__, e)
+            return False
+        return True
+
+    def _others_wait(self, tune_controller, trial, epoch: int) -> bool:
+        """Every trial slot is busy, and a member with less progress waits for one (or
+        the searcher has members still to add)."""
+        trials = tune_controller.get_trials()
+        if sum(1 for t in trials if t.status == Trial.RUNNING) < self.max_concurrent:
+            return False
+        if not self.population.complete:
+            return True
+        return any(t is not trial and t.status in (Trial.PENDING, Trial.PAUSED)
+                   and self.population.progress(t.trial_id) < epoch for t in trials)
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self.population.end(trial.trial_id)
+        self._paused.discard(trial.trial_id)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self.population.end(trial.trial_id)
+        self._paused.discard(trial.trial_id)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._paused.discard(trial.trial_id)
+
+    def choose_trial_to_run(self, tune_controller):
+        """The waiting member with the least progress (a new one first). While members are
+        still to be added, only new ones: Tune gives the next free slot to the trial chosen
+        here, and a paused member chosen now would hold it before the searcher adds one."""
+        trials = tune_controller.get_trials()
+        adding = not self.population.complete and not tune_controller.search_alg.is_finished()
+        waiting = [t for t in trials if t.status == Trial.PENDING and (not adding or t.trial_id not in self._paused)
+                   or t.status == Trial.PAUSED and not adding]
+        if not waiting:
+            return None
+        chosen = min(waiting, key=lambda t: self.population.progress(t.trial_id))  # ties: the earliest added
+        self._paused.discard(chosen.trial_id)
+        return chosen
+
+    def waiting(self) -> int:
+        """Members paused at a perturbation point (they hold no trial slot)."""
+        return len(self._paused)
+
+    def state(self) -> dict:
+        return {"population": self.population.state(), "paused": sorted(self._paused)}
+
+    def load(self, state: dict) -> None:
+        self.population.load(state["population"])
+        self._paused = set(state.get("paused", ()))
+
+    def debug_string(self) -> str:
+        return f"Using population-based training: {len(self.population.members)} members"
+
+
+class PB2Explorer:
+    """PB2's explore (Parker-Holder et al., NeurIPS 2020, https://arxiv.org/abs/2002.02518;
+    Ray's ``PB2``): the mutated numeric ranges of the donor's configuration are chosen by
+    a GP bandit (Ray's time-varying GP-UCB on the members' improvement per epoch at their
+    perturbation points; log ranges on a log scale), the mutated choices as PBT does. Until
+    the donor's configuration has two perturbation points to learn from, it explores as PBT.
+
+    Needs scikit-learn (``pip install 'tuner[pb2]'``).
+    """
+
+    def __init__(self, space, names: list[str], resample_probability: float):
+        self.names = list(names)
+        self.numeric = [n for n in names if space[n].is_range]
+        self.resample_probability = resample_probability
+        self.rows: list[dict] = []  # PB2's data: Trial, Time, the numeric values (PB2's scale), Reward
+        self.current = None
+        self.last_time = 0
+
+    @staticmethod
+    def _scaled(dim, value: float) -> float:
+        return math.log10(value) if dim.is_log else float(value)
+
+    @staticmethod
+    def _unscaled(dim, value: float):
+        low, high = dim.values
+        value = 10 ** value if dim.is_log else value
+        value = min(max(value, low), high)
+        return int(round(value)) if dim.is_int else float(value)
+
+    def observe(self, trial_id: str, epoch: int, config: dict, reward: float) -> None:
+        if math.isfinite(reward):
+            self.rows.append({"Trial": trial_id, "Time": epoch, "Reward": reward,
+                              **{n: None if config.get(n) is None else config[n] for n in self.numeric}})
+
+    def __call__(self, population, trial_id: str, donor_id: str) -> dict:
+        import numpy as np
+        import pandas as pd
+
+        from tuner.population import perturb
+
+        space = population.space
+        config = dict(population.members[donor_id].config)
+        for name in self.names:
+            if name not in self.numeric:
+                config[name] = perturb(space[name], config.get(name), population.rng, self.resample_probability)
+        names = [n for n in self.numeric if config.get(n) is not None]
+        rows = [r for r in self.rows if all(r.get(n) is not None for n in names)]
+        data = pd.DataFrame([{"Trial": r["Trial"], "Time": r["Time"],
+                              **{n: self._scaled(space[n], r[n]) for n in names}, "Reward": r["Reward"]}
+                             for r in rows], columns=["Trial", "Time", *names, "Reward"])
+        bounds = {n: tuple(self._scaled(space[n], v) for v in space[n].values) for n in names}
+        if data["Time"].max() > self.last_time or self.current is None or self.current.shape[1] != len(names):
+            self.current = None
+        np.random.seed(population.rng.randrange(2**32))  # Ray's acquisition optimiser draws from NumPy's
+        chosen, data = raycompat.pb2_explore(data, bounds, self.current, donor_id, trial_id,
+                                             {n: self._scaled(space[n], config[n]) for n in names})
+        if names and chosen == {n: self._scaled(space[n], config[n]) for n in names}:
+            # No improvement of the donor's configuration to learn from yet: PBT's explore.
+            for name in names:
+                config[name] = perturb(space[name], config[name], population.rng, self.resample_probability)
+            return config
+        self.rows = [{**r, **{n: self._unscaled(space[n], r[n]) for n in names}} for r in data.to_dict("records")]
+        new = np.array([[chosen[n] for n in names]])
+        if data["Time"].max() > self.last_time:
+            self.last_time, self.current = data["Time"].max(), new
+        else:
+            self.current = np.concatenate((self.current, new), axis=0)
+        config.update({n: self._unscaled(space[n], chosen[n]) for n in names})
+        return config
+
+    def state(self) -> dict:
+        return {"rows": list(self.rows), "last_time": self.last_time,
+                "current": None if self.current is None else self.current.tolist()}
+
+    def load(self, state: dict) -> None:
+        import numpy as np
+
+        self.rows, self.last_time = list(state["rows"]), state["last_time"]
+        self.current = None if state.get("current") is None else np.array(state["current"])
+
+
+def population_for(spec: Spec, time_attr: str, runs_uri: str):
+    """The ``PopulationScheduler`` of a pbt / pb2 spec."""
+    from tuner.population import Population, mutated
+
+    p = spec.pbt
+    names = mutated(spec.search.space, p.mutate)
+    explorer = PB2Explorer(spec.search.space, names, p.resample_probability) if spec.scheduler.kind == "pb2" else None
+    population = Population(spec.search.space, spec.search.num_samples, p.interval, p.quantile,
+                            p.resample_probability, p.mutate, spec.asha.max_t, seed=spec.search.seed, explorer=explorer)
+    return PopulationScheduler(population, time_attr, runs_uri, spec.storage.endpoint)

@@ -25,47 +25,16 @@ from __future__ import annotations
 
 import math
 import pickle
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from tuner.space import CONDITIONS, Dim, active, ordered, searched
+from tuner import warm
+from tuner.space import CONDITIONS, Dim, active, config_from_unit, ordered, searched, value_at  # noqa: F401
 from tuner.spec import Spec
-
-# --- the space ------------------------------------------------------------------------
-
-
-def value_at(name: str, dim: Dim, u: float):
-    """The value of hyperparameter ``name`` at ``u`` in [0, 1) along ``dim``."""
-    is_int = dim.is_int
-    if dim.kind == "choice":
-        return dim.values[min(int(u * len(dim.values)), len(dim.values) - 1)]
-    low, high = dim.values
-    if dim.kind in ("uniform", "int_uniform"):
-        if is_int:
-            return int(low) + min(int(u * (high - low + 1)), int(high - low))
-        return low + u * (high - low)
-    if dim.kind in ("loguniform", "int_loguniform"):
-        if is_int:  # as tune.lograndint(low, high + 1); exp(log(16)) may come out as 15.999...
-            value = int(math.exp(math.log(low) + u * (math.log(high + 1) - math.log(low))) + 1e-9)
-            return max(int(low), min(value, int(high)))
-        return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
-    raise ValueError(f"no unit-cube mapping for a {dim.kind} dimension")  # pragma: no cover
-
-
-def config_from_unit(space: Mapping[str, Dim], u: Sequence[float]) -> dict:
-    """A trial's config from a point ``u`` of the unit cube, one coordinate per
-    ``searched(space)`` name in order; inactive conditional hyperparameters are None."""
-    names = searched(space)
-    if len(u) != len(names):
-        raise ValueError(f"expected {len(names)} coordinates, got {len(u)}")
-    coords = dict(zip(names, u))
-    config = {name: value_at(name, space[name], float(coords[name])) if name in coords else space[name].values[0]
-              for name in ordered(space)}
-    return {name: value if active(name, config) else None for name, value in config.items()}
 
 
 class UnitCubeSearch(Searcher):
@@ -77,13 +46,20 @@ class UnitCubeSearch(Searcher):
         seed: the sequence's seed.
     """
 
+    # A warm start's known points are skipped: at most this many draws in a row (a space
+    # of few choices that the known points cover is then drawn from again).
+    SKIPS = 1000
+
     def __init__(self, space: Mapping[str, Dim], kind: str, seed: int, metric: str | None = None,
-                 mode: str | None = None):
+                 mode: str | None = None, first: list[dict] = (), known: list[dict] = ()):
         super().__init__(metric=metric, mode=mode)
         if kind not in ("random", "quasi_random"):
             raise ValueError(f"unknown unit-cube search {kind!r}")
         self.space, self.kind, self.seed = dict(space), kind, seed
         self.drawn = 0
+        self.first = [dict(c) for c in first]  # a warm start's best configurations: suggested first
+        self.given = 0  # of `first`
+        self.known = {warm.key(c) for c in [*known, *first]}  # never drawn again
         self._sobol = None  # the first 2**m points, computed when first needed
 
     def point(self, i: int) -> np.ndarray:
@@ -103,8 +79,14 @@ class UnitCubeSearch(Searcher):
         return self._sobol[i]
 
     def suggest(self, trial_id: str) -> dict:
-        config = config_from_unit(self.space, self.point(self.drawn))
-        self.drawn += 1
+        if self.given < len(self.first):
+            self.given += 1
+            return dict(self.first[self.given - 1])
+        for _ in range(self.SKIPS):
+            config = config_from_unit(self.space, self.point(self.drawn))
+            self.drawn += 1
+            if warm.key(config) not in self.known:
+                break
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -116,10 +98,13 @@ class UnitCubeSearch(Searcher):
         return True
 
     def get_state(self) -> dict:
-        return {"drawn": self.drawn, "kind": self.kind, "seed": self.seed}
+        return {"drawn": self.drawn, "kind": self.kind, "seed": self.seed, "first": self.first, "given": self.given,
+                "known": sorted(self.known)}
 
     def set_state(self, state: dict) -> None:
         self.drawn, self.kind, self.seed = state["drawn"], state["kind"], state["seed"]
+        self.first, self.given = state.get("first", []), state.get("given", 0)
+        self.known = {tuple(tuple(pair) for pair in k) for k in state.get("known", [])}
         self._sobol = None
 
     def save(self, checkpoint_path: str) -> None:
@@ -176,20 +161,64 @@ def optuna_sampler(algorithm: str, seed: int):
     raise ValueError(f"no Optuna sampler for {algorithm!r}")
 
 
-def searcher_for(spec: Spec, max_concurrent: int, metric: str, mode: str):
+def optuna_distributions(space: Mapping[str, Dim], config: Mapping) -> dict:
+    """Optuna's distribution of each hyperparameter ``OptunaSpace`` asks a trial with
+    ``config`` for (the searched ones that count in it)."""
+    import optuna
+
+    out = {}
+    for name in ordered(space):
+        dim = space[name]
+        if dim.is_fixed or not active(name, config):
+            continue
+        if dim.kind == "choice":
+            out[name] = optuna.distributions.CategoricalDistribution(list(dim.values))
+        elif dim.is_int:
+            out[name] = optuna.distributions.IntDistribution(int(dim.values[0]), int(dim.values[1]), log=dim.is_log)
+        else:
+            out[name] = optuna.distributions.FloatDistribution(dim.values[0], dim.values[1], log=dim.is_log)
+    return out
+
+
+def warm_study(space: Mapping[str, Dim], mode: str, sampler, points: list) -> tuple:
+    """(Optuna storage, study name) of a study that holds a warm start's points as
+    finished trials, for ``OptunaSearch`` to load: its sampler learns from them before
+    it suggests anything (Optuna's ``add_trials``)."""
+    import optuna
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, sampler=sampler, study_name="tuner",
+                                direction="maximize" if mode == "max" else "minimize")
+    trials = []
+    for p in points:
+        distributions = optuna_distributions(space, p.config)
+        trials.append(optuna.trial.create_trial(params={n: p.config[n] for n in distributions},
+                                                distributions=distributions, value=p.value))
+    study.add_trials(trials)
+    return storage, "tuner"
+
+
+def searcher_for(spec: Spec, max_concurrent: int, metric: str, mode: str, warm_start=None):
     """(search_alg, param_space) for ``tune.Tuner``: Tune's variant generator with the
-    param space for ``grid``, else a searcher that holds the space itself."""
+    param space for ``grid``, else a searcher that holds the space itself.
+    ``warm_start``: a ``tuner.warm.WarmStart`` (its points and first configurations)."""
     se = spec.search
+    points, first = (warm_start.points, warm_start.first) if warm_start else ([], [])
     if se.algorithm == "grid":
         # The generator's own limit: Tune ignores max_concurrent_trials for it.
         return BasicVariantGenerator(random_state=se.seed, max_concurrent=max_concurrent), param_space(spec)
     if se.algorithm in ("random", "quasi_random"):
-        searcher = UnitCubeSearch(se.space, se.algorithm, se.seed, metric=metric, mode=mode)
+        searcher = UnitCubeSearch(se.space, se.algorithm, se.seed, metric=metric, mode=mode, first=first,
+                                  known=[p.config for p in points])
     elif se.algorithm in ("tpe", "bayesian"):
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(space=OptunaSpace(se.space), metric=metric, mode=mode,
-                                sampler=optuna_sampler(se.algorithm, se.seed))
+        sampler = optuna_sampler(se.algorithm, se.seed)
+        storage, name = warm_study(se.space, mode, sampler, points) if points else (None, None)
+        searcher = OptunaSearch(space=OptunaSpace(se.space), metric=metric, mode=mode, sampler=sampler,
+                                storage=storage, study_name=name,
+                                points_to_evaluate=[{n: c[n] for n in optuna_distributions(se.space, c)}
+                                                    for c in first] or None)
     else:  # pragma: no cover - spec validation admits no other algorithm
         raise ValueError(f"unknown search algorithm {se.algorithm!r}")
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 SCHEDULES = ("constant", "exponential")
@@ -298,3 +298,36 @@ def with_builder_defaults(space: Mapping[str, Dim], defaults: Mapping[str, Any])
             elif isinstance(default, float):
                 out[name] = replace(dim, values=(float(low), float(high)), type=float)
     return out
+
+
+# --- points of the space ----------------------------------------------------------------
+
+
+def value_at(name: str, dim: Dim, u: float):
+    """The value of hyperparameter ``name`` at ``u`` in [0, 1) along ``dim``."""
+    is_int = dim.is_int
+    if dim.kind == "choice":
+        return dim.values[min(int(u * len(dim.values)), len(dim.values) - 1)]
+    low, high = dim.values
+    if dim.kind in ("uniform", "int_uniform"):
+        if is_int:
+            return int(low) + min(int(u * (high - low + 1)), int(high - low))
+        return low + u * (high - low)
+    if dim.kind in ("loguniform", "int_loguniform"):
+        if is_int:  # as tune.lograndint(low, high + 1); exp(log(16)) may come out as 15.999...
+            value = int(math.exp(math.log(low) + u * (math.log(high + 1) - math.log(low))) + 1e-9)
+            return max(int(low), min(value, int(high)))
+        return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    raise ValueError(f"no unit-cube mapping for a {dim.kind} dimension")  # pragma: no cover
+
+
+def config_from_unit(space: Mapping[str, Dim], u: Sequence[float]) -> dict:
+    """A trial's config from a point ``u`` of the unit cube, one coordinate per
+    ``searched(space)`` name in order; inactive conditional hyperparameters are None."""
+    names = searched(space)
+    if len(u) != len(names):
+        raise ValueError(f"expected {len(names)} coordinates, got {len(u)}")
+    coords = dict(zip(names, u))
+    config = {name: value_at(name, space[name], float(coords[name])) if name in coords else space[name].values[0]
+              for name in ordered(space)}
+    return {name: value if active(name, config) else None for name, value in config.items()}

@@ -20,14 +20,15 @@ from typing import Any, Mapping
 
 import yaml
 
-from tuner import storage
-from tuner.space import Dim, check_conditions, default_space, parse_space
+from tuner import population, storage
+from tuner.space import Dim, Invalid, check_conditions, default_space, parse_dim, parse_space
 
 PRESET_PACKAGE = "tuner.presets"
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 ALGORITHMS = ("random", "grid", "quasi_random", "tpe", "bayesian")
-SCHEDULERS = ("asha", "asha_promote", "hyperband", "median_stopping", "fifo")
+SCHEDULERS = ("asha", "asha_promote", "hyperband", "median_stopping", "fifo", "pbt", "pb2")
+POPULATION_SCHEDULERS = ("pbt", "pb2")
 CHECKPOINT_UPLOADS = ("async", "sync")
 MODES = ("max", "min")
 LOWER_IS_BETTER = ("val_loss", "val_mae")
@@ -65,6 +66,17 @@ class StorageSpec:
 
 
 @dataclass(frozen=True)
+class WarmStartSpec:
+    # Finished experiments whose trials (configurations and objective values) the
+    # searcher learns from before it suggests anything; they are read, never written.
+    experiments: list[str] = field(default_factory=list)
+    # Where they are stored; default: this experiment's storage.uri.
+    storage: str | None = None
+    # Their best configurations that run first, as this experiment's first trials.
+    top: int = 1
+
+
+@dataclass(frozen=True)
 class SearchSpec:
     # "random": independent draws; "quasi_random": a scrambled Sobol sequence over the
     # same space (covers it more evenly); "tpe": Optuna's TPE; "bayesian": Optuna's
@@ -79,6 +91,8 @@ class SearchSpec:
     # or {choice: [...]}: the training knobs (learning_rate, schedule, decay_epochs,
     # decay_rate, staircase, optimizer, momentum, batch_size) and any model hyperparameter.
     space: Mapping[str, Dim] = field(default_factory=default_space)
+    # Start from earlier experiments of the same task and objective (see README).
+    warm_start: WarmStartSpec = field(default_factory=WarmStartSpec)
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,11 @@ class TrainingSpec:
     reference_batch: int = 32
     # Linear warmup from 0 to the peak learning rate, in epochs.
     warmup_epochs: float = 0.0
+    # Training knobs that change as training goes on: [{epoch: E, learning_rate: ..., ...}]
+    # sets them from epoch E (epochs trained so far) on; a PBT trial's schedule, replayed
+    # (`tuner best` prints it). Knobs: learning_rate, decay_epochs, decay_rate, momentum,
+    # batch_size.
+    hyperparameter_schedule: list[dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +144,8 @@ class SchedulerSpec:
     # until it is in the top 1/reduction_factor there), "hyperband" (asynchronous: one
     # bracket per halving rate), "median_stopping"
     # (stop a trial below the median of the others' running means) or "fifo" (every
-    # trial runs the whole budget). Epoch budget, grace period and reduction factor: `asha`.
+    # trial runs the whole budget). "pbt" (population-based training) and "pb2" (its GP
+    # bandit variant): see `pbt`. Epoch budget, grace period and reduction factor: `asha`.
     kind: str = "asha"
     # median_stopping: trials that must have reached an epoch before any is judged there.
     median_min_trials: int = 3
@@ -133,6 +153,24 @@ class SchedulerSpec:
     # plateau_min_delta for plateau_patience epochs; null: never.
     plateau_patience: int | None = None
     plateau_min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class PbtSpec:
+    # scheduler.kind pbt / pb2. Epochs between a member's perturbation points, where the
+    # bottom of the population exploits the top; < asha.max_t, the epochs every member trains.
+    interval: int = 2
+    # The bottom fraction of the ranked members that continues from the top fraction's
+    # checkpoints (> 0 and <= 0.5).
+    quantile: float = 0.25
+    # pbt's explore: a mutated hyperparameter is drawn again from search.space with this
+    # probability, else multiplied by 0.8 or 1.2 (within its range) or moved to a
+    # neighbouring choice. pb2 chooses numeric ranges by a GP bandit instead.
+    resample_probability: float = 0.25
+    # The hyperparameters the population changes: training knobs among learning_rate,
+    # decay_epochs, decay_rate, momentum, batch_size; null: every searched one of them.
+    # The others (the model's, the optimizer) stay those of the member copied.
+    mutate: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +240,7 @@ class Spec:
     training: TrainingSpec = field(default_factory=TrainingSpec)
     asha: AshaSpec = field(default_factory=AshaSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    pbt: PbtSpec = field(default_factory=PbtSpec)
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     failure: FailureSpec = field(default_factory=FailureSpec)
@@ -376,6 +415,9 @@ def _build_section(section: str, default: Any, given: Mapping, problems: list[st
         if section == "search" and key == "space":
             values[key] = parse_space(value, problems)
             continue
+        if section == "training" and key == "hyperparameter_schedule":
+            values[key] = parse_hyperparameter_schedule(value, problems)
+            continue
         current = getattr(default, key)
         if dataclasses.is_dataclass(current):  # a section within the section
             if value is None:
@@ -420,9 +462,118 @@ def _coerce(key: str, value: Any, current: Any, annotation: str, problems: list[
         if isinstance(value, str):
             return value
         problems.append(f"The value of `{key}` is {value!r}, but must be a string.")
+    elif ann.startswith("list[str]"):
+        if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+            return list(value)
+        problems.append(f"The value of `{key}` is {value!r}, but must be a list of names, e.g. [a, b].")
     else:  # pragma: no cover - every field has one of the types above
         return value
     return _INVALID
+
+
+SCHEDULE_KEY = "training.hyperparameter_schedule"
+
+
+def parse_hyperparameter_schedule(value: Any, problems: list[str]) -> list[dict] | None:
+    """``training.hyperparameter_schedule``: a list of ``{epoch: E, knob: value, ...}``
+    with whole, increasing epochs >= 1 and values each knob accepts."""
+    if value is None:
+        return None
+    form = f"a list of {{epoch: E, <knob>: value, ...}} (knobs: {', '.join(population.MUTABLE)})"
+    if not isinstance(value, list):
+        problems.append(f"The value of `{SCHEDULE_KEY}` is {value!r}, but must be {form}.")
+        return None
+    out, last = [], 0
+    for i, step in enumerate(value):
+        key = f"{SCHEDULE_KEY}[{i}]"
+        epoch = step.get("epoch") if isinstance(step, Mapping) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= last:
+            problems.append(f"`{key}` is {step!r}, but each entry must be {{epoch: E, ...}} with a whole epoch "
+                            f">= 1, after the entry before it (> {last}).")
+            return None
+        values = {}
+        for name, v in step.items():
+            if name == "epoch":
+                continue
+            if name not in population.MUTABLE:
+                problems.append(f"`{key}` sets `{name}`, but a schedule changes only {', '.join(population.MUTABLE)}.")
+                continue
+            try:
+                dim = parse_dim(name, v)
+            except Invalid as e:
+                problems.append(str(e).replace(f"`search.space.{name}", f"`{key}.{name}"))
+                continue
+            if not dim.is_fixed:
+                problems.append(f"`{key}.{name}` is a {dim.kind}, but a schedule sets one value.")
+                continue
+            values[name] = dim.values[0]
+        if not values:
+            problems.append(f"`{key}` sets nothing; give at least one of {', '.join(population.MUTABLE)}.")
+        out.append({"epoch": epoch, **values})
+        last = epoch
+    return out
+
+
+def _check_population(spec: Spec) -> list[str]:
+    """``scheduler.kind`` pbt / pb2 against the rest of the spec."""
+    p: list[str] = []
+    pbt, se, a = spec.pbt, spec.search, spec.asha
+    if not 0 < pbt.quantile <= 0.5:
+        p.append(f"The value of `pbt.quantile` is {pbt.quantile!r}, but must be > 0 and <= 0.5.")
+    if not 0 <= pbt.resample_probability <= 1:
+        p.append(f"The value of `pbt.resample_probability` is {pbt.resample_probability!r}, but must be >= 0 and <= 1.")
+    if spec.scheduler.kind not in POPULATION_SCHEDULERS:
+        return p
+    kind = spec.scheduler.kind
+    if not 1 <= pbt.interval < a.max_t:
+        p.append(f"The value of `pbt.interval` is {pbt.interval}, but must be >= 1 and < `asha.max_t` ({a.max_t}), "
+                 "the epochs every member trains: at most max_t - 1 epochs between perturbation points.")
+    if se.algorithm not in ("random", "quasi_random"):
+        p.append(f"`scheduler.kind: {kind}` draws its first population with `search.algorithm` random or "
+                 f"quasi_random, not {se.algorithm} (a grid's points, or TPE's and the GP's model of the results, "
+                 "would be undone by the exploits); set search.algorithm=random.")
+    problems = population.check_mutate(se.space, pbt.mutate)
+    p.extend(problems)
+    if not problems and kind == "pb2" and not any(se.space[n].is_range for n in population.mutated(se.space, pbt.mutate)):
+        p.append("`scheduler.kind: pb2` chooses numeric values by a GP bandit, but no mutated hyperparameter is a "
+                 "range; give one of them a range (e.g. search.space.learning_rate={loguniform: [1e-4, 1e-2]}) or "
+                 "use pbt.")
+    if spec.training.hyperparameter_schedule:
+        p.append(f"`{SCHEDULE_KEY}` is set, but `scheduler.kind: {kind}` changes the hyperparameters itself; "
+                 "remove one of them.")
+    if spec.scheduler.plateau_patience is not None:
+        p.append(f"`scheduler.plateau_patience` is set, but `scheduler.kind: {kind}` trains every member to "
+                 "`asha.max_t` (a poor member exploits a better one instead of stopping); set it to null.")
+    return p
+
+
+def _check_warm_start(spec: Spec) -> list[str]:
+    w, p = spec.search.warm_start, []
+    if w.top < 0:
+        p.append(f"The value of `search.warm_start.top` is {w.top}, but must be >= 0.")
+    if w.storage is not None and (problem := storage.check_uri(w.storage)):
+        p.append(f"The value of `search.warm_start.storage` is {w.storage!r}: {problem}")
+    for name in w.experiments:
+        if any(c in name for c in "/\\ ") or name in (".", ".."):
+            p.append(f"`search.warm_start.experiments` names {name!r}, which is not an experiment name.")
+        elif name == spec.name and w.storage in (None, spec.storage.uri):
+            p.append(f"`search.warm_start.experiments` names this experiment, `{name}`; name earlier ones.")
+    if w.experiments and spec.search.algorithm == "grid":
+        p.append("`search.warm_start` needs a searcher that can learn or skip points; grid search runs every "
+                 "combination anyway: use random, quasi_random, tpe or bayesian.")
+    if w.top > spec.search.num_samples and w.experiments:
+        p.append(f"The value of `search.warm_start.top` is {w.top}, but only `search.num_samples` "
+                 f"({spec.search.num_samples}) trials run; lower it.")
+    return p
+
+
+def _check_schedule(spec: Spec) -> list[str]:
+    schedule = spec.training.hyperparameter_schedule or []
+    late = [step["epoch"] for step in schedule if step["epoch"] >= spec.asha.max_t]
+    if late:
+        return [f"`{SCHEDULE_KEY}` has an entry at epoch {late[0]}, but trials train `asha.max_t` "
+                f"({spec.asha.max_t}) epochs; it must be < {spec.asha.max_t}."]
+    return []
 
 
 def _check_spec(spec: Spec) -> list[str]:
@@ -515,27 +666,36 @@ def _check_spec(spec: Spec) -> list[str]:
         if v is not None and not v.strip():
             p.append(f"The value of `tracking.mlflow.{key}` is empty; set it or leave it out.")
     need(f.controller_failure_limit >= 0, "failure.controller_failure_limit", f.controller_failure_limit, ">= 0 (-1 would retry forever)")
+    need(spec.pbt.interval >= 1, "pbt.interval", spec.pbt.interval, ">= 1")
+    p.extend(_check_population(spec))
+    p.extend(_check_warm_start(spec))
+    p.extend(_check_schedule(spec))
     return p
 
 
-# search.algorithm -> (tuner's extra, the modules it needs beyond tuner's own dependencies).
-EXTRAS = {"tpe": ("tpe", ("optuna",)), "bayesian": ("bayesian", ("optuna", "torch"))}
+# search.algorithm or scheduler.kind -> (tuner's extra, the modules it needs beyond tuner's
+# own dependencies, as their packages are named).
+EXTRAS = {"tpe": ("tpe", {"optuna": "optuna"}), "bayesian": ("bayesian", {"optuna": "optuna", "torch": "torch"}),
+          "pb2": ("pb2", {"sklearn": "scikit-learn"})}
 
 
 def missing_dependency(spec: Spec) -> str | None:
-    """One line naming what ``search.algorithm`` needs and is not installed, or None."""
+    """One line naming what ``search.algorithm`` or ``scheduler.kind`` needs and is not
+    installed, or None."""
     import importlib.util
 
-    if spec.search.algorithm not in EXTRAS:
-        return None
-    extra, modules = EXTRAS[spec.search.algorithm]
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if not missing:
-        return None
-    hint = " (for a CPU-only PyTorch, first: pip install torch --index-url https://download.pytorch.org/whl/cpu)" \
-        if "torch" in missing else ""
-    return (f"`search.algorithm: {spec.search.algorithm}` needs {' and '.join(missing)}, which "
-            f"{'is' if len(missing) == 1 else 'are'} not installed; run: pip install 'tuner[{extra}]'{hint}")
+    for field_name, choice in (("search.algorithm", spec.search.algorithm), ("scheduler.kind", spec.scheduler.kind)):
+        if choice not in EXTRAS:
+            continue
+        extra, modules = EXTRAS[choice]
+        missing = [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
+        if not missing:
+            continue
+        hint = " (for a CPU-only PyTorch, first: pip install torch --index-url https://download.pytorch.org/whl/cpu)" \
+            if "torch" in missing else ""
+        return (f"`{field_name}: {choice}` needs {' and '.join(missing)}, which "
+                f"{'is' if len(missing) == 1 else 'are'} not installed; run: pip install 'tuner[{extra}]'{hint}")
+    return None
 
 
 def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:

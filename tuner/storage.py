@@ -8,6 +8,7 @@ A URI is a local path or ``s3://bucket/prefix``. S3 settings come from the stand
 from __future__ import annotations
 
 import copyreg
+import functools
 import json
 import os
 import posixpath
@@ -255,3 +256,49 @@ def write_json(uri: str, data: dict, endpoint: str | None = None) -> None:
 def to_uri(fs: pafs.FileSystem, path: str) -> str:
     """The URI for a path inside ``fs`` (inverse of ``filesystem``)."""
     return f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
+
+
+# --- whole folders on S3 (boto3, for requests pyarrow makes more of) ----------------------
+
+
+def delete_s3_folder(fs, fs_path: str) -> int:
+    """Delete every object under ``fs_path``/ (bucket/key, on the S3FileSystem ``fs``):
+    one listing per 1,000 keys and one DELETE per key; returns how many."""
+    bucket, _, folder = fs_path.strip("/").partition("/")
+    client = boto3_client(fs)
+    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder + "/")
+            for item in page.get("Contents", [])]
+    for key in keys:
+        client.delete_object(Bucket=bucket, Key=key)
+    return len(keys)
+
+
+def boto3_client(fs):
+    """A boto3 S3 client to the server, and with the credentials, of the pyarrow
+    S3FileSystem ``fs`` (one per such settings, reused)."""
+    settings = fs.__reduce__()[1][0]
+    return _boto3_client(tuple((k, settings.get(k)) for k in (
+        "endpoint_override", "scheme", "region", "access_key", "secret_key", "session_token")))
+
+
+@functools.lru_cache(maxsize=8)
+def _boto3_client(settings: tuple):
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    s = dict(settings)
+    endpoint = f"{s.get('scheme') or 'https'}://{s['endpoint_override']}" if s.get("endpoint_override") else None
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name=s.get("region") or None,
+        aws_access_key_id=s.get("access_key") or None, aws_secret_access_key=s.get("secret_key") or None,
+        aws_session_token=s.get("session_token") or None,
+        config=BotoConfig(retries={"max_attempts": 12, "mode": "standard"}, connect_timeout=30, read_timeout=120,
+                          s3={"addressing_style": "path" if endpoint else "auto"}))
+
+
+def clear_folder(fs: pafs.FileSystem, fs_path: str) -> None:
+    """Delete everything under ``fs_path`` (a folder of ``fs``), if anything is there."""
+    if isinstance(fs, pafs.S3FileSystem):
+        delete_s3_folder(fs, fs_path)
+    else:
+        fs.delete_dir_contents(fs_path, missing_dir_ok=True)

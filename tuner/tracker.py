@@ -13,7 +13,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from tuner import storage
 from tuner.tracking import (END_TAGS, EPOCH_METRICS, PARENT_TAG, PAUSE_S, RUN_FILE, RUN_RETRIES, RUN_TIMEOUT_S,
-                            TAG_EXPERIMENT, TAG_LAST_EPOCH, TAG_OUTCOME, TAG_TRIAL, TRIAL_PARAMS, Target, _error_reason,
+                            TAG_EXPERIMENT, TAG_GENERATION, TAG_LAST_EPOCH, TAG_OUTCOME, TAG_TRIAL, TRIAL_PARAMS, Target, _error_reason,
                             _exists, _http, _log_batch, _number, _quiet_env, _reason, end_of, flat, read_run_file,
                             trial_runs)
 
@@ -165,17 +165,17 @@ class Tracker(MLflowLoggerCallback):
         for missed in range(self._logged.get(trial.trial_id, 0) + 1, min(resumed, epoch - 1) + 1):
             # An epoch whose result the interrupted run stored with its checkpoint but
             # never took in (stopped in between): logged from the checkpoint's record.
-            stored = self._stored_metrics(trial.trial_id, missed)
+            stored = self._stored_metrics(trial.trial_id, missed, int(result.get("generation") or 0))
             if stored is not None:
                 self._log_metrics(trial.trial_id, run_id, stored, missed)
         self._log_metrics(trial.trial_id, run_id, result, epoch)
 
-    def _stored_metrics(self, trial_id: str, epoch: int) -> dict | None:
-        from tuner import tune, worker
+    def _stored_metrics(self, trial_id: str, epoch: int, generation: int = 0) -> dict | None:
+        from tuner import checkpoints, population, tune
 
         try:
-            run_uri = storage.join(self.experiment_uri, tune.RUNS_DIR, trial_id)
-            return worker.stored_metrics(run_uri, self.endpoint, epoch)
+            run_uri = storage.join(self.experiment_uri, tune.RUNS_DIR, population.run_name(trial_id, generation))
+            return checkpoints.stored_metrics(run_uri, self.endpoint, epoch)  # None: copied from another trial
         except Exception:  # noqa: BLE001 - not kept (checkpoint.num_to_keep), or unreadable: not logged
             return None
 
@@ -184,8 +184,15 @@ class Tracker(MLflowLoggerCallback):
         # The first epoch this run reports (a resumed trial's first after its restart).
         first = "startup_seconds" in result
         params = {k: str(result[k]) for k in TRIAL_PARAMS if k in result} if first else {}
+        tags = {TAG_LAST_EPOCH: str(epoch)}
+        if result.get("generation") is not None:
+            # A PBT member: its batch (and other knobs) change with its generation, and
+            # MLflow's params cannot change; they are metrics, stepped by epoch, instead.
+            metrics.update({k: _number(result.get(k)) for k in ("generation", "per_worker_batch", "global_batch")})
+            params = params if not result["generation"] else {}
+            tags[TAG_GENERATION] = str(result["generation"])
         _log_batch(self.client, run_id, metrics={k: v for k, v in metrics.items() if v is not None}, step=epoch,
-                   params=params, tags={TAG_LAST_EPOCH: str(epoch)})
+                   params=params, tags=tags)
         self._logged[trial_id] = epoch
 
     def log_trial_end(self, trial, failed: bool = False):

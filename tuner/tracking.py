@@ -43,6 +43,7 @@ TAG_EXPERIMENT = "tuner.experiment_uri"
 TAG_TRIAL = "tuner.trial_id"
 TAG_OUTCOME = "tuner.outcome"
 TAG_LAST_EPOCH = "tuner.last_epoch"  # the last epoch logged, for a resumed experiment
+TAG_GENERATION = "tuner.generation"  # a PBT member's generation (tuner.population)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: its UI nests the run under this one
 # Per-epoch metrics beyond the `val_*` ones; what stays the same over a trial (workers,
 # batches, steps per epoch) is logged once, as params.

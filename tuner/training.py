@@ -72,6 +72,26 @@ def build_optimizer(params: dict, learning_rate) -> tf_keras.optimizers.Optimize
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+def retune(model: tf_keras.Model, params: dict, schedule: EpochSchedule, step: int) -> None:
+    """Point a compiled (or restored) model's optimizer at ``params``: the learning-rate
+    ``schedule``, sgd's momentum, and the optimizer's step count ``step`` (the epochs
+    trained x this batch's steps per epoch), so that the schedule, which reads the epoch
+    off the step count, is at the right epoch after a change of batch size. The optimizer's
+    kind and its state (moments, momenta) stay as they are; the next ``fit`` traces its
+    training step anew."""
+    optimizer = model.optimizer
+    optimizer.learning_rate = schedule
+    momentum = params.get("momentum")
+    if params.get("optimizer") == "sgd" and momentum is not None and hasattr(optimizer, "momentum"):
+        # An sgd built without momentum has no slots for it: it stays without.
+        if optimizer.momentum or not momentum:
+            if float(momentum) != float(optimizer.momentum):
+                optimizer.jit_compile = False  # an XLA-compiled update step keeps its momentum
+            optimizer.momentum = float(momentum)
+    optimizer.iterations.assign(step)
+    model.train_function = None
+
+
 def loss_for(task: str, name: str | None = None, reduction: str = "auto") -> tf_keras.losses.Loss:
     """The spec's ``model.loss`` (a Keras loss name), else the task's: sparse categorical
     cross-entropy from logits, or mean squared error."""

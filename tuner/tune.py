@@ -154,6 +154,7 @@ def train_loop_config(spec: Spec, dataset_uri: str, inputs: dict) -> dict:
         "lr_scaling": spec.training.lr_scaling,
         "reference_batch": spec.training.reference_batch,
         "warmup_epochs": spec.training.warmup_epochs,
+        "hp_schedule": spec.training.hyperparameter_schedule,
         "checkpoint_upload": spec.checkpoint.upload,
         "threads": max(1, int(spec.scaling.cpus_per_worker)) if not spec.scaling.use_gpu else 0,
     }
@@ -195,27 +196,34 @@ class TrialRunner:
         raycompat.marker_free_storage_check()
 
         from ray.tune.integration.ray_train import TuneReportCallback
-        from tuner.spec import build_spec
+        from tuner import population
+        from tuner.spec import POPULATION_SCHEDULERS, build_spec
 
         spec = build_spec(self.spec_dict)
         s = spec.scaling
         # Reported by the workers: with use_gpu, shows that this driver's bundle has none.
         driver_gpus = len(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
         fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
-        run_uri = storage.join(spec.storage.uri, spec.name, RUNS_DIR, trial_id)
+        # A PBT member's generation trains in a Train run of its own (from the checkpoint
+        # it copied); any other trial in one run named after it.
+        generation = population.generation_of(params)
+        run = population.run_name(trial_id, generation)
+        run_uri = storage.join(spec.storage.uri, spec.name, RUNS_DIR, run)
+        pbt = ({"generation": generation, "pbt_interval": spec.pbt.interval}
+               if spec.scheduler.kind in POPULATION_SCHEDULERS else {})
         trainer = raycompat.trainer(
             train_loop_per_worker=worker.train_loop_per_worker,
-            train_loop_config={**self.loop_config, "params": dict(params), "trial_start": trial_start,
-                               "run_uri": run_uri, "driver_gpus": driver_gpus,
-                               "slots": self.slots_name, "trial_id": trial_id,
+            train_loop_config={**self.loop_config, "params": population.hyperparameters(params),
+                               "trial_start": trial_start, "run_uri": run_uri, "run": run, **pbt,
+                               "driver_gpus": driver_gpus, "slots": self.slots_name, "trial_id": trial_id,
                                "console": getattr(self, "console", "normal")},
             tensorflow_config=raycompat.Config(),
             scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu,
                                          resources_per_worker=TrialResources.of(spec).worker_bundle),
             run_config=RunConfig(
-                # Unique per trial and stable across restarts, so a restarted trial
-                # finds its own run, and with it its latest checkpoint.
-                name=trial_id,
+                # Unique per trial (and PBT generation) and stable across restarts, so a
+                # restarted trial finds its own run, and with it its latest checkpoint.
+                name=run,
                 storage_path=posixpath.join(root, spec.name, RUNS_DIR),
                 storage_filesystem=fs,
                 checkpoint_config=CheckpointConfig(
@@ -366,22 +374,25 @@ def can_resume(spec: Spec) -> bool:
 
 
 def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bool = True, resume: bool = False,
-        stop: "StopOnSignal | None" = None, console: str = "normal"):
+        stop: "StopOnSignal | None" = None, console: str = "normal", warm_start=None):
     """Run the experiment on the connected Ray; returns Tune's ``ResultGrid`` and the
-    rungs of ASHA or Hyperband (``ResumableASHA.rungs()``, else None).
+    scheduler whose records ``resume.Keeper`` keeps (ASHA's and Hyperband's rungs, the
+    median rule's results, PBT's population), else None.
 
     ``resume``: continue the interrupted experiment stored under ``<storage>/<name>``.
     Tune keeps finished trials and restores the searcher's state; ``resume.Keeper``
     restores the scheduler's and the stopper's records (their time attribute is the
     reported ``epoch``, which restarts do not reset) and this run's concurrency;
     unfinished trials run their function again and each resumes from its newest
-    checkpoint in storage (``worker.restore_latest``).
+    checkpoint in storage (``checkpoints.restore_latest``).
 
     ``stop``: the run's signal handling; a signal while Tune runs stops it gracefully, and
     ``interrupt.Interrupted`` is raised once Tune has saved its state.
 
     ``console``: ``quiet``, ``normal`` or ``verbose`` (``tuner.console``): what is printed
     while Tune runs. Only ``verbose`` keeps Tune's own progress tables.
+
+    ``warm_start``: a new experiment's ``tuner.warm.WarmStart``, handed to the searcher.
     """
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -441,12 +452,18 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
         # This run's console level, whatever the interrupted run's was (an older tuner
         # stored none).
         callbacks[:] = [c for c in callbacks if not (isinstance(c, Console) or is_tracker(c))] + [printer, *trackers]
+        if isinstance(keeper.scheduler, schedulers.PopulationScheduler):
+            printer.population = keeper.scheduler
     else:
-        scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR)
-        searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, metric, mode)
+        scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR,
+                                             storage.join(spec.storage.uri, spec.name, RUNS_DIR))
+        searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, metric, mode,
+                                                 warm_start)
         stopper = schedulers.stopper_for(spec, metric, mode, TIME_ATTR) if search else None
         keeper = keep.Keeper(scheduler if hasattr(scheduler, "state") else None, searcher, cluster.concurrent,
                              slots_name, stopper)
+        if isinstance(scheduler, schedulers.PopulationScheduler):
+            printer.population = scheduler
         tuner = tune.Tuner(
             trainable,
             param_space=space,
@@ -471,7 +488,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     with stop.tune_running() if stop else contextlib.nullcontext():
         grid = tuner.fit()
     del slots
-    return grid, keeper.scheduler.rungs() if hasattr(keeper.scheduler, "rungs") else None
+    return grid, keeper.scheduler
 
 
 def console_for(spec: Spec, search: bool, level: str):
@@ -496,7 +513,7 @@ def stopper_name(spec: Spec, search: bool) -> str:
     """What may stop a trial early, as the console and the tracking name it."""
     kind = spec.scheduler.kind if search else "fifo"
     stopper = {"asha": "ASHA", "asha_promote": "ASHA", "hyperband": "Hyperband", "median_stopping": "the median rule",
-               "fifo": "FIFO"}[kind]
+               "fifo": "FIFO", "pbt": "PBT", "pb2": "PB2"}[kind]
     if search and spec.scheduler.plateau_patience:
         stopper += " or the plateau rule"
     return stopper

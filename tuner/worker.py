@@ -8,7 +8,6 @@ Imports TensorFlow lazily: the module is imported by trial drivers that never tr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -21,8 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_FILE = "model.keras"
-STATE_FILE = "state.json"
+from tuner.checkpoints import (  # noqa: F401 - the layout and restore, as this module had them
+    MODEL_FILE, RESTORE_CANDIDATES, STATE_FILE, checkpoint_dir_name, copy_checkpoint, replayed_epochs,
+    restore_latest, stored_epochs, stored_metrics, stored_records, weights_digest)
+
 # Optimizer steps per tf.function call: a small MLP's step is shorter than the Python
 # round trip around it, so running several per call is most of the throughput.
 STEPS_PER_EXECUTION = 32
@@ -37,19 +38,15 @@ READ_AHEAD_PIECES = 4
 # Set (tests only): each worker writes the labels of the rows it read in each pass over
 # its share to <dir>/<trial's run>-rank<R>-epoch<E>.npy.
 DEBUG_ROWS_ENV = "TUNER_DEBUG_ROWS_DIR"
-# A restore tries at most this many of the newest checkpoints (the list goes from rank 0 to
-# the other workers through Ray Train's broadcast, which takes under 1 KB).
-RESTORE_CANDIDATES = 32
 # `checkpoint.upload` -> ray.train.CheckpointUploadMode's name.
 UPLOAD_MODES = {"async": "ASYNC", "sync": "SYNC"}
+# A PBT member told to pause at a perturbation point waits this long for Tune to stop it,
+# then goes on (the driver's decision may have been lost).
+PAUSE_HOLD_SECONDS = 300
 
 
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite; the trial fails alone."""
-
-
-def checkpoint_dir_name(epoch: int) -> str:
-    return f"epoch-{epoch:04d}"
 
 
 def train_loop_per_worker(cfg: dict) -> None:
@@ -59,14 +56,17 @@ def train_loop_per_worker(cfg: dict) -> None:
         cfg: ``params`` (the trial's hyperparameters), ``dataset_uri``, ``builder``
             ("module:function"), ``loss`` (None: the task's), ``inputs`` (the dataset's
             ``InputSpec`` as a dict), ``endpoint``,
-            ``run_uri`` (this trial's Ray Train run folder, where its checkpoints are),
+            ``run_uri`` (this trial's Ray Train run folder, where its checkpoints are) and
+            ``run`` (its name),
             ``max_t`` (epochs), ``seed``, ``lr_scaling``, ``reference_batch``,
-            ``warmup_epochs``, ``threads`` (TensorFlow intra-op threads, 0 = default),
+            ``warmup_epochs``, ``hp_schedule`` (``training.hyperparameter_schedule``, or
+            None), ``threads`` (TensorFlow intra-op threads, 0 = default),
             ``trial_start`` (unix time the trial driver started, for overhead figures),
             ``driver_gpus`` (GPUs Ray gave the trial driver, reported as is),
             ``slots`` and ``trial_id`` (the run's ``resume.Slots`` actor, which knows the
             epochs the driver took in and whether the trial can have stored checkpoints,
-            and this trial's id; optional).
+            and this trial's id; optional), ``generation`` (a PBT member's, reported with
+            each epoch; absent otherwise).
     """
     entered = time.time()
     if cfg.get("console", "normal") != "verbose":
@@ -93,7 +93,6 @@ def train_loop_per_worker(cfg: dict) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     tf_keras.utils.set_random_seed(cfg["seed"])
 
-    params = cfg["params"]
     inputs = models.InputSpec.from_dict(cfg["inputs"])
     manifest = data.read_manifest(cfg["dataset_uri"], cfg["endpoint"])
     train = data.SplitReader(cfg["dataset_uri"], manifest, "train", cfg["endpoint"])
@@ -104,20 +103,12 @@ def train_loop_per_worker(cfg: dict) -> None:
     validation = data.SplitReader(cfg["dataset_uri"], manifest, "validation", cfg["endpoint"])
     validation_pieces = data.shards.assign(validation.row_groups, world, rank)
     validation.check(validation_pieces)
-    plan = schedule.BatchPlan(world, params["batch_size"], train.rows)
-    lr_schedule = schedule.schedule_for(
-        params, plan, cfg["lr_scaling"], cfg["reference_batch"], cfg["warmup_epochs"]
-    )
+    stretches = schedule.stretches(cfg["params"], cfg.get("hp_schedule"), cfg["max_t"])
 
-    def dataset_fn(input_context):
-        # One input pipeline per worker, streaming its own share of the rows; sharded
-        # here, so tf.data's auto-sharding has nothing left to split.
-        per_replica = input_context.get_per_replica_batch_size(plan.global_batch)
-        return training.streaming_dataset(
-            stream_pieces(train, pieces, cfg["seed"], rank, start_epoch, posixpath.basename(cfg["run_uri"])),
-            train.shape, train.dtype, train.label_dtype, per_replica,
-            shuffle_rows=data.shards.shuffle_buffer(pieces, train.row_bytes, SHUFFLE_ROW_GROUPS, SHUFFLE_BUFFER_BYTES),
-            seed=cfg["seed"] * 1009 + rank)
+    def plan_for(params):
+        plan = schedule.BatchPlan(world, params["batch_size"], train.rows)
+        return plan, schedule.schedule_for(params, plan, cfg["lr_scaling"], cfg["reference_batch"],
+                                           cfg["warmup_epochs"])
 
     # Rank 0 alone asks which epochs the experiment's driver has taken in, lists the run's
     # checkpoints (one storage listing per trial start, not one per worker; none for a new
@@ -126,22 +117,26 @@ def train_loop_per_worker(cfg: dict) -> None:
     # checkpoint.
     records = {}
     if rank == 0:
-        reported, any_stored = resume.start(cfg["slots"], cfg["trial_id"]) if cfg.get("slots") else (0, True)
+        run = cfg.get("run", cfg.get("trial_id"))
+        reported, any_stored = resume.start(cfg["slots"], run) if cfg.get("slots") else (0, True)
         listed = stored_epochs(cfg["run_uri"], cfg["endpoint"])[:RESTORE_CANDIDATES] if any_stored else []
         records = stored_records(cfg["run_uri"], cfg["endpoint"], [e for e in listed if e > reported])
     stored, reported, recorded = broadcast_from_rank_zero((listed, reported, sorted(records)) if rank == 0 else None)
     with strategy.scope():
         restored = restore_latest(cfg["run_uri"], cfg["endpoint"], stored)
+        start_epoch = restored[1] if restored else 0
+        params = schedule.stretch_at(stretches, start_epoch).params
+        plan, lr_schedule = plan_for(params)
+        epoch_schedule = training.EpochSchedule.from_schedule(lr_schedule, plan.steps_per_epoch)
         if restored:
-            net, start_epoch = restored
+            # Its optimizer state as saved, its hyperparameters this run's: the same for a
+            # trial that resumes, explored ones for a PBT member that continues another's.
+            net = restored[0]
+            training.retune(net, params, epoch_schedule, start_epoch * plan.steps_per_epoch)
         else:
-            start_epoch = 0
             net = models.load_builder(cfg["builder"])(space.model_hyperparameters(params), inputs)
-            optimizer = training.build_optimizer(
-                params, training.EpochSchedule.from_schedule(lr_schedule, plan.steps_per_epoch)
-            )
-            training.compile_model(net, optimizer, inputs.task, cfg.get("loss"),
-                                   steps_per_execution=min(STEPS_PER_EXECUTION, plan.steps_per_epoch))
+            training.compile_model(net, training.build_optimizer(params, epoch_schedule), inputs.task,
+                                   cfg.get("loss"), steps_per_execution=min(STEPS_PER_EXECUTION, plan.steps_per_epoch))
 
     # Stored epochs whose reports never reached the driver (it was stopped, or this worker
     # group died, in between): reported again from their checkpoints' records, oldest
@@ -160,14 +155,43 @@ def train_loop_per_worker(cfg: dict) -> None:
                "startup_ready_seconds": time.time() - cfg["trial_start"]}
     reporter = _epoch_reporter(cfg, plan, lr_schedule, rank, world, strategy, net,
                                ValidationShare(validation, validation_pieces, world), inputs.task, start_epoch, startup)
-    net.fit(
-        tf_keras.utils.experimental.DatasetCreator(dataset_fn),
-        epochs=cfg["max_t"],
-        initial_epoch=start_epoch,
-        steps_per_epoch=plan.steps_per_epoch,
-        callbacks=[reporter],
-        verbose=0,
-    )
+    tag = posixpath.basename(cfg["run_uri"])
+    for stretch in stretches:
+        if stretch.end <= start_epoch:
+            continue
+        begin = max(stretch.start, start_epoch)
+        if begin > start_epoch:  # `training.hyperparameter_schedule` changes the knobs here
+            plan, lr_schedule = plan_for(stretch.params)
+            with strategy.scope():
+                training.retune(net, stretch.params, training.EpochSchedule.from_schedule(lr_schedule, plan.steps_per_epoch),
+                                begin * plan.steps_per_epoch)
+        reporter.plan, reporter.lr_schedule = plan, lr_schedule
+        net.fit(
+            tf_keras.utils.experimental.DatasetCreator(
+                _dataset_fn(train, pieces, plan, cfg["seed"], rank, begin, tag)),
+            epochs=stretch.end,
+            initial_epoch=begin,
+            steps_per_epoch=plan.steps_per_epoch,
+            callbacks=[reporter],
+            verbose=0,
+        )
+
+
+def _dataset_fn(train, pieces, plan, seed: int, rank: int, start_epoch: int, tag: str):
+    """The ``DatasetCreator`` function of one ``fit``: one input pipeline per worker,
+    streaming its own share of the rows from ``start_epoch``'s pass on; sharded here, so
+    tf.data's auto-sharding has nothing left to split."""
+    from tuner import data, training
+
+    def dataset_fn(input_context):
+        per_replica = input_context.get_per_replica_batch_size(plan.global_batch)
+        return training.streaming_dataset(
+            stream_pieces(train, pieces, seed, rank, start_epoch, tag),
+            train.shape, train.dtype, train.label_dtype, per_replica,
+            shuffle_rows=data.shards.shuffle_buffer(pieces, train.row_bytes, SHUFFLE_ROW_GROUPS, SHUFFLE_BUFFER_BYTES),
+            seed=seed * 1009 + rank)
+
+    return dataset_fn
 
 
 def stream_pieces(reader, pieces, seed: int, rank: int, start_epoch: int, tag: str = "",
@@ -223,92 +247,6 @@ def _process_started() -> float:
         return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return math.nan
-
-
-def stored_epochs(run_uri: str, endpoint: str | None) -> list[int]:
-    """Epochs with a checkpoint folder under the trial's run, newest first."""
-    import pyarrow.fs as pafs
-
-    from tuner import storage
-
-    fs, root = storage.filesystem(run_uri, endpoint)
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    epochs = []
-    for info in infos:
-        name = posixpath.basename(info.path)
-        if info.type == pafs.FileType.Directory and name.startswith("epoch-") and name[6:].isdigit():
-            epochs.append(int(name[6:]))
-    return sorted(epochs, reverse=True)
-
-
-def restore_latest(run_uri: str, endpoint: str | None, epochs: list[int] | None = None):
-    """(model, epoch) from the newest checkpoint in storage that loads whole, or None.
-    ``epochs``: the run's checkpoints, newest first, as ``stored_epochs`` lists them
-    (listed here when not given).
-
-    Read from storage rather than from ``ray.train.get_checkpoint()``: the controller
-    registers a reported checkpoint only when it next polls the workers, so after a worker
-    dies it may not know the newest checkpoints that are already safely stored. A folder
-    torn by the crash fails to load and the one before it is used. Every rank of a worker
-    group gets the same ``epochs`` (rank 0's listing), so every rank picks the same epoch.
-    """
-    import tf_keras
-
-    from tuner import storage
-
-    for epoch in stored_epochs(run_uri, endpoint) if epochs is None else epochs:
-        folder = storage.join(run_uri, checkpoint_dir_name(epoch))
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = Path(tmp, MODEL_FILE)
-                local.write_bytes(storage.read_bytes(storage.join(folder, MODEL_FILE), endpoint))
-                state = json.loads(storage.read_bytes(storage.join(folder, STATE_FILE), endpoint))
-                net = tf_keras.models.load_model(local)
-            if state["epoch"] == epoch:
-                return net, epoch
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped alike
-            print(f"tuner: skipping checkpoint {folder}: {type(e).__name__}: {e}", flush=True)
-    return None
-
-
-def replayed_epochs(recorded: list[int], reported: int, start_epoch: int) -> list[int]:
-    """The epochs with a readable stored record (``recorded``) after the driver's newest
-    (``reported``), up to the one training starts from, oldest first. Checkpoints that
-    ``checkpoint.num_to_keep`` dropped are not among them."""
-    return sorted(e for e in recorded if reported < e <= start_epoch)
-
-
-def stored_metrics(run_uri: str, endpoint: str | None, epoch: int) -> dict:
-    """The metrics a trial's run stored with its checkpoint of ``epoch``."""
-    from tuner import storage
-
-    folder = storage.join(run_uri, checkpoint_dir_name(epoch))
-    return json.loads(storage.read_bytes(storage.join(folder, STATE_FILE), endpoint))["metrics"]
-
-
-def stored_records(run_uri: str, endpoint: str | None, epochs: list[int]) -> dict[int, dict]:
-    """{epoch: the metrics stored with its checkpoint, and the checkpoint's path} for the
-    ``epochs`` whose record reads whole and names its epoch; others are skipped."""
-    from tuner import storage
-
-    records = {}
-    for epoch in epochs:
-        folder = storage.join(run_uri, checkpoint_dir_name(epoch))
-        try:
-            metrics = stored_metrics(run_uri, endpoint, epoch)
-            if metrics.get("epoch") == epoch:
-                records[epoch] = {**metrics, "checkpoint_path": storage.filesystem(folder, endpoint)[1]}
-        except Exception as e:  # noqa: BLE001 - an unreadable record is not reported again
-            print(f"tuner: skipping the record of {folder}: {type(e).__name__}: {e}", flush=True)
-    return records
-
-
-def weights_digest(net) -> str:
-    """sha256 over every weight of ``net``: equal on all workers when replicas agree."""
-    h = hashlib.sha256()
-    for w in net.get_weights():
-        h.update(w.tobytes())
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -442,6 +380,7 @@ def _epoch_reporter(*args, **kwargs):
                 # scheduled, whether or not TensorFlow could use them.
                 "gpus": len(ray.get_runtime_context().get_accelerator_ids().get("GPU", [])),
                 "driver_gpus": self.cfg.get("driver_gpus"),
+                **({"generation": self.cfg["generation"]} if "generation" in self.cfg else {}),
             }
             if self.startup:
                 metrics.update(self.startup, startup_seconds=self.first_step_at - self.cfg["trial_start"],
@@ -481,5 +420,20 @@ def _epoch_reporter(*args, **kwargs):
                 shutil.rmtree(keep, ignore_errors=True)  # Ray deletes it only after an upload
                 raise
             self.report_seconds = time.time() - report_started
+            self.gate(done)
+
+        def gate(self, done: int) -> None:
+            """A PBT member at a perturbation point: rank 0 waits for the driver's decision
+            (the other ranks wait for rank 0 in the next step's all-reduce); told to pause
+            (its turn is over, or it exploits another member), it trains no further while
+            Tune stops it."""
+            interval = self.cfg.get("pbt_interval")
+            if not (interval and self.rank == 0 and self.cfg.get("slots") and done % interval == 0
+                    and done < self.cfg["max_t"]):
+                return
+            from tuner import resume
+
+            if not resume.gate(self.cfg["slots"], self.cfg["run"], done):
+                time.sleep(PAUSE_HOLD_SECONDS)
 
     return EpochReporter(*args, **kwargs)

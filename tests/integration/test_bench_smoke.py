@@ -21,7 +21,8 @@ def test_bench_smoke(tmp_path):
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             results.update(json.loads(line))
-    assert set(results) == {"b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data"}
+    assert set(results) == {"b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data",
+                            "pbt", "warm"}
     assert results["b1"]["ratio"] > 0 and results["b2"]["workers_2"]["median_startup_seconds"] > 0
     assert 0 < results["b1"]["trial_fraction_of_peak"] < 1
     assert 0 < results["tuned"]["best_test_accuracy"] <= 1 and 0 < results["cnn"]["best_test_accuracy"] <= 1
@@ -48,5 +49,9 @@ def test_bench_smoke(tmp_path):
     assert streamed["stream_2_at_once_vs_1_samples_per_second_x1"] > 0
     assert streamed["tuner_train_x1"]["s3_requests_per_trial_epoch_store"] > 0
     assert streamed["tuner_train_x1"]["s3_requests_per_trial_epoch_store_by_kind"]["checkpoints"] > 0
+    # PB2 (PBT runs in test_pbt.py) with 2 members; a warm-started run after a first one.
+    assert results["pbt"]["pb2"]["trials"] == 2 and results["pbt"]["pb2"]["best_schedule"]
+    assert results["warm"]["warm"]["until_within_0.1pt_of_first_best"]["trials"] == 1
+    assert results["warm"]["warm"]["best_config"] == results["warm"]["first"]["best_config"]
     # A smoke run records nothing.
     assert (doc.read_text() if doc.exists() else None) == before
