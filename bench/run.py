@@ -517,7 +517,8 @@ def paired_val_accuracy(summary: dict, rows: list[dict], drawn: list[dict], thei
 # PBT against ASHA: the `mnist` preset's training knobs with a constant schedule (PBT finds
 # its own schedule: it changes the learning rate as it trains), Adam, the economy's model sizes.
 POPULATION_SPACE = ["--set", "search.space.learning_rate={loguniform: [1.0e-4, 1.0e-2]}",
-                    "--set", "search.space.schedule=constant", "--set", "search.space.optimizer=adam",
+                    "--set", "search.space.schedule=constant", "--set", "search.space.decay_epochs=2.0",
+                    "--set", "search.space.optimizer=adam",
                     "--set", "search.space.batch_size={choice: [64, 128, 256]}",
                     "--set", "search.space.width={choice: [256, 512]}", "--set", "search.space.depth={choice: [1, 2]}",
                     "--set", "search.space.dropout={uniform: [0.1, 0.5]}"]

@@ -203,13 +203,16 @@ class Trial:
 
 
 class Loop:
-    """Tune's part, as much as the scheduler sees: ``slots`` trials run at once, the
-    scheduler picks who runs, each trial trains an epoch per step and stores a checkpoint
-    folder (as Ray Train does) before it reports it."""
+    """Tune's part, as much as the scheduler sees: at every step the scheduler's choice is
+    staged (PENDING), and PENDING trials start their drivers where there is room (locally
+    as many as the trial slots; on a cluster, room for every driver); the first ``slots``
+    drivers hold trial slots (``resume.Slots``) and train, an epoch per step, storing a
+    checkpoint folder (as Ray Train does) before they report it."""
 
-    def __init__(self, scheduler, runs: Path, scores, slots=1):
-        self.scheduler, self.runs, self.scores, self.slots = scheduler, runs, scores, slots
-        self.trials, self.epochs, self.log = [], {}, []
+    def __init__(self, scheduler, runs: Path, scores, slots=1, cluster=False):
+        self.scheduler, self.runs, self.scores, self.slots, self.cluster = scheduler, runs, scores, slots, cluster
+        self.trials, self.epochs, self.log, self.holders = [], {}, [], []
+        self.most_running = 0  # drivers started at once
 
     def get_trials(self):
         return self.trials
@@ -228,16 +231,21 @@ class Loop:
             self.scheduler.on_trial_add(self, trial)
             self.trials.append(trial)
             live.append(trial)
-        while sum(t.status == "RUNNING" for t in self.trials) < self.slots:
-            trial = self.scheduler.choose_trial_to_run(self)
-            if trial is None:
-                break
-            trial.status = "RUNNING"
-            self.epochs[trial.trial_id] = self.scheduler.population.progress(trial.trial_id)
-        running = [t for t in self.trials if t.status == "RUNNING"]
-        if not running:
-            return False
-        trial = running[0]
+        chosen = self.scheduler.choose_trial_to_run(self)
+        if chosen is not None:
+            chosen.status = "PENDING"
+        for trial in self.trials:
+            running = sum(t.status == "RUNNING" for t in self.trials)
+            if trial.status == "PENDING" and (self.cluster or running < self.slots):
+                trial.status = "RUNNING"
+                self.epochs[trial.trial_id] = self.scheduler.population.progress(trial.trial_id)
+        self.most_running = max(self.most_running, sum(t.status == "RUNNING" for t in self.trials))
+        self.holders = [t for t in self.holders if t.status == "RUNNING"]
+        self.holders += [t for t in self.trials if t.status == "RUNNING" and t not in self.holders]
+        slot_holders = self.holders[:self.slots]
+        if not slot_holders:
+            return any(t.status != "TERMINATED" for t in self.trials)
+        trial = slot_holders[0]
         epoch = self.epochs[trial.trial_id] = self.epochs[trial.trial_id] + 1
         generation = pop.generation_of(trial.config)
         folder = self.runs / pop.run_name(trial.trial_id, generation) / worker.checkpoint_dir_name(epoch)
@@ -273,11 +281,13 @@ def scheduler_for(tmp_path, size, slots=1, **over):
     return scheduler
 
 
-@pytest.mark.parametrize("slots", [1, 3])
-def test_the_population_takes_turns_and_the_worse_half_continues_from_copied_checkpoints(tmp_path, slots):
+@pytest.mark.parametrize("slots, cluster", [(1, False), (3, False), (1, True)])
+def test_the_population_takes_turns_and_the_worse_half_continues_from_copied_checkpoints(tmp_path, slots, cluster):
     scheduler = scheduler_for(tmp_path, 4, slots)
-    loop = Loop(scheduler, tmp_path / "runs", [0.9, 0.1, 0.8, 0.2], slots)
+    loop = Loop(scheduler, tmp_path / "runs", [0.9, 0.1, 0.8, 0.2], slots, cluster)
     loop.run()
+    # Never more drivers than slots, even where the cluster has room for every driver.
+    assert loop.most_running == slots
     assert all(t.status == "TERMINATED" for t in loop.trials) and len(loop.trials) == 4
     assert {t.trial_id: loop.epochs[t.trial_id] for t in loop.trials} == {f"t{i}": 6 for i in range(4)}
     if slots == 1:  # least progress first: everyone reaches epoch 2 before anyone goes past it
@@ -321,3 +331,36 @@ def test_a_copy_that_fails_leaves_the_member_as_it_is(tmp_path, caplog):
     exploit = scheduler.population.decide("b")
     assert exploit.donor == "a" and scheduler._copy(exploit) is False
     assert "could not copy trial a's checkpoint" in caplog.text
+
+
+def test_pb2_chooses_within_the_ranges_learns_from_every_member_and_falls_back_to_pbt():
+    pytest.importorskip("sklearn")
+    from tuner.schedulers import PB2Explorer
+
+    space = {**SPACE, "batch_size": Dim("fixed", (64,), int)}
+    explorer = PB2Explorer(space, ["learning_rate", "momentum"], 0.0)
+    p = pop.Population(space, 4, 1, 0.25, 0.0, ["learning_rate", "momentum"], 10, seed=0, explorer=explorer)
+    rng = random.Random(0)
+    members = {"a": "sgd", "b": "sgd", "c": "adam", "d": "sgd"}
+    for t, optimizer in members.items():
+        p.add(t, {**config(lr=10 ** rng.uniform(-4, -2)), "optimizer": optimizer,
+                  "momentum": rng.uniform(0.5, 0.99) if optimizer == "sgd" else None})
+    for epoch in range(1, 5):
+        for t in members:
+            p.report(t, epoch, 0.5 + epoch / 10 + rng.random() / 20, f"ckpt/{t}/{epoch}")
+    assert all("momentum" in r for r in explorer.rows) and len(explorer.rows) == 16
+    sgd = explorer(p, "b", "a")  # learning rate and momentum by the GP bandit
+    assert 1e-4 <= sgd["learning_rate"] <= 1e-2 and 0.5 <= sgd["momentum"] <= 0.99
+    assert len(explorer.rows) == 17 and all("momentum" in r for r in explorer.rows)
+    adam = explorer(p, "d", "c")  # momentum does not count for adam: the learning rate alone
+    assert adam["momentum"] is None and 1e-4 <= adam["learning_rate"] <= 1e-2
+    assert all("momentum" in r for r in explorer.rows)
+    # Its records go with the population's saved state.
+    again = PB2Explorer(space, ["learning_rate", "momentum"], 0.0)
+    again.load(json.loads(json.dumps(explorer.state())))
+    assert again.rows == explorer.rows
+    # Nothing of the donor's configuration to learn from: PBT's explore.
+    fresh = PB2Explorer(space, ["learning_rate"], 0.0)
+    q = pop.Population(space, 2, 1, 0.5, 0.0, ["learning_rate"], 10, explorer=fresh)
+    q.add("a", config()), q.add("b", config())
+    assert round(fresh(q, "b", "a")["learning_rate"], 12) in (8e-4, 1.2e-3)

@@ -120,3 +120,32 @@ def test_earlier_experiments_are_read_and_their_problems_are_one_line_each(tmp_p
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     experiment.warm_start(here, "classification")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_pbt_experiment_gives_each_members_first_configuration_and_its_own_scores(tmp_path):
+    from tuner import population as pop
+
+    write_experiment(tmp_path, "pbt", [(config(lr=1e-3), 0.95, "terminated"), (config(lr=2e-3), 0.97, "terminated")])
+    uri = storage.join(str(tmp_path), "pbt")
+    summary = storage.read_json(storage.join(uri, results.SUMMARY))
+    summary["spec"] = {"scheduler": {"kind": "pbt"}}
+    # t1 continued t0's checkpoint at epoch 2 with another learning rate: its score after
+    # that is not its first configuration's.
+    summary["trials"][1]["lineage"] = [{"generation": 0, "config": config(lr=2e-3)},
+                                       {"generation": 1, "config": config(lr=5e-3)}]
+    summary["trials"][1]["config"] = config(lr=5e-3)
+    storage.write_json(storage.join(uri, results.SUMMARY), summary)
+    rows = [{"trial_id": "t0", "epoch": e, "val_accuracy": 0.9 + e / 100, "generation": 0} for e in (1, 2, 3)]
+    rows += [{"trial_id": "t1", "epoch": 1, "val_accuracy": 0.5, "generation": 0},
+             {"trial_id": "t1", "epoch": 2, "val_accuracy": 0.6, "generation": 0},
+             {"trial_id": "t1", "epoch": 3, "val_accuracy": 0.99, "generation": 1}]
+    results.write_results(load_spec("quick", [f"storage.uri={tmp_path}", "name=pbt"]), rows)
+    found = experiment.warm_start(spec(f"storage.uri={tmp_path}", "name=new", "search.warm_start.experiments=[pbt]"),
+                                  "classification")
+    assert [(p.source, p.config["learning_rate"], p.value, p.best) for p in found.points] == [
+        ("pbt/t0", 1e-3, pytest.approx(0.93), pytest.approx(0.93)), ("pbt/t1", 2e-3, 0.6, 0.6)]
+    assert pop.GENERATION_KEY not in found.points[0].config
+    with pytest.raises(UsageError, match="trained with another `training.hyperparameter_schedule`"):
+        experiment.warm_start(spec(f"storage.uri={tmp_path}", "name=new", "search.warm_start.experiments=[pbt]",
+                                   "training.hyperparameter_schedule=[{epoch: 2, learning_rate: 0.001}]"),
+                              "classification")

@@ -29,7 +29,7 @@ from typing import Any
 
 from tuner import data, models, results, schedule, storage, warm
 from tuner.space import model_hyperparameters, ordered, with_builder_defaults
-from tuner.spec import Spec, differences, load_spec, missing_dependency, require_fixed
+from tuner.spec import POPULATION_SCHEDULERS, Spec, differences, load_spec, missing_dependency, require_fixed
 
 SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
 # Fields that say how to run, not what: a re-run may change them.
@@ -179,13 +179,24 @@ def warm_start(spec: Spec, task: str) -> warm.WarmStart:
                             f"({theirs[1]}), this one {task} for {metric} ({mode}); warm-start from experiments of the "
                             "same task and objective.")
             continue
-        last = results.last_values(where, name, metric, endpoint)
+        stored = summary.get("spec") or {}
+        if (stored.get("training") or {}).get("hyperparameter_schedule") != spec.training.hyperparameter_schedule:
+            problems.append(f"The warm-start experiment `{name}` trained with another "
+                            "`training.hyperparameter_schedule` than this one: its scores are not those of its "
+                            "configurations here; leave it out of `search.warm_start.experiments`.")
+            continue
+        # A PBT member's score belongs to its first configuration only before its first
+        # exploit: its first generation's rows and configuration are the point.
+        pbt = (stored.get("scheduler") or {}).get("kind") in POPULATION_SCHEDULERS
+        values = results.trial_values(where, name, metric, mode, first_generation=pbt, endpoint=endpoint)
         finished = [t for t in summary["trials"] if t["status"] == "terminated" and t.get(f"best_{metric}") is not None]
         if not finished:
             problems.append(f"The warm-start experiment `{name}` has no finished trials to learn from; leave it out of "
                             "`search.warm_start.experiments`.")
-        trials += [{"config": t["config"], "best": t[f"best_{metric}"], "source": f"{name}/{t['trial_id']}",
-                    "value": last.get(t["trial_id"], t[f"best_{metric}"])} for t in finished]
+        for t in finished:
+            config = t["lineage"][0]["config"] if pbt and t.get("lineage") else t["config"]
+            last, best = values.get(t["trial_id"], (t[f"best_{metric}"],) * 2)
+            trials.append({"config": config, "value": last, "best": best, "source": f"{name}/{t['trial_id']}"})
     if problems:
         raise UsageError(*problems)
     return warm.select(spec.search.space, trials, mode, w.top)

@@ -217,6 +217,22 @@ class Population:
             self.explorer.observe(trial_id, epoch, member.config, member.score)
         return True
 
+    def reconcile(self, trial_id: str, generation: int, config: Mapping[str, Any], epoch: int) -> None:
+        """Match a member to its trial as a resumed run finds it (the trial's own saved
+        configuration: ``generation``, ``config``; its newest ``epoch``): a generation the
+        trial never reached is dropped, one the population never recorded is added
+        without a donor."""
+        member = self.members.get(trial_id)
+        if member is None or member.generation == generation:
+            return
+        if member.generation > generation:
+            del member.segments[generation + 1:]
+            member.epoch, member.checkpoint, member.score = epoch, None, None
+            member.last_perturbation = epoch
+        else:
+            while member.generation < generation:
+                member.segments.append(Segment(member.epoch, hyperparameters(config)))
+
     def end(self, trial_id: str) -> None:
         if trial_id in self.members:
             self.members[trial_id].done = True
@@ -282,9 +298,10 @@ class Population:
         it was, "config": ...}``, following each exploit back to the donor's generation
         that was copied."""
         out: list[dict] = []
-        trial, g = trial_id, self.members[trial_id].generation if generation is None else generation
+        segments = self.members[trial_id].segments
+        trial, g = trial_id, len(segments) - 1 if generation is None else min(generation, len(segments) - 1)
         while True:
-            segment = self.members[trial].segments[g]
+            segment = self.members[trial].segments[min(g, len(self.members[trial].segments) - 1)]
             out.insert(0, {"epoch": segment.start, "trial": trial, "config": dict(segment.config)})
             if segment.parent is None or segment.parent not in self.members:
                 return out

@@ -327,21 +327,30 @@ def write_summary(spec: Spec, summary: dict) -> str:
     return uri
 
 
-def last_values(storage_uri: str, name: str, metric: str, endpoint: str | None = None) -> dict[str, float]:
-    """{trial id: the last ``metric`` it reported} from an experiment's results.parquet
-    ({} where there is none)."""
+def trial_values(storage_uri: str, name: str, metric: str, mode: str, first_generation: bool = False,
+                 endpoint: str | None = None) -> dict[str, tuple[float, float]]:
+    """{trial id: (the last ``metric`` it reported, its best)} from an experiment's
+    results.parquet ({} where there is none); ``first_generation``: of a PBT member's
+    first generation only (its own configuration's training, before any exploit)."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(storage_uri, name, RESULTS), endpoint)),
-                              columns=["trial_id", "epoch", metric])
-    except (OSError, KeyError, ValueError):  # none stored, or without the metric
+        table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(storage_uri, name, RESULTS), endpoint)))
+    except (OSError, KeyError, ValueError):  # none stored
         return {}
-    out: dict[str, tuple] = {}
+    if metric not in table.column_names:
+        return {}
+    better = max if mode == "max" else min
+    latest: dict[str, tuple[int, float]] = {}
+    best: dict[str, float] = {}
     for row in table.to_pylist():
-        if row[metric] is not None and (row["trial_id"] not in out or row["epoch"] >= out[row["trial_id"]][0]):
-            out[row["trial_id"]] = (row["epoch"], row[metric])
-    return {t: v for t, (_, v) in out.items()}
+        value, trial_id = _clean(row[metric]), row["trial_id"]
+        if value is None or first_generation and (row.get("generation") or 0) != 0:
+            continue
+        if trial_id not in latest or row["epoch"] >= latest[trial_id][0]:
+            latest[trial_id] = (row["epoch"], value)
+        best[trial_id] = better(best.get(trial_id, value), value)
+    return {t: (latest[t][1], best[t]) for t in latest}
 
 
 def read_summary(storage_uri: str, name: str, endpoint: str | None = None) -> dict:

@@ -136,6 +136,7 @@ class Slots:
         stored = trial_id not in self.new
         self.new.discard(trial_id)
         self.started.add(trial_id)
+        self.gates.pop(trial_id, None)  # a decision about an earlier start's epochs
         return self.reported.get(trial_id, 0), stored
 
 

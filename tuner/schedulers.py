@@ -370,6 +370,7 @@ class PopulationScheduler(FIFOScheduler):
         self.runs_uri, self.endpoint = runs_uri, endpoint
         self.max_concurrent = max_concurrent
         self._paused: set[str] = set()  # paused by this scheduler, not started again yet
+        self._staged: set[str] = set()  # chosen to run, not running yet (Tune marks them PENDING)
         self.exploits: dict[str, object] = {}  # trial id -> its newest Exploit (for the console; not saved)
         self._gates: dict[str, tuple[int, bool]] = {}  # trial id -> (its newest perturbation point, goes on)
 
@@ -390,9 +391,18 @@ class PopulationScheduler(FIFOScheduler):
         return value if self._mode == "max" else -value
 
     def on_trial_add(self, tune_controller, trial) -> None:
+        from tuner import population as pop
+
         member = self.population.members.get(trial.trial_id)
         if member is not None and trial.status == Trial.PENDING:
-            member.done = False  # a failed member a resumed run retries
+            # Re-added by a resumed run: it is a member waiting to run (a failed one is
+            # retried), and its configuration, saved with the trial, is the truth: a
+            # population saved after an exploit whose trial was not (a driver killed
+            # between the two uploads) goes back to the trial's generation.
+            member.done = False
+            self._paused.discard(trial.trial_id)
+            self.population.reconcile(trial.trial_id, pop.generation_of(trial.config), trial.config or {},
+                                      (trial.last_result or {}).get(self._time_attr) or 0)
         self.population.add(trial.trial_id, trial.config or {})
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -468,17 +478,24 @@ class PopulationScheduler(FIFOScheduler):
         self._paused.discard(trial.trial_id)
 
     def choose_trial_to_run(self, tune_controller):
-        """The waiting member with the least progress (a new one first). While members are
-        still to be added, only new ones: Tune gives the next free slot to the trial chosen
-        here, and a paused member chosen now would hold it before the searcher adds one."""
+        """The waiting member with the least progress (a new one first), once a trial slot
+        is free. Tune asks at every step and starts the trial's driver at once where the
+        cluster has room for it (on a cluster more than the slots), so a paused member is
+        chosen only while fewer than the slots run or are starting; and while members are
+        still to be added, only new ones: a paused member chosen then would take the next
+        free slot before the searcher adds one."""
         trials = tune_controller.get_trials()
+        self._staged &= {t.trial_id for t in trials if t.status == Trial.PENDING}
+        busy = sum(1 for t in trials if t.status == Trial.RUNNING) + len(self._staged)
         adding = not self.population.complete and not tune_controller.search_alg.is_finished()
-        waiting = [t for t in trials if t.status == Trial.PENDING and (not adding or t.trial_id not in self._paused)
-                   or t.status == Trial.PAUSED and not adding]
+        waiting = [t for t in trials if t.status == Trial.PENDING and t.trial_id not in self._staged
+                   and (not adding or t.trial_id not in self._paused)
+                   or t.status == Trial.PAUSED and not adding and busy < self.max_concurrent]
         if not waiting:
             return None
         chosen = min(waiting, key=lambda t: self.population.progress(t.trial_id))  # ties: the earliest added
         self._paused.discard(chosen.trial_id)
+        self._staged.add(chosen.trial_id)
         return chosen
 
     def waiting(self) -> int:
@@ -491,6 +508,7 @@ class PopulationScheduler(FIFOScheduler):
     def load(self, state: dict) -> None:
         self.population.load(state["population"])
         self._paused = set(state.get("paused", ()))
+        self._staged = set()
 
     def debug_string(self) -> str:
         return f"Using population-based training: {len(self.population.members)} members"
@@ -521,9 +539,9 @@ class PB2Explorer:
     @staticmethod
     def _unscaled(dim, value: float):
         low, high = dim.values
-        value = 10 ** value if dim.is_log else value
+        value = 10 ** float(value) if dim.is_log else float(value)
         value = min(max(value, low), high)
-        return int(round(value)) if dim.is_int else float(value)
+        return int(round(value)) if dim.is_int else value
 
     def observe(self, trial_id: str, epoch: int, config: dict, reward: float) -> None:
         if math.isfinite(reward):
@@ -531,9 +549,6 @@ class PB2Explorer:
                               **{n: None if config.get(n) is None else config[n] for n in self.numeric}})
 
     def __call__(self, population, trial_id: str, donor_id: str) -> dict:
-        import numpy as np
-        import pandas as pd
-
         from tuner.population import perturb
 
         space = population.space
@@ -542,29 +557,51 @@ class PB2Explorer:
             if name not in self.numeric:
                 config[name] = perturb(space[name], config.get(name), population.rng, self.resample_probability)
         names = [n for n in self.numeric if config.get(n) is not None]
+        chosen = None
+        if names:
+            try:
+                chosen = self._gp_bandit(population, trial_id, donor_id, config, names)
+            except Exception as e:  # noqa: BLE001 - the GP's fit can fail on degenerate data: explore as PBT
+                log.warning("PB2 could not choose for trial %s (%s: %s); it explores as PBT does", trial_id,
+                            type(e).__name__, e)
+        if chosen is None:  # nothing to learn from yet (or no numeric range counts): PBT's explore
+            for name in names:
+                config[name] = perturb(space[name], config[name], population.rng, self.resample_probability)
+            return config
+        config.update(chosen)
+        return config
+
+    def _gp_bandit(self, population, trial_id: str, donor_id: str, config: dict, names: list[str]) -> dict | None:
+        """Ray's PB2 choice of ``names`` for ``trial_id`` continuing ``donor_id``, or None
+        when the donor's configuration has no improvement to learn from yet."""
+        import numpy as np
+        import pandas as pd
+
+        space = population.space
         rows = [r for r in self.rows if all(r.get(n) is not None for n in names)]
         data = pd.DataFrame([{"Trial": r["Trial"], "Time": r["Time"],
                               **{n: self._scaled(space[n], r[n]) for n in names}, "Reward": r["Reward"]}
                              for r in rows], columns=["Trial", "Time", *names, "Reward"])
         bounds = {n: tuple(self._scaled(space[n], v) for v in space[n].values) for n in names}
-        if data["Time"].max() > self.last_time or self.current is None or self.current.shape[1] != len(names):
+        current = {n: self._scaled(space[n], config[n]) for n in names}
+        if self.current is not None and (self.current.shape[1] != len(names) or data["Time"].max() > self.last_time):
             self.current = None
         np.random.seed(population.rng.randrange(2**32))  # Ray's acquisition optimiser draws from NumPy's
-        chosen, data = raycompat.pb2_explore(data, bounds, self.current, donor_id, trial_id,
-                                             {n: self._scaled(space[n], config[n]) for n in names})
-        if names and chosen == {n: self._scaled(space[n], config[n]) for n in names}:
-            # No improvement of the donor's configuration to learn from yet: PBT's explore.
-            for name in names:
-                config[name] = perturb(space[name], config[name], population.rng, self.resample_probability)
-            return config
-        self.rows = [{**r, **{n: self._unscaled(space[n], r[n]) for n in names}} for r in data.to_dict("records")]
+        chosen, data = raycompat.pb2_explore(data, bounds, self.current, donor_id, trial_id, current)
+        if chosen == current:
+            return None
+        # PB2 records the member's new configuration with the donor's time and reward; the
+        # rows keep every numeric hyperparameter (others than these stay as they were).
+        added = data.iloc[-1].to_dict()
+        self.rows.append({"Trial": str(added["Trial"]), "Time": int(added["Time"]), "Reward": float(added["Reward"]),
+                          **{n: config.get(n) for n in self.numeric},
+                          **{n: self._unscaled(space[n], added[n]) for n in names}})
         new = np.array([[chosen[n] for n in names]])
-        if data["Time"].max() > self.last_time:
-            self.last_time, self.current = data["Time"].max(), new
+        if data["Time"].max() > self.last_time or self.current is None:
+            self.last_time, self.current = int(data["Time"].max()), new
         else:
             self.current = np.concatenate((self.current, new), axis=0)
-        config.update({n: self._unscaled(space[n], chosen[n]) for n in names})
-        return config
+        return {n: self._unscaled(space[n], float(chosen[n])) for n in names}
 
     def state(self) -> dict:
         return {"rows": list(self.rows), "last_time": self.last_time,

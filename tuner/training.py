@@ -83,11 +83,9 @@ def retune(model: tf_keras.Model, params: dict, schedule: EpochSchedule, step: i
     optimizer.learning_rate = schedule
     momentum = params.get("momentum")
     if params.get("optimizer") == "sgd" and momentum is not None and hasattr(optimizer, "momentum"):
-        # An sgd built without momentum has no slots for it: it stays without.
-        if optimizer.momentum or not momentum:
-            if float(momentum) != float(optimizer.momentum):
-                optimizer.jit_compile = False  # an XLA-compiled update step keeps its momentum
-            optimizer.momentum = float(momentum)
+        if float(momentum) != float(optimizer.momentum):
+            optimizer.jit_compile = False  # an XLA-compiled update step keeps its momentum
+        optimizer.momentum = float(momentum)  # tf_keras' sgd keeps momentum slots even at 0
     optimizer.iterations.assign(step)
     model.train_function = None
 

@@ -421,8 +421,8 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
     slots = keep.start_slots(slots_name, cluster.concurrent)  # noqa: F841 (alive until fit returns)
     # On a restore, Tune gives the re-added trials these resources too.
-    trainable = tune.with_resources(TrialRunner(spec, dataset_uri, inputs, slots_name, console),
-                                    cluster.trial.driver_bundle)
+    trainable = tune.with_resources(TrialRunner(spec if search else single_run(spec), dataset_uri, inputs, slots_name,
+                                                console), cluster.trial.driver_bundle)
     metric, mode = spec.objective.metric, spec.objective.mode
     printer = console_for(spec, search, console)
     trackers = [tracker] if (tracker := tracker_for(spec, search)) else []
@@ -533,8 +533,9 @@ def tracker_for(spec: Spec, search: bool):
 
 
 def single_run(spec: Spec) -> Spec:
-    """``tuner train``'s spec: one trial of the space's values, drawn by plain random search."""
-    return replace(spec, search=replace(spec.search, algorithm="random"))
+    """``tuner train``'s spec: one trial of the space's values, drawn by plain random search,
+    run to the budget (no scheduler's pauses, no population)."""
+    return replace(spec, search=replace(spec.search, algorithm="random"), scheduler=replace(spec.scheduler, kind="fifo"))
 
 
 def __getattr__(name: str):
