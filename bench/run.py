@@ -664,7 +664,12 @@ def main() -> None:
     parser.add_argument("--trials", help="scale: the trial counts to run, comma-separated (default 100,300,1000)")
     parser.add_argument("--plain", help="scale: the trial counts plain Ray Tune runs at too (default: all of --trials)")
     parser.add_argument("--peers", help=f"peers: the peers to run beside tuner, comma-separated (default {','.join(PEERS)})")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="with --smoke: run this many benchmarks at once, each in its own process and folder "
+                             "(figures measured side by side are not figures: never without --smoke)")
     args = parser.parse_args()
+    if args.jobs > 1 and not args.smoke:
+        parser.error("--jobs runs benchmarks side by side, which spoils their figures: only with --smoke")
     if args.trials:
         scale_module.SIZES = [int(n) for n in args.trials.split(",")]
     if args.plain:
@@ -677,6 +682,8 @@ def main() -> None:
     names = ALL if args.which == "all" else [args.which]
     if args.mnist:  # the CLI runs in the working folder
         args.mnist = str(Path(args.mnist).resolve())
+    if args.jobs > 1 and len(names) > 1:
+        return side_by_side(names, args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
@@ -688,6 +695,39 @@ def main() -> None:
             print(f"bench {name}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     if not args.smoke:
         record(recorded_command(sys.argv[1:]), results)
+
+
+# Smoke runs' seconds here, longest first: side by side, the long ones start first.
+SMOKE_SECONDS = {"data": 205, "peers": 101, "scaling": 68, "ckpt": 67, "economy": 63, "b1": 41, "b2": 41, "b3": 40,
+                 "searchers": 34, "tuned": 32, "cnn": 31, "pbt": 75, "warm": 65}
+
+
+def side_by_side(names: list[str], args) -> None:
+    """``--smoke --jobs N``: each benchmark as its own ``bench/run.py NAME --smoke`` process
+    in a folder of its own, N at a time; their result lines are printed in ``names``' order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp).resolve()
+
+        def one(name: str) -> tuple[int, str, str]:
+            cmd = [sys.executable, str(Path(__file__).resolve()), name, "--smoke", "--work", str(work / name)]
+            cmd += [x for flag in ("peers", "trials", "plain") if getattr(args, flag)
+                    for x in (f"--{flag}", getattr(args, flag))]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            return proc.returncode, proc.stdout, proc.stderr
+
+        order = sorted(names, key=lambda n: -SMOKE_SECONDS.get(n, 60))
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = dict(zip(order, pool.map(one, order)))
+    failed = [n for n in names if done[n][0] != 0]
+    for name in names:
+        code, out, err = done[name]
+        sys.stderr.write(err if code else "".join(line + "\n" for line in err.splitlines() if line.startswith("bench ")))
+        sys.stdout.write(out)
+    sys.stdout.flush()
+    if failed:
+        raise SystemExit(f"benchmarks failed: {', '.join(failed)}")
 
 
 def recorded_command(argv: list[str]) -> str:

@@ -21,6 +21,16 @@ from tuner.cli import main
          "The MLflow tracking server at http://127.0.0.1:9 (from `tracking.mlflow.uri`) cannot be used: "),
         (["tune", "--set", "tracking.mlflow=http://127.0.0.1:9"],
          "The value of `tracking.mlflow` must be a mapping of its fields (uri, experiment)."),
+        # Population-based training and warm starts (issue 32).
+        (["tune", "--set", "scheduler.kind=pbt", "--set", "pbt.mutate=[learning_rate, width]"],
+         "`pbt.mutate` names `width`, a model hyperparameter"),
+        (["tune", "--set", "scheduler.kind=pbt", "--set", "pbt.interval=3"],
+         "The value of `pbt.interval` is 3, but must be >= 1 and < `asha.max_t` (3)"),
+        (["tune", "--set", "scheduler.kind=pbt", "--set", "search.algorithm=grid", "--set", "search.space.dropout=0.1",
+          "--set", "search.space.learning_rate={choice: [0.001, 0.01]}"],
+         "`scheduler.kind: pbt` draws its first population with `search.algorithm` random or quasi_random, not grid"),
+        (["tune", "--set", "search.warm_start.experiments=[earlier]"],
+         "The warm-start experiment `earlier` does not exist under"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, capsys):

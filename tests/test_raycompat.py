@@ -160,27 +160,6 @@ def test_experiment_sync_waits_for_the_experiment_to_move_on(tmp_path, monkeypat
     assert save(8) == 1
 
 
-@pytest.fixture
-def moto_endpoint(monkeypatch):
-    """An in-process moto S3 server, with this process's AWS_* variables for it; yields
-    (its endpoint URL, a boto3 client, the server). moto's buckets outlive a server in one
-    process: each test uses its own."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for key, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required"}.items():
-            monkeypatch.setenv(key, value)
-        yield endpoint, boto3.client("s3", endpoint_url=endpoint), server
-    finally:
-        server.stop()
-
-
 def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_path, moto_endpoint):
     import pyarrow.fs as pafs
     import ray.train

@@ -168,6 +168,10 @@ def test_asking_for_a_searcher_that_is_not_installed_is_one_line_with_the_pip_co
     line = missing_dependency(spec_for("bayesian"))
     assert "needs optuna and torch, which are not installed" in line and "pip install 'tuner[bayesian]'" in line
     assert "\n" not in line
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    pb2 = load_spec("quick", ["scheduler.kind=pb2"])
+    assert missing_dependency(pb2) == ("`scheduler.kind: pb2` needs scikit-learn, which is not installed; run: "
+                                       "pip install 'tuner[pb2]'")
 
 
 @pytest.mark.parametrize("overrides, message", [

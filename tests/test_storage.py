@@ -103,3 +103,35 @@ def test_pickled_s3_filesystem_keeps_retries_and_drops_credentials(monkeypatch):
     rebuild, (settings,) = storage._reduce_s3(fs)
     assert rebuild is storage._s3_from_settings and settings["endpoint_override"] == "127.0.0.1:9"
     assert isinstance(pickle.loads(blob), pafs.S3FileSystem)
+
+
+def test_preflight_on_s3_leaves_the_bucket_as_it_found_it(moto_endpoint):
+    endpoint, s3, _ = moto_endpoint
+    s3.create_bucket(Bucket="preflight")
+    storage.preflight("s3://preflight/a/b/c", endpoint)
+    assert s3.list_objects_v2(Bucket="preflight").get("KeyCount") == 0  # no marker, no folder marker
+
+
+def test_a_checkpoint_is_copied_on_s3_by_the_server(moto_endpoint):
+    """A PBT exploit's copy: the model by a server-side copy, a state.json that names its
+    source; whatever an interrupted copy left in the new run goes first."""
+    import json
+
+    from tuner import checkpoints
+
+    endpoint, s3, _ = moto_endpoint
+    s3.create_bucket(Bucket="ckpt")
+    s3.put_object(Bucket="ckpt", Key="exp/runs/a/epoch-0004/model.keras", Body=b"weights")
+    s3.put_object(Bucket="ckpt", Key="exp/runs/a/epoch-0004/state.json", Body=json.dumps({"epoch": 4, "metrics": {}}))
+    s3.put_object(Bucket="ckpt", Key="exp/runs/b-g1/epoch-0006/model.keras", Body=b"left over")
+    checkpoints.copy_checkpoint("ckpt/exp/runs/a/epoch-0004", "s3://ckpt/exp/runs/b-g1", 4, endpoint,
+                                {"trial": "a", "epoch": 4})
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="ckpt", Prefix="exp/runs/b-g1/")["Contents"])
+    assert keys == ["exp/runs/b-g1/epoch-0004/model.keras", "exp/runs/b-g1/epoch-0004/state.json"]
+    assert s3.get_object(Bucket="ckpt", Key=keys[0])["Body"].read() == b"weights"
+    state = json.loads(s3.get_object(Bucket="ckpt", Key=keys[1])["Body"].read())
+    assert state["copied_from"] == {"trial": "a", "epoch": 4, "path": "ckpt/exp/runs/a/epoch-0004"}
+    assert checkpoints.stored_epochs("s3://ckpt/exp/runs/b-g1", endpoint) == [4]
+    assert checkpoints.stored_records("s3://ckpt/exp/runs/b-g1", endpoint, [4]) == {}
+    with pytest.raises(ValueError, match="holds epoch 4, not 5"):
+        checkpoints.copy_checkpoint("ckpt/exp/runs/a/epoch-0004", "s3://ckpt/exp/runs/b-g2", 5, endpoint, {})

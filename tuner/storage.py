@@ -188,7 +188,13 @@ def preflight(uri: str, endpoint: str | None = None) -> None:
             f.write(payload)
         with fs.open_input_stream(marker, compression=None) as f:
             back = f.read()
-        fs.delete_file(marker)
+        if loc.is_s3:
+            # pyarrow's delete_file puts a marker for the parent "folder" when its last key
+            # goes: this check leaves the bucket as it found it.
+            bucket, _, key = marker.partition("/")
+            boto3_client(fs).delete_object(Bucket=bucket, Key=key)
+        else:
+            fs.delete_file(marker)
     except (OSError, ValueError) as e:
         raise StorageError(f"Cannot use storage {where}: {_explain(e)}") from None
     finally:

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 def test_bench_smoke(tmp_path):
     doc = REPO / "docs" / "benchmarks.md"
     before = doc.read_text() if doc.exists() else None
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "all", "--smoke", "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=2400)
+    # Two at a time: their figures are not checked, and alone they take 12 minutes here.
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "all", "--smoke", "--jobs", "2",
+                           "--work", str(tmp_path)], capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     results = {}
     for line in proc.stdout.splitlines():

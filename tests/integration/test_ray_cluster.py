@@ -115,18 +115,6 @@ def test_in_process_run_beside_a_live_cluster(ray_head, tmp_path, unique_name):
     check_summary(tmp_path, unique_name)
 
 
-def test_address_of_a_running_cluster(ray_head, tmp_path, unique_name):
-    proc = subprocess.run(
-        ["python", "-m", "tuner", "tune", *QUICK, "--address", ray_head.gcs, "--storage", str(tmp_path),
-         "--name", unique_name],
-        capture_output=True, text=True, env=ray_head.env, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # 4 CPUs, trials of 1 driver + 2 x 0.5: two at a time.
-    assert "Running up to 2 trial(s) at once" in proc.stdout
-    check_summary(tmp_path, unique_name)
-
-
 def max_overlap(windows: list[tuple[float, float]]) -> int:
     """Most of the (start, end) windows that share one instant."""
     edges = sorted([(start, 1) for start, _ in windows] + [(end, -1) for _, end in windows])
@@ -138,6 +126,7 @@ def max_overlap(windows: list[tuple[float, float]]) -> int:
 
 
 def test_gpu_trials_on_fake_gpus(ray_head, tmp_path, unique_name):
+    """`tuner tune --address` of a running cluster, with GPU trials on its fake GPUs."""
     # Trials of 0.5 driver CPU + 2 workers x (0.25 CPU, 1 GPU): the 4 CPUs allow 4 at
     # once, the 4 GPUs only 2, so the GPUs bind.
     gpu = ["--set", "scaling.use_gpu=true", "--set", "scaling.gpus_per_worker=1", "--set", "scaling.workers=2",
@@ -158,6 +147,7 @@ def test_gpu_trials_on_fake_gpus(ray_head, tmp_path, unique_name):
     assert summary["cluster_resources"] == {"CPU": 4, "GPU": 4, "trial_driver": 100}
     assert [(t["status"], t["epochs"], t["workers"]) for t in summary["trials"]] == [("terminated", 1, 2)] * 3
     assert summary["best"]["test_accuracy"] > 0.3  # TensorFlow trained, on the CPU
+    assert (tmp_path / unique_name / "best_model.keras").is_file()
 
     rows = pq.read_table(tmp_path / unique_name / "results.parquet").to_pylist()
     assert len(rows) == 3

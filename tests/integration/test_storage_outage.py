@@ -1,6 +1,8 @@
-"""Ceph RGW (the S3 server) goes away for 30 s in the middle of a run and comes back on the
-same port with the same data: the run rides it out (S3 requests retry with backoff), the
-workers' streaming reads of the dataset among them."""
+"""Ceph RGW (the S3 server, which checks every request's signature) goes away for 30 s in
+the middle of a run and comes back on the same port with the same data: the run rides it
+out (S3 requests retry with backoff), the workers' streaming reads of the dataset among
+them. The run stages MNIST onto Ceph itself and leaves its results there (the whole run
+against a signature-checking server; test_examples.py tunes a user's dataset on Ceph)."""
 
 import json
 import os
@@ -58,6 +60,9 @@ def test_run_survives_a_30_s_storage_outage(ceph_s3, tmp_path, unique_name):
     (trial,) = summary["trials"]
     assert (trial["status"], trial["epochs"]) == ("terminated", MAX_T), trial
     assert summary["best"]["test_accuracy"] > 0.5
+    assert summary["best"]["checkpoint_uri"].startswith(f"s3://tuner/{prefix}/runs/")
+    stored = {o["Key"] for o in client.list_objects_v2(Bucket="tuner", Prefix="outage/")["Contents"]}
+    assert {f"{prefix}/best_model.keras", "outage/datasets/mnist-subset/manifest.json"} <= stored
     # Every epoch's checkpoint is whole: its model and state are there.
     for epoch in range(1, MAX_T + 1):
         folder = f"{prefix}/runs/{trial['trial_id']}/epoch-{epoch:04d}"
