@@ -105,7 +105,26 @@ def scheduler_for(spec: Spec, search: bool, time_attr: str, runs_uri: str | None
     raise ValueError(f"unknown scheduler {kind!r}")  # pragma: no cover - validated in the spec
 
 
-class PromotingASHA(FIFOScheduler):
+class _Objective:
+    """The objective of a scheduler that Tune tells its metric and mode (``_metric``,
+    ``_mode``), and a result's reward: higher is better, NaN or missing the worst."""
+
+    _metric: str | None
+    _mode: str | None
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        if self._metric and metric and self._metric != metric or self._mode and mode and self._mode != mode:
+            return False
+        self._metric, self._mode = self._metric or metric, self._mode or mode
+        return True
+
+    def _reward(self, value) -> float:
+        if value is None or not math.isfinite(value):
+            return -math.inf
+        return value if self._mode == "max" else -value
+
+
+class PromotingASHA(_Objective, FIFOScheduler):
     """ASHA with the promotion rule of Li et al. (MLSys 2020, https://arxiv.org/abs/1810.05934,
     Algorithm 2): a trial reaching a rung goes on only if it is among the top
     1/reduction_factor of the trials recorded there and not promoted from there before;
@@ -138,17 +157,6 @@ class PromotingASHA(FIFOScheduler):
         # Ended while waiting. Tune saves their state as it was (PAUSED), and a later
         # restore would re-add them as PENDING and run them on.
         self._ended_waiting: set[str] = set()
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        if self._metric and metric and self._metric != metric or self._mode and mode and self._mode != mode:
-            return False
-        self._metric, self._mode = self._metric or metric, self._mode or mode
-        return True
-
-    def _reward(self, value) -> float:
-        if value is None or not math.isfinite(value):
-            return -math.inf
-        return value if self._mode == "max" else -value
 
     def _promotable(self, milestone: int, also: str | None = None) -> list[str]:
         """Waiting trials (and ``also``) among the rung's top floor(n / rf) not yet
@@ -340,7 +348,7 @@ def stopper_for(spec: Spec, metric: str, mode: str, time_attr: str) -> Plateau |
     return Plateau(metric, time_attr, s.plateau_patience, s.plateau_min_delta, mode) if s.plateau_patience else None
 
 
-class PopulationScheduler(FIFOScheduler):
+class PopulationScheduler(_Objective, FIFOScheduler):
     """Population-based training over multi-worker trials (``scheduler.kind`` pbt / pb2):
     Tune's side of ``tuner.population.Population``, which decides.
 
@@ -379,17 +387,6 @@ class PopulationScheduler(FIFOScheduler):
         state["exploits"] = {}
         return state
 
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        if self._metric and metric and self._metric != metric or self._mode and mode and self._mode != mode:
-            return False
-        self._metric, self._mode = self._metric or metric, self._mode or mode
-        return True
-
-    def _reward(self, value) -> float:
-        if value is None or not math.isfinite(value):
-            return -math.inf
-        return value if self._mode == "max" else -value
-
     def on_trial_add(self, tune_controller, trial) -> None:
         from tuner import population as pop
 
@@ -415,7 +412,7 @@ class PopulationScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE  # a late report of the generation before an exploit
         due = self.population.report(trial.trial_id, epoch, self._reward(result[self._metric]),
                                      result.get("checkpoint_path"))
-        if not due or result.get("replayed"):
+        if not due:  # a perturbation point replayed from its checkpoint is one too (its decision was lost)
             return TrialScheduler.CONTINUE
         exploit = self.population.decide(trial.trial_id)
         if exploit is not None and self._copy(exploit):
