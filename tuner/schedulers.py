@@ -445,7 +445,7 @@ class PopulationScheduler(_Objective, FIFOScheduler):
         target = storage.join(self.runs_uri, pop.run_name(exploit.trial, exploit.generation))
         try:
             checkpoints.copy_checkpoint(exploit.checkpoint, target, exploit.epoch, self.endpoint,
-                                   {"trial": exploit.donor, "epoch": exploit.epoch})
+                                        {"trial": exploit.donor, "epoch": exploit.epoch})
         except Exception as e:  # noqa: BLE001 - the donor's checkpoint may be gone (retention); the member goes on
             log.warning("trial %s could not copy trial %s's checkpoint of epoch %s (%s: %s); it goes on as it is",
                         exploit.trial, exploit.donor, exploit.epoch, type(e).__name__, e)
