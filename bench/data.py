@@ -166,7 +166,8 @@ def _cpu_seconds(pid: int) -> float:
 def _split_bytes(scale: int, split: str) -> int:
     import boto3
 
-    pages = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1").get_paginator("list_objects_v2").paginate(
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    pages = client.get_paginator("list_objects_v2").paginate(
         Bucket=BUCKET, Prefix=f"datasets/x{scale}/{split}/")
     return sum(o["Size"] for page in pages for o in page.get("Contents", []))
 
@@ -266,8 +267,7 @@ def _tuner_run(work: Path, smoke: bool, proxy) -> dict:
     worker-epoch. Without --smoke a 1-epoch run too: (N-epoch - 1-epoch) / (N - 1) is the
     steady cost of one more epoch, without the run's start and end."""
     import pyarrow.parquet as pq
-
-    from run import NAME, tuner
+    from common import NAME, tuner
 
     from tuner import storage
 
@@ -310,8 +310,7 @@ def s3(work: Path, mnist: str | None, smoke: bool) -> dict:
     epoch costs), and an ASHA experiment (8 trials, up to 9 epochs, a rung at 1, 3 and 9:
     what a trial-epoch costs over a whole run). One trial at a time, 2 workers each."""
     import boto3
-
-    from run import NAME, tuner
+    from common import NAME, tuner
 
     from tuner import data as tdata
 

@@ -123,7 +123,7 @@ def _measure(work: Path, dataset: str, on_head: bool) -> dict:
 
 
 def head(work: Path, mnist: str | None, smoke: bool) -> dict:
-    from run import stage
+    from common import stage
 
     dataset = stage(work, None)  # the shipped subset: memory, not accuracy
     out = {"cluster": "ray.cluster_utils.Cluster: head 4 CPUs + trial_driver 8, worker node 6 CPUs + 4 fake GPUs",

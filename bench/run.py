@@ -6,19 +6,20 @@
     python bench/run.py tuned --mnist ../shared/data/mnist # the `mnist` preset's best test accuracy (~10 min)
     python bench/run.py cnn --mnist ../shared/data/mnist   # the `mnist-cnn` preset's best test accuracy (~1 h)
     python bench/run.py all --mnist ../shared/data/mnist
-    python bench/run.py reliability                       # faults: worker, driver, signals, ray job stop, 30 s S3 outage (~15 min)
+    python bench/run.py reliability                       # faults: worker, driver, signals, job stop, S3 outage (~15 min)
     python bench/run.py economy --mnist ../shared/data/mnist  # asha, asha_promote, full-budget FIFO: same 27 configs (~40 min)
     python bench/run.py scaling --mnist ../shared/data/mnist  # 1/2/4 workers, with and without the linear rule
     python bench/run.py ckpt --mnist ../shared/data/mnist     # checkpoint save + upload to S3 vs epoch time
     python bench/run.py peers --mnist ../shared/data/mnist    # vs Keras Tuner, Optuna, plain Ray Tune (~40 min)
     python bench/run.py searchers --mnist ../shared/data/mnist  # random, quasi_random, tpe, bayesian (~40 min)
-    python bench/run.py data --mnist ../shared/data/mnist     # streaming shards vs in-memory vs Ray Data, 1x/5x/20x MNIST on S3 (~20 min)
+    python bench/run.py data --mnist ../shared/data/mnist     # streaming vs in-memory vs Ray Data, 1x/5x/20x MNIST (~20 min)
     python bench/run.py pbt --mnist ../shared/data/mnist      # PBT and PB2 vs ASHA at about the same worker-seconds (~40 min)
     python bench/run.py warm --mnist ../shared/data/mnist     # a warm-started second run vs a cold one (~20 min)
     python bench/run.py b1 --smoke                        # tiny and quick, on the shipped subset
 
 Each run prints its figures as JSON and appends them, with the date, the machine and the
-command, to docs/benchmarks.md (not with --smoke).
+command, to docs/benchmarks/<name>.md (not with --smoke); docs/benchmarks.md has each
+benchmark's current figure and goal.
 """
 
 from __future__ import annotations
@@ -32,62 +33,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from common import NAME, experiment, stage, tuner  # bench/ is on the path: run as a script
+
 REPO = Path(__file__).resolve().parent.parent
-DOC = REPO / "docs" / "benchmarks.md"
-# Experiment names unique per run, so a reused --work folder never refuses a rerun.
-NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned", "cnn", "economy", "scaling",
-                                                             "ckpt", "peers", "searchers", "data", "s3", "scale", "head",
-                                                             "pbt", "warm")}
-
-
-def tuner(args: list[str], cwd: Path) -> dict:
-    """Run the real CLI; returns its exit code and the driver's peak RSS (MiB)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    log = open(cwd / "tuner.log", "a")
-    proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    peak = [0]
-
-    def poll():
-        # VmHWM is the kernel's own peak-RSS mark for the process (Linux).
-        status = Path(f"/proc/{proc.pid}/status")
-        while proc.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
-            except OSError:
-                break
-            time.sleep(0.5)
-
-    watcher = threading.Thread(target=poll, daemon=True)
-    started = time.time()
-    watcher.start()
-    code = proc.wait()
-    watcher.join()
-    log.close()
-    if code != 0:
-        raise SystemExit(f"tuner {' '.join(args)} failed ({code}); see {cwd / 'tuner.log'}")
-    return {"seconds": time.time() - started, "driver_peak_rss_mb": peak[0] / 2**20}
-
-
-def experiment(storage: Path, name: str) -> tuple[dict, list[dict]]:
-    import pyarrow.parquet as pq
-
-    summary = json.loads((storage / name / "summary.json").read_text())
-    rows = pq.read_table(storage / name / "results.parquet").to_pylist()
-    return summary, rows
-
-
-def stage(work: Path, mnist: str | None) -> str:
-    dest = work / "datasets" / ("mnist" if mnist else "mnist-subset")
-    if not (dest / "manifest.json").exists():
-        tuner(["stage-data", "--source", mnist or "builtin", "--dest", str(dest)], work)
-    return str(dest)
+RECORDS = REPO / "docs" / "benchmarks"  # <name>.md: each benchmark's raw records
 
 
 BARE = r'''
@@ -631,10 +583,10 @@ PEERS = ["kerastuner", "optuna", "raytune", "raytune_train"]
 PEER_SPACE_KEYS = ["learning_rate", "schedule", "decay_epochs", "optimizer", "dropout", "width", "depth"]
 
 
-from data import data, s3  # noqa: E402 - bench/ is the script's folder
-from reliability import reliability  # noqa: E402
-from head import head  # noqa: E402
 import scale as scale_module  # noqa: E402
+from data import data, s3  # noqa: E402 - bench/ is the script's folder
+from head import head  # noqa: E402
+from reliability import reliability  # noqa: E402
 from scale import scale  # noqa: E402
 
 BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "cnn": cnn, "reliability": reliability, "economy": economy,
@@ -646,13 +598,20 @@ ALL = ["b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", 
 
 
 def record(command: str, results: dict) -> None:
-    DOC.parent.mkdir(exist_ok=True)
-    if not DOC.exists():
-        DOC.write_text("# Benchmarks\n\nAppended by `bench/run.py`; each figure is measured against a baseline in the same run.\n")
+    """Append each benchmark's results, with the date, the machine and the command, to its
+    own record file, docs/benchmarks/<name>.md (docs/benchmarks.md keeps the current
+    figures)."""
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    with DOC.open("a") as f:
-        f.write(f"\n### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `{command}`\n\n")
-        f.write(f"Machine: {machine}.\n\n```json\n{json.dumps(results, indent=2)}\n```\n")
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    for name, result in results.items():
+        path = RECORDS / f"{name}.md"
+        if not path.exists():
+            path.write_text(f"# `{name}`: raw records\n\nAppended by `bench/run.py {name}` with the date, the machine "
+                            "and the command; the current figure and its goal are in "
+                            "[../benchmarks.md](../benchmarks.md).\n")
+        with path.open("a") as f:
+            f.write(f"\n### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `{command}`\n\n")
+            f.write(f"Machine: {machine}.\n\n```json\n{json.dumps({name: result}, indent=2)}\n```\n")
 
 
 def main() -> None:

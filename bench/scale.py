@@ -153,8 +153,8 @@ def _sizes(bucket: str, prefix: str) -> dict:
 
 def scale(work: Path, mnist: str | None, smoke: bool) -> dict:
     import ray_head
+    from common import NAME
     from data import BUCKET, _counted_s3, _is_store, _kinds
-    from run import NAME
 
     from tuner import data as tdata
     from tuner import report, storage

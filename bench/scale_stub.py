@@ -86,9 +86,8 @@ def main() -> int:
         def _run(self, params: dict, trial_id: str) -> None:
             from ray import tune
 
-            from tuner.spec import build_spec
-
             from tuner import resume
+            from tuner.spec import build_spec
 
             spec = build_spec(self.spec_dict)
             seconds = float(os.environ.get("TUNER_STUB_EPOCH_SECONDS", "0.2"))
@@ -103,7 +102,7 @@ def main() -> int:
                         "global_batch": params["batch_size"] * spec.scaling.workers, "steps_per_epoch": 1,
                         "resumed_from_epoch": resumed}
 
-            # As a real trial does from its checkpoints (worker.replayed_epochs): the epochs
+            # As a real trial does from its checkpoints (checkpoints.replayed_epochs): the epochs
             # done before a stop whose reports the driver never took in.
             for epoch in range(resume.start(self.slots_name, trial_id)[0] + 1, done + 1):
                 tune.report({**metrics(epoch, 0.0, done_resumed), "replayed": True})

@@ -31,6 +31,10 @@ from tuner.cli import main
          "`scheduler.kind: pbt` draws its first population with `search.algorithm` random or quasi_random, not grid"),
         (["tune", "--set", "search.warm_start.experiments=[earlier]"],
          "The warm-start experiment `earlier` does not exist under"),
+        # A value the built-in model refuses, found before MNIST is read (here from a folder
+        # that does not exist) or staged.
+        (["tune", "--config", "mnist", "--set", "search.space.dropout=1.5", "--set", "data.source=./no-mnist-here"],
+         "The model builder `tuner.models:mnist_mlp` raised ValueError with dropout=1.5"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, capsys):

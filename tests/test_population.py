@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tuner import checkpoints, schedule
 from tuner import population as pop
-from tuner import schedule, worker
 from tuner.space import Dim
 from tuner.spec import load_spec
 
@@ -248,11 +248,11 @@ class Loop:
         trial = slot_holders[0]
         epoch = self.epochs[trial.trial_id] = self.epochs[trial.trial_id] + 1
         generation = pop.generation_of(trial.config)
-        folder = self.runs / pop.run_name(trial.trial_id, generation) / worker.checkpoint_dir_name(epoch)
+        folder = self.runs / pop.run_name(trial.trial_id, generation) / checkpoints.checkpoint_dir_name(epoch)
         folder.mkdir(parents=True)
-        (folder / worker.MODEL_FILE).write_bytes(f"{trial.trial_id} {epoch}".encode())
+        (folder / checkpoints.MODEL_FILE).write_bytes(f"{trial.trial_id} {epoch}".encode())
         score = self.scores[int(trial.trial_id[1:])] + epoch / 100
-        (folder / worker.STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": {"epoch": epoch}}))
+        (folder / checkpoints.STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": {"epoch": epoch}}))
         decision = self.scheduler.on_trial_result(self, trial, {"epoch": epoch, "val_accuracy": score,
                                                                  "generation": generation,
                                                                  "checkpoint_path": str(folder)})
@@ -298,17 +298,17 @@ def test_the_population_takes_turns_and_the_worse_half_continues_from_copied_che
     for trial_id, trial in exploited.items():
         for segment in scheduler.population.lineage(trial_id)[1:]:
             folder = (tmp_path / "runs" / pop.run_name(trial_id, segment["generation"])
-                      / worker.checkpoint_dir_name(segment["start_epoch"]))
+                      / checkpoints.checkpoint_dir_name(segment["start_epoch"]))
             donor = (tmp_path / "runs" / pop.run_name(segment["from_trial"], segment["from_generation"])
-                     / worker.checkpoint_dir_name(segment["start_epoch"]))
-            assert (folder / worker.MODEL_FILE).read_bytes() == (donor / worker.MODEL_FILE).read_bytes()
-            state = json.loads((folder / worker.STATE_FILE).read_text())
+                     / checkpoints.checkpoint_dir_name(segment["start_epoch"]))
+            assert (folder / checkpoints.MODEL_FILE).read_bytes() == (donor / checkpoints.MODEL_FILE).read_bytes()
+            state = json.loads((folder / checkpoints.STATE_FILE).read_text())
             assert state["copied_from"] == {"trial": segment["from_trial"], "epoch": segment["start_epoch"],
                                             "path": str(donor)}
             run_uri = str(folder.parent)
             # The copy restores the member, but is never reported as its own epoch.
-            assert segment["start_epoch"] in worker.stored_epochs(run_uri, None)
-            assert worker.stored_records(run_uri, None, [segment["start_epoch"]]) == {}
+            assert segment["start_epoch"] in checkpoints.stored_epochs(run_uri, None)
+            assert checkpoints.stored_records(run_uri, None, [segment["start_epoch"]]) == {}
     # Its saved state comes back whole (Keeper pickles it with the experiment).
     again = pickle.loads(pickle.dumps(scheduler))
     again.load(json.loads(json.dumps(scheduler.state())))

@@ -378,3 +378,83 @@ def test_a_new_train_run_looks_for_its_checkpoint_list_with_one_request(moto_end
         assert [m for m, _ in proxy.take_log()[1]] == ["HEAD", "GET"]
     finally:
         proxy.stop()
+
+
+# --- patches are optional: each checks its targets, and all can be switched off ----------
+
+
+def test_every_patch_fits_the_ray_it_was_written_for():
+    from tuner import raycompat
+
+    assert {name: raycompat.checked(name) for name in raycompat.PATCHES} == dict.fromkeys(raycompat.PATCHES)
+    assert len(raycompat.PATCHES) == 10 and raycompat.report() == []
+
+
+def test_a_patch_whose_target_changed_stays_off_and_says_what_is_lost(monkeypatch):
+    import ray
+
+    from tuner import raycompat
+
+    monkeypatch.setattr(raycompat, "PATCHES", dict(raycompat.PATCHES))
+    monkeypatch.setattr(raycompat, "_USABLE", dict(raycompat._USABLE))
+    applied = []
+
+    @raycompat.patch("nothing at all", "ray.tune:NoSuchThing")
+    def gone():
+        applied.append("gone")
+
+    @raycompat.patch("a second thing",
+                     "ray.train.v2._internal.execution.checkpoint.checkpoint_manager:delete_fs_path(path)")
+    def reshaped():
+        applied.append("reshaped")
+
+    assert gone() is False and reshaped() is False and applied == []
+    assert raycompat.report() == [
+        "Ray patch gone is off (ray.tune:NoSuchThing is gone): nothing at all.",
+        "Ray patch reshaped is off (ray.train.v2._internal.execution.checkpoint.checkpoint_manager:delete_fs_path "
+        "takes (fs, fs_path), not (path)): a second thing."]
+    monkeypatch.setattr(ray, "__version__", "2.61.0")
+    assert raycompat.problem(raycompat.PATCHES["lazy_tensorflow"]) == "Ray 2.61.0 is not one it was tested on (2.60)"
+
+
+SWITCHED_OFF = """
+import json, sys
+from tuner import raycompat, tensorboard
+from ray.train._internal.storage import _FilesystemSyncer
+from ray.train.v2._internal.execution.checkpoint import checkpoint_manager
+for role in ("driver", "trial", "controller", "worker"):
+    raycompat.install(role, local_results=tensorboard.local_results)
+trainer = raycompat.trainer(train_loop_per_worker=print, tensorflow_config=raycompat.Config())
+print(json.dumps({
+    "tensorflow_imported": "tensorflow" in sys.modules,
+    "patched": [name for name in ("tuner_incremental", "tuner_marker_free") if hasattr(_FilesystemSyncer, name)
+                or hasattr(checkpoint_manager, name)],
+    "trainer": type(trainer).__name__,
+    "report": raycompat.report(),
+}))
+"""
+
+
+def test_tuner_ray_patches_off_leaves_ray_as_it_ships():
+    import os
+
+    out = subprocess.run([sys.executable, "-c", SWITCHED_OFF], capture_output=True, text=True, check=True,
+                         env={**os.environ, "TUNER_RAY_PATCHES": "off"})
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe == {
+        "tensorflow_imported": True,  # Ray Train's tensorflow package, imported the usual way
+        "patched": [],
+        "trainer": "TensorflowTrainer",
+        "report": ["Ray patches are off (TUNER_RAY_PATCHES=off): S3 requests per trial are higher and trial "
+                   "start-up is slower; results are the same."],
+    }
+
+
+def test_the_job_carries_the_switch_to_every_process(monkeypatch):
+    from tuner import tune
+    from tuner.spec import load_spec
+
+    monkeypatch.setenv("TUNER_RAY_PATCHES", "off")
+    assert tune.runtime_env_for(load_spec("quick"))["env_vars"]["TUNER_RAY_PATCHES"] == "off"
+    monkeypatch.delenv("TUNER_RAY_PATCHES")
+    assert "TUNER_RAY_PATCHES" not in tune.runtime_env_for(load_spec("quick"))["env_vars"]

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tuner import report
+from tuner import report, rungs
 from tuner.cli import main
 from tuner.spec import load_spec
 
@@ -45,9 +45,9 @@ def make_experiment(root, name="exp"):
 
 def test_rungs_ladder_ledger_and_edges(tmp_path):
     summary, rows = make_experiment(tmp_path)
-    milestones = report.rungs(summary["spec"]["asha"])
+    milestones = rungs.milestones(summary["spec"]["asha"])
     assert milestones == [1, 2, 4]
-    assert report.rung_ladder(summary["trials"], milestones) == [
+    assert rungs.rung_ladder(summary["trials"], milestones) == [
         {"rung": 1, "trials": 6}, {"rung": 2, "trials": 3}, {"rung": 4, "trials": 2}]
     ledger = report.cost_ledger(summary, rows)
     assert (ledger["epochs_spent"], ledger["epochs_full_budget"]) == (13, 24)
@@ -148,3 +148,18 @@ def test_a_report_of_1000_trials_lists_the_best_and_the_failed(tmp_path):
     assert listed[:3] == [t["trial_id"] for t in best4[:3]]
     assert f"The best {report.TOP} and the failed ones of 1000 trials" in text
     assert text.count('src="data:image/png;base64,') == 4
+
+
+def test_an_epoch_axis_has_whole_epochs_only():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))  # the learning curves of a 3-epoch run
+    ax.plot([1, 2, 3], [0.8, 0.9, 0.95])
+    report.whole_epochs(ax)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    plt.close(fig)
+    assert ticks == [1, 2, 3]

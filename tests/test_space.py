@@ -2,7 +2,7 @@
 
 import pytest
 
-from tuner.space import Dim, Invalid, KNOBS, model_hyperparameters, ordered, parse_dim, with_builder_defaults
+from tuner.space import KNOBS, Dim, Invalid, model_hyperparameters, ordered, parse_dim, with_builder_defaults
 
 
 @pytest.mark.parametrize("name, value, dim", [

@@ -4,7 +4,6 @@ import pytest
 
 from tuner.spec import Dim, SpecError, apply_overrides, build_spec, load_raw, load_spec, preset_names, require_fixed
 
-
 PBT = {"scheduler": {"kind": "pbt"}, "search": {"space": {"learning_rate": {"loguniform": [1e-4, 1e-2]}}}}
 
 
@@ -81,6 +80,7 @@ def test_seed_baseline_is_the_tutorial():
         ({"checkpoint": {"num_to_keep": 0}}, "The value of `checkpoint.num_to_keep` is 0, but must be >= 1."),
         ({"checkpoint": {"upload": "later"}}, "The value of `checkpoint.upload` is 'later', but must be one of: async, sync."),
         ({"failure": {"controller_failure_limit": -1}}, "would retry forever"),
+        ({"failure": {"worker_start_timeout": 0}}, "The value of `failure.worker_start_timeout` is 0.0, but must be > 0 (seconds)."),
         ({"name": "a/b"}, "The value of `name` is 'a/b'"),
         # Population-based training.
         (PBT | {"pbt": {"mutate": ["learning_rate", "width"]}},

@@ -16,6 +16,7 @@ import posixpath
 import tempfile
 from pathlib import Path
 
+RUNS_DIR = "runs"  # <storage>/<name>/runs/<run>/: each trial's (PBT: generation's) Ray Train run
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 # A restore tries at most this many of the newest checkpoints (the list goes from rank 0 to

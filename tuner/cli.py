@@ -203,6 +203,15 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
         print(f"The experiment `{spec.name}` already finished with this spec; its summary: {uri}")
         print(json.dumps(best, indent=2))
         return 0 if best is not None else 1
+    held = experiment.hold(plan)  # one run of the experiment at a time
+    try:
+        return _run_held(args, plan, stop)
+    finally:
+        held.release()
+
+
+def _run_held(args, plan: experiment.Plan, stop: StopOnSignal | None) -> int:
+    spec = plan.spec
     for line in plan.warnings:
         print(f"tuner: warning: {line}", file=sys.stderr)
     say = print if args.console != "quiet" else (lambda *a, **k: None)
@@ -228,7 +237,11 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
         experiment.track_interrupted(plan)
         raise
     summary, uri = experiment.summarize(plan, cluster, grid, scheduler)
-    tracked = experiment.track(plan, summary)
+    return _print_outcome(spec, summary, uri, experiment.track(plan, summary))
+
+
+def _print_outcome(spec, summary: dict, uri: str, tracked: str | None) -> int:
+    """The failed trials and the best one; the exit code (1: no trial finished an epoch)."""
     best = summary["best"]
     failed = [t for t in summary["trials"] if t["status"] == "error"]
     if failed:

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner import data, models, results, schedule, storage, warm
+from tuner import data, lease, models, results, schedule, storage, warm
 from tuner.space import model_hyperparameters, ordered, with_builder_defaults
 from tuner.spec import POPULATION_SCHEDULERS, Spec, differences, load_spec, missing_dependency, require_fixed
+from tuner.tasks import TASK_METRIC
 
 SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
 # Fields that say how to run, not what: a re-run may change them.
@@ -96,16 +97,25 @@ def prepare(config: str, overrides: list[str], top_level: dict[str, Any], addres
     plan = Plan(spec, command, search, state, resume, spec.dataset_uri(), None, {})  # type: ignore[arg-type]
     if state == "finished":
         return plan
-    plan.inputs, train_rows, plan.pending = dataset(spec, plan.dataset_uri, builtin=builder.path.startswith("tuner."))
+    builtin = builder.path.startswith("tuner.")
+    checked = None
+    if builtin and data.read_manifest(plan.dataset_uri, spec.storage.endpoint) is None:
+        # MNIST is still to be read (or downloaded) and staged: its shape is known, so
+        # the builder's check comes first.
+        checked = check_builder(builder, spec, data.mnist_input_spec())
+    plan.inputs, train_rows, plan.pending = dataset(spec, plan.dataset_uri, builtin=builtin)
     problems = check_objective(spec, plan.inputs.task)
     problems += sorted({p for b in tuning.batch_sizes(spec)
                         if (p := schedule.check_plan(schedule.BatchPlan(spec.scaling.workers, b, train_rows)))})
     if problems:
         raise UsageError(*problems)
-    plan.warnings += check_builder(builder, spec, plan.inputs)
+    plan.warnings += checked if checked is not None else check_builder(builder, spec, plan.inputs)
     if search and state == "new" and spec.search.warm_start.experiments:
         plan.warm_start = warm_start(spec, plan.inputs.task)
         plan.warnings += plan.warm_start.warnings
+    from tuner import raycompat
+
+    plan.warnings += raycompat.report()
     plan.runtime_env = tuning.runtime_env_for(
         spec, *_shipped(builder, working_dir, [spec.storage.uri, spec.data.uri, spec.data.source]))
     return plan
@@ -203,7 +213,7 @@ def warm_start(spec: Spec, task: str) -> warm.WarmStart:
 
 
 def check_objective(spec: Spec, task: str) -> list[str]:
-    reported = ["val_loss", f"val_{models.TASK_METRIC[task]}"]
+    reported = ["val_loss", f"val_{TASK_METRIC[task]}"]
     if spec.objective.metric in reported:
         return []
     return [f"The value of `objective.metric` is {spec.objective.metric!r}, but the trials of this {task} dataset "
@@ -291,6 +301,26 @@ def experiment_state(spec: Spec) -> str:
 
 
 # --- 2. to 5. -----------------------------------------------------------------------------
+
+
+def hold(plan: Plan) -> lease.Lease:
+    """The experiment's lease, for this run alone until it ends (``release``).
+
+    Raises:
+        UsageError: another live run holds it, or that run ended in the meantime and
+            changed what this one would do.
+    """
+    spec = plan.spec
+    held = lease.Lease(results.experiment_uri(spec), spec.storage.endpoint)
+    try:
+        held.acquire(spec.name)
+    except lease.LeaseHeld as e:
+        raise UsageError(str(e)) from None
+    if experiment_state(spec) != plan.state:
+        held.release()
+        raise UsageError(f"The experiment `{spec.name}` changed while this run started (another run of it ended "
+                         "meanwhile); run the command again.")
+    return held
 
 
 def connect(plan: Plan, address: str | None, console: str = "normal"):

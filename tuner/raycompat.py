@@ -41,6 +41,7 @@ this module first, which installs the same lazy package there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -52,6 +53,7 @@ import posixpath
 import sys
 import time
 import weakref
+from dataclasses import dataclass
 
 RAY_VERSION = "2.60"  # what this module was written against
 PACKAGE = "ray.train.tensorflow"
@@ -65,7 +67,142 @@ API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
 JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def install() -> None:
+# `TUNER_RAY_PATCHES=off`: run on Ray as it ships, every patch below left out.
+PATCHES_VAR = "TUNER_RAY_PATCHES"
+OFF = ("off", "0", "false", "no")
+TESTED_RAY = ("2.60",)  # the Ray releases (major.minor) each patch was written against
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A change to Ray's internals that saves time or S3 requests and that nothing needs:
+    without it, Ray does the same work its own way (``loses`` says what that costs).
+    ``targets``: what it replaces or reads, as ``module:Name.attr`` or, where the
+    parameters matter, ``module:Name.attr(a, b)``; ``?module``: a module that must be
+    there, not imported to check."""
+
+    name: str
+    loses: str
+    targets: tuple[str, ...]
+
+
+PATCHES: dict[str, Patch] = {}
+_USABLE: dict[str, str | None] = {}  # patch -> its problem here (None: usable)
+
+
+def declare(name: str, loses: str, *targets: str) -> None:
+    """Register a patch that its caller applies itself where ``usable(name)``."""
+    PATCHES[name] = Patch(name, loses, targets)
+
+
+def patch(loses: str, *targets: str):
+    """Register the decorated function as a patch: it runs only where ``usable`` says its
+    targets still have the shape it was written for, and returns whether it did."""
+    def register(fn):
+        PATCHES[fn.__name__] = Patch(fn.__name__, loses, targets)
+
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs) -> bool:
+            if not usable(fn.__name__):
+                return False
+            fn(*args, **kwargs)
+            return True
+
+        return guarded
+
+    return register
+
+
+def switched_off() -> bool:
+    return os.environ.get(PATCHES_VAR, "").strip().lower() in OFF
+
+
+def problem(p: Patch) -> str | None:
+    """Why patch ``p`` cannot be used in this process (None: it can)."""
+    if switched_off():
+        return f"{PATCHES_VAR}={os.environ[PATCHES_VAR]}"
+    import ray
+
+    if not ray.__version__.startswith(tuple(v + "." for v in TESTED_RAY)):
+        return f"Ray {ray.__version__} is not one it was tested on ({', '.join(TESTED_RAY)})"
+    for target in p.targets:
+        missing = _missing(target)
+        if missing:
+            return missing
+    return None
+
+
+def _missing(target: str) -> str | None:
+    """What of ``target`` (``module:Name.attr(params)``) is not as expected, or None."""
+    if target.startswith("?"):
+        return None if _module_file(target[1:]) else f"{target[1:]} is gone"
+    where, _, params = target.partition("(")
+    module, _, path = where.partition(":")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError:
+        return f"{module} is gone"
+    for part in path.split(".") if path else ():
+        if not hasattr(obj, part):
+            return f"{where} is gone"
+        obj = getattr(obj, part)
+    if params:
+        import inspect
+
+        want = [n.strip() for n in params.rstrip(")").split(",") if n.strip()]
+        try:
+            have = list(inspect.signature(obj).parameters)
+        except (TypeError, ValueError):
+            return f"{where} has no signature to check"
+        if have != want:
+            return f"{where} takes ({', '.join(have)}), not ({', '.join(want)})"
+    return None
+
+
+def _module_file(name: str) -> bool:
+    """Whether module ``name`` is there, found without importing it or its package
+    (``find_spec`` of a submodule would run the package's ``__init__``)."""
+    parent, _, leaf = name.rpartition(".")
+    try:
+        spec = importlib.util.find_spec(parent)
+    except ImportError:
+        return False
+    places = (spec and spec.submodule_search_locations) or []
+    return any(os.path.exists(os.path.join(p, leaf + ".py")) or os.path.isdir(os.path.join(p, leaf)) for p in places)
+
+
+def checked(name: str) -> str | None:
+    """``problem`` of patch ``name``, found once per process, before it is applied (the
+    patched target no longer has Ray's shape)."""
+    if name not in _USABLE:
+        _USABLE[name] = problem(PATCHES[name])
+        if _USABLE[name] is not None:
+            log.debug("Ray patch %s is off (%s)", name, _USABLE[name])
+    return _USABLE[name]
+
+
+def usable(name: str) -> bool:
+    """Whether patch ``name`` can be applied in this process."""
+    return checked(name) is None
+
+
+def report() -> list[str]:
+    """One line per patch that stays off, for the experiment's driver to show once: its
+    name, why, and what the run loses; a single line when all are switched off."""
+    if switched_off():
+        return [f"Ray patches are off ({PATCHES_VAR}={os.environ[PATCHES_VAR]}): S3 requests per trial are higher "
+                "and trial start-up is slower; results are the same."]
+    return [f"Ray patch {p.name} is off ({why}): {p.loses}." for p in PATCHES.values()
+            if (why := checked(p.name)) is not None]
+
+
+@patch("each trial's driver and Train controller import TensorFlow (about 2.5 s of CPU each, before its workers start)",
+       "ray.train:__path__", "?ray.train.tensorflow", "?ray.train.tensorflow.config")
+def lazy_tensorflow() -> None:
+    """Register Ray Train's ``ray.train.tensorflow`` package without running its
+    ``__init__`` (see the module's docstring)."""
     if PACKAGE in sys.modules:
         return
     spec = importlib.util.find_spec(PACKAGE)
@@ -85,7 +222,38 @@ def install() -> None:
     package.TensorflowConfig = importlib.import_module(f"{PACKAGE}.config").TensorflowConfig
 
 
-install()
+def install(role: str, state_period: float = 2.0, local_results=None) -> None:
+    """Apply the patches one kind of process uses (each only where ``usable``):
+
+    - "driver", the experiment's: Tune's experiment state saved every ``state_period``
+      seconds or as its size asks, its folder uploaded by change, one storage marker,
+      and the end-of-run analysis reading ``local_results(trial)`` where it can;
+    - "trial", a trial's driver (builds the trainer): one storage marker;
+    - "controller", Ray Train's (unpickles ``Config``): checkpoint deletes, its storage
+      check and its checkpoint-list probe, each with the fewest S3 requests;
+    - "worker", a Train worker: checkpoints uploaded without folder markers.
+
+    TensorFlow's lazy import is installed where this module is imported, in all of them.
+    """
+    if role == "driver":
+        adaptive_experiment_state_period(state_period)
+        incremental_experiment_sync()
+        marker_free_storage_check()
+        if local_results is not None:
+            local_trial_results(local_results)
+    elif role == "trial":
+        marker_free_storage_check()
+    elif role == "controller":
+        marker_free_checkpoint_delete()
+        marker_free_storage_check()
+        one_request_snapshot_probe()
+    elif role == "worker":
+        marker_free_checkpoint_upload()
+    else:
+        raise ValueError(f"unknown role {role!r}")
+
+
+lazy_tensorflow()
 
 from ray.train.tensorflow.config import TensorflowConfig  # noqa: E402
 
@@ -99,12 +267,15 @@ class Config(TensorflowConfig):
 
 
 def _unpickled_config(state: dict) -> Config:
-    marker_free_checkpoint_delete()
-    marker_free_storage_check()  # the controller makes the trial's Train StorageContext
-    one_request_snapshot_probe()  # and its checkpoint manager
+    install("controller")
     config = Config()
     config.__dict__.update(state)
     return config
+
+
+declare("trainer_without_dataset_manager", "each trial starts one more actor process (about 1 s of CPU)",
+        "ray.train.v2._internal.callbacks:DatasetsCallback",
+        "ray.train.v2.tensorflow.tensorflow_trainer:TensorflowTrainer._create_default_callbacks(self)")
 
 
 def trainer(**kwargs):
@@ -115,8 +286,11 @@ def trainer(**kwargs):
     Python process booting (~1 s of CPU) while the workers start. It is left out when
     the trainer has no datasets.
     """
-    from ray.train.v2._internal.callbacks import DatasetsCallback
     from ray.train.v2.tensorflow.tensorflow_trainer import TensorflowTrainer
+
+    if not usable("trainer_without_dataset_manager"):
+        return TensorflowTrainer(**kwargs)
+    from ray.train.v2._internal.callbacks import DatasetsCallback
 
     class Trainer(TensorflowTrainer):
         def _create_default_callbacks(self):
@@ -188,6 +362,10 @@ def count_as_live(searcher, trial_ids: set[str]) -> None:
         searcher.num_unfinished_live_trials += len(new)
 
 
+declare("restore_tuner", "a resumed run first reads every trial's results from storage (12.7 s for 300 trials on S3)",
+        "ray.tune.impl.tuner_internal:ExperimentAnalysis")
+
+
 def restore_tuner(path: str, trainable, **kwargs):
     """``tune.Tuner.restore(path, trainable, **kwargs)`` without first reading every
     trial's results.
@@ -200,6 +378,9 @@ def restore_tuner(path: str, trainable, **kwargs):
     restore finds no analysis to build, which it takes as an unreadable one (None).
     """
     from ray import tune
+
+    if not usable("restore_tuner"):
+        return tune.Tuner.restore(path, trainable, **kwargs)
     from ray.tune.impl import tuner_internal
 
     analysis = tuner_internal.ExperimentAnalysis
@@ -226,6 +407,9 @@ def restored_search_alg(tuner):
 # --- Tune's upload of the experiment folder -----------------------------------------------
 
 
+@patch("Tune uploads its whole experiment folder at every save of its state: S3 requests grow with the trials",
+       "ray.train._internal.storage:_FilesystemSyncer._sync_up_command(self, local_path, uri, exclude)",
+       "ray.train._internal.storage:_FilesystemSyncer.__getstate__(self)")
 def incremental_experiment_sync() -> None:
     """Make Tune's driver upload its experiment folder only when the experiment moved on,
     and then only what changed.
@@ -295,6 +479,9 @@ _LAST_UPLOAD = {"bytes": 0}  # what the newest upload of the experiment folder s
 STATE_UPLOAD_RATE = 2**20
 
 
+@patch("the experiment state is saved at Tune's own period (at least 10 s): a lost driver may forget more finished trials",
+       "ray.tune.execution.experiment_state:_ExperimentCheckpointManager.__init__",
+       "ray.tune.execution.experiment_state:_ExperimentCheckpointManager._update_auto_checkpoint_time(self, time_taken)")
 def adaptive_experiment_state_period(floor: float) -> None:
     """Make Tune's "auto" period between saves of the experiment state ``floor`` seconds,
     or as long as uploading the newest save's files takes at ``STATE_UPLOAD_RATE``
@@ -403,6 +590,10 @@ def _files_under(local_path: str):
 # --- Ray Train's checkpoint upload ---------------------------------------------------------
 
 
+@patch("each checkpoint costs about 8 more S3 requests (folder markers)",
+       "ray.train.v2._internal.execution.storage:StorageContext.persist_current_checkpoint"
+       "(self, checkpoint, checkpoint_dir_name)",
+       "ray.train.v2._internal.execution.storage:StorageContext.build_checkpoint_path_from_name")
 def marker_free_checkpoint_upload() -> None:
     """Make a Train worker upload a checkpoint to S3 as one PUT per file.
 
@@ -435,6 +626,13 @@ def marker_free_checkpoint_upload() -> None:
     StorageContext.tuner_marker_free = True
 
 
+@patch("each trial costs about 6 more S3 requests (Train's storage marker and folder markers)",
+       "ray.train._internal.storage:_VALIDATE_STORAGE_MARKER_FILENAME",
+       "ray.train._internal.storage:StorageContext._create_validation_file(self)",
+       "ray.train._internal.storage:StorageContext._check_validation_file(self)",
+       "ray.train.v2._internal.constants:VALIDATE_STORAGE_MARKER_FILENAME",
+       "ray.train.v2._internal.execution.storage:StorageContext._create_validation_file(self)",
+       "ray.train.v2._internal.execution.storage:StorageContext._check_validation_file(self)")
 def marker_free_storage_check() -> None:
     """Make Ray Tune's storage check put one marker file on S3, and only that, and Ray
     Train's put none there.
@@ -493,6 +691,8 @@ def upload_files(local_path: str, fs, fs_path: str, chunk: int = 64 << 20) -> No
                 out.write(block)
 
 
+@patch("each checkpoint that num_to_keep drops costs about 5 more S3 requests",
+       "ray.train.v2._internal.execution.checkpoint.checkpoint_manager:delete_fs_path(fs, fs_path)")
 def marker_free_checkpoint_delete() -> None:
     """Make Ray Train's controller delete an old checkpoint from S3 with one listing and
     a DELETE per file.
@@ -527,6 +727,10 @@ def marker_free_checkpoint_delete() -> None:
     checkpoint_manager.tuner_marker_free = True
 
 
+@patch("each trial start costs 1 more S3 request",
+       "ray.train.v2._internal.execution.checkpoint.checkpoint_manager:CheckpointManager"
+       "._maybe_load_state_from_storage(self)",
+       "ray.train.v2._internal.execution.checkpoint.checkpoint_manager:CheckpointManager._load_state")
 def one_request_snapshot_probe() -> None:
     """Make Ray Train's controller look for its checkpoint list on S3 with one request.
 
@@ -563,6 +767,8 @@ def one_request_snapshot_probe() -> None:
 # --- Tune's results at the end of a run ----------------------------------------------------
 
 
+@patch("the end-of-run analysis reads every trial's results back from storage (3 S3 requests per trial)",
+       "ray.tune.analysis.experiment_analysis:ExperimentAnalysis._fetch_trial_dataframe(self, trial)")
 def local_trial_results(local_results) -> None:
     """Make the analysis Tune builds at the end of ``fit`` take each trial's results from
     ``local_results(trial)`` where it has them: the rows of the trial's ``result.json``

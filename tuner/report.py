@@ -14,6 +14,8 @@ import json
 import math
 import shlex
 
+from tuner import rungs
+
 REPORT_DIR = "report"
 # A best value within this fraction of its range's width (in log space for log ranges)
 # from an edge: the optimum may lie outside the range (Deep Learning Tuning Playbook).
@@ -43,25 +45,6 @@ def line_style(top: bool, trials: int) -> dict:
     if top or trials <= TOP:
         return {"alpha": 0.8, "linewidth": 1.5}
     return {"alpha": max(0.04, min(0.3, 15 / trials)), "linewidth": 0.6}
-
-
-def rungs(asha: dict) -> list[int]:
-    """ASHA's milestones in epochs: grace_period x reduction_factor^k, up to max_t."""
-    out, r = [], asha["grace_period"]
-    while r < asha["max_t"]:
-        out.append(int(r))
-        r *= asha["reduction_factor"]
-    return [*out, asha["max_t"]]
-
-
-def rung_ladder(trials: list[dict], milestones: list[int]) -> list[dict]:
-    """How many trials reached each rung (and were therefore promoted past the one before)."""
-    return [{"rung": m, "trials": sum(1 for t in trials if t["epochs"] >= m)} for m in milestones]
-
-
-def last_rung(epochs: int, milestones: list[int]) -> int:
-    reached = [m for m in milestones if epochs >= m]
-    return reached[-1] if reached else 0
 
 
 def edge_warnings(space: dict, best_config: dict) -> list[str]:
@@ -121,6 +104,13 @@ def label(metric: str) -> str:
 # --- figures (matplotlib) ------------------------------------------------------------------
 
 
+def whole_epochs(ax) -> None:
+    """Ticks of an epoch axis at whole epochs only (matplotlib would put some at 1.25, 1.5, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
     """name -> PNG bytes."""
     import matplotlib
@@ -129,7 +119,7 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     metric, mode = objective(summary)
-    milestones = rungs(summary["spec"]["asha"])
+    milestones = rungs.milestones(summary["spec"]["asha"])
     colours = dict(zip(milestones, plt.get_cmap("viridis")(
         [i / max(1, len(milestones) - 1) for i in range(len(milestones))])))
     by_trial: dict[str, list[dict]] = {}
@@ -147,7 +137,7 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
     for t in reversed(order):  # the best drawn last, on top
         hist = sorted(by_trial.get(t["trial_id"], []), key=lambda r: r["epoch"])
         if hist:
-            rung = last_rung(t["epochs"], milestones)
+            rung = rungs.last_rung(t["epochs"], milestones)
             shown = t["trial_id"] in top or many <= TOP
             ax.plot([r["epoch"] for r in hist], [r.get(metric) for r in hist], marker="o" if shown else None, ms=3,
                     color=colours.get(rung, "grey"), **line_style(shown, many))
@@ -159,11 +149,12 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
     if many > TOP:
         title += f"\nthe best {TOP} of {many} trials marked, the others faint"
     ax.set(xlabel="epoch", ylabel=label(metric), title=title)
+    whole_epochs(ax)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     out["curves"] = _png(fig)
 
-    ladder = rung_ladder(summary["trials"], milestones)
+    ladder = rungs.rung_ladder(summary["trials"], milestones)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar([str(x["rung"]) for x in ladder], [x["trials"] for x in ladder], color=[colours[x["rung"]] for x in ladder])
     for i, x in enumerate(ladder):
@@ -263,6 +254,7 @@ def population_figures(summary: dict, by_trial: dict[str, list[dict]], plt) -> d
             ax.plot([x0], [y0], marker="s", color=colour, ms=5)
     ax.set(xlabel="epoch", ylabel=label(metric),
            title="Population: each trial's generations, a dashed jump where it continued another's checkpoint")
+    whole_epochs(ax)
     if len(order) <= 12:
         ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
@@ -288,6 +280,7 @@ def population_figures(summary: dict, by_trial: dict[str, list[dict]], plt) -> d
             ax.set(ylabel=name)
             ax.grid(alpha=0.3)
         axes[-1, 0].set(xlabel="epoch")
+        whole_epochs(axes[-1, 0])
         fig.suptitle(f"The best model's hyperparameter schedule (trial {best['trial_id']}, through the trials it copied)",
                      fontsize=10)
         fig.tight_layout()
@@ -355,6 +348,7 @@ def render_html(summary: dict, rows: list[dict], pngs: dict[str, bytes]) -> str:
     metric, mode = objective(summary)
     key = f"best_{metric}"
     ledger = cost_ledger(summary, rows)
+    full_epochs = f"{ledger['epochs_full_budget']} ({ledger['epoch_fraction']:.0%} spent)"
     warnings = edge_warnings(summary["spec"]["search"]["space"], best.get("config", {}))
     e = html.escape
     img = "".join(
@@ -362,17 +356,7 @@ def render_html(summary: dict, rows: list[dict], pngs: dict[str, bytes]) -> str:
         for name, data in pngs.items()
     )
     failed = [t for t in summary["trials"] if t["status"] == "error"]
-    def trial_row(t):
-        score = "" if t.get(key) is None else f"{t[key]:.4f}"
-        return (f"<tr><td>{e(t['trial_id'])}</td><td>{e(t['status'])}</td><td>{t['epochs']}</td><td>{score}</td>"
-                f"<td>{t.get('restarts', 0)}</td><td><code>{e(json.dumps(t['config'], sort_keys=True))}</code></td></tr>")
-
-    order = ranked(summary)
-    listed = order[:TOP] + [t for t in order[TOP:] if t["status"] == "error"]
-    rows_html = "".join(trial_row(t) for t in listed)
-    if len(listed) < len(order):
-        rows_html += (f'<tr><td colspan="6">The best {TOP} and the failed ones of {len(order)} trials; all of them '
-                      f"are in summary.json and results.parquet beside this report.</td></tr>")
+    rows_html = trials_html(summary, key)
     tests = ", ".join(f"{e(label(k))} <b>{v:.4f}</b>" for k, v in best.items()
                       if k.startswith("test_") and isinstance(v, float))
     best_html = "<p>No trial finished an epoch.</p>" if not best else (
@@ -398,7 +382,7 @@ code, pre {{ background: #f5f5f5; }}
 <h2>Reproduce</h2><pre>{e(reproduce_command(summary))}</pre>
 <h2>Cost</h2>
 <table><tr><th></th><th>spent</th><th>full budget for every trial</th></tr>
-<tr><td>epochs</td><td>{ledger['epochs_spent']}</td><td>{ledger['epochs_full_budget']} ({ledger['epoch_fraction']:.0%} spent)</td></tr>
+<tr><td>epochs</td><td>{ledger['epochs_spent']}</td><td>{full_epochs}</td></tr>
 <tr><td>training worker-seconds</td><td>{ledger['training_worker_seconds']:.0f}</td>
 <td>~{ledger['worker_seconds_full_budget_estimate']:.0f}</td></tr></table>
 <h2>Range edges</h2>{warn_html}
@@ -415,6 +399,24 @@ window.addEventListener("load", () => {{
 </script>
 </body></html>
 """
+
+
+def trials_html(summary: dict, key: str) -> str:
+    """The trials table's rows: the best ``TOP`` and every failed one."""
+    e = html.escape
+
+    def trial_row(t):
+        score = "" if t.get(key) is None else f"{t[key]:.4f}"
+        return (f"<tr><td>{e(t['trial_id'])}</td><td>{e(t['status'])}</td><td>{t['epochs']}</td><td>{score}</td>"
+                f"<td>{t.get('restarts', 0)}</td><td><code>{e(json.dumps(t['config'], sort_keys=True))}</code></td></tr>")
+
+    order = ranked(summary)
+    listed = order[:TOP] + [t for t in order[TOP:] if t["status"] == "error"]
+    rows_html = "".join(trial_row(t) for t in listed)
+    if len(listed) < len(order):
+        rows_html += (f'<tr><td colspan="6">The best {TOP} and the failed ones of {len(order)} trials; all of them '
+                      f"are in summary.json and results.parquet beside this report.</td></tr>")
+    return rows_html
 
 
 def schedule_html(best: dict) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tuner import population as pop
 from tuner import storage
+from tuner.rungs import TIME_ATTR
 from tuner.spec import Spec
-from tuner.tune import TIME_ATTR
 
 SUMMARY = "summary.json"
 RESULTS = "results.parquet"
@@ -33,7 +33,8 @@ ROW_METRICS = (
     "samples_per_second", "workers", "per_worker_batch", "global_batch", "steps_per_epoch",
     "resumed_from_epoch", "startup_seconds", "startup_process_seconds", "startup_worker_entered_seconds",
     "startup_imported_seconds", "startup_ready_seconds", "startup_cpu_seconds",
-    "checkpoint_save_seconds", "previous_report_seconds", "replayed", "checkpoint_path", "weights_sha256", "peak_rss_mb", "gpus", "driver_gpus",
+    "checkpoint_save_seconds", "previous_report_seconds", "replayed", "checkpoint_path", "weights_sha256", "peak_rss_mb", "gpus",
+    "driver_gpus",
     "time_total_s", "timestamp", "generation",
 )
 # A PBT member's rows: where the generation that trained the row's epoch came from.
@@ -152,33 +153,10 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
             trained its model and the command that replays it.
     """
     metric, mode = spec.objective.metric, spec.objective.mode
-    better = max if mode == "max" else min
     entries, candidates = [], []
     for t in trials:
-        history = t["history"]
-        epochs = max((int(m["epoch"]) for m in history), default=0)
-        last = history[-1] if history else {}
-        finished = t["error"] is None
-        starts = worker_group_starts(history)
-        entries.append({
-            "trial_id": t["trial_id"],
-            "config": t["config"],
-            "status": "error" if not finished else "terminated",
-            "error": t["error"],
-            "epochs": epochs,
-            "stopped_early": finished and epochs < spec.asha.max_t,
-            "workers": _clean(last.get("workers", spec.scaling.workers)),
-            "per_worker_batch": t["config"]["batch_size"],
-            "global_batch": t["config"]["batch_size"] * spec.scaling.workers,
-            "steps_per_epoch": _clean(last.get("steps_per_epoch")),
-            f"best_{metric}": better((m[metric] for m in history if m.get(metric) is not None), default=None),
-            "wall_seconds": running_seconds(history),
-            "restarts": len(starts) - 1 if starts else 0,
-            "resumed_from_epochs": starts[1:],
-            **({"lineage": population.lineage(t["trial_id"])}
-               if population is not None and t["trial_id"] in population.members else {}),
-        })
-        candidates += [(m[metric], int(m[TIME_ATTR]), t, m) for m in history
+        entries.append(trial_entry(spec, t, population))
+        candidates += [(m[metric], int(m[TIME_ATTR]), t, m) for m in t["history"]
                        if m.get("checkpoint_path") and m.get(metric) is not None]
     best = None
     # The best objective first; on a tie the later epoch, the one retention keeps.
@@ -204,6 +182,35 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
         "epochs_spent": sum(e["epochs"] for e in entries),
         "best": best,
         "trials": entries,
+    }
+
+
+def trial_entry(spec: Spec, t: dict, population=None) -> dict:
+    """One trial in the summary: its outcome, epochs, batch, best objective, wall time,
+    restarts, and a PBT member's lineage."""
+    metric, history = spec.objective.metric, t["history"]
+    better = max if spec.objective.mode == "max" else min
+    epochs = max((int(m["epoch"]) for m in history), default=0)
+    last = history[-1] if history else {}
+    finished = t["error"] is None
+    starts = worker_group_starts(history)
+    return {
+        "trial_id": t["trial_id"],
+        "config": t["config"],
+        "status": "error" if not finished else "terminated",
+        "error": t["error"],
+        "epochs": epochs,
+        "stopped_early": finished and epochs < spec.asha.max_t,
+        "workers": _clean(last.get("workers", spec.scaling.workers)),
+        "per_worker_batch": t["config"]["batch_size"],
+        "global_batch": t["config"]["batch_size"] * spec.scaling.workers,
+        "steps_per_epoch": _clean(last.get("steps_per_epoch")),
+        f"best_{metric}": better((m[metric] for m in history if m.get(metric) is not None), default=None),
+        "wall_seconds": running_seconds(history),
+        "restarts": len(starts) - 1 if starts else 0,
+        "resumed_from_epochs": starts[1:],
+        **({"lineage": population.lineage(t["trial_id"])}
+           if population is not None and t["trial_id"] in population.members else {}),
     }
 
 
@@ -274,7 +281,7 @@ def trials_from_grid(grid) -> list[dict]:
 def once_per_epoch(history) -> list[dict]:
     """``history`` without the epochs reported again (``replayed``) that it already has.
     A resumed trial reports again, from their checkpoints, the epochs its driver had not
-    taken in as far as the experiment's saved state knows (``worker.replayed_epochs``);
+    taken in as far as the experiment's saved state knows (``checkpoints.replayed_epochs``);
     the stored results may have some of them. An epoch trained again (after a restart
     from an older checkpoint) stays: it is a new result."""
     seen, kept = set(), []

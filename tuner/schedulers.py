@@ -439,8 +439,8 @@ class PopulationScheduler(_Objective, FIFOScheduler):
     def _copy(self, exploit) -> bool:
         """The donor's checkpoint into the member's next generation's run; False (and
         no exploit) when it cannot be read or written."""
-        from tuner import population as pop
         from tuner import checkpoints, storage
+        from tuner import population as pop
 
         target = storage.join(self.runs_uri, pop.run_name(exploit.trial, exploit.generation))
         try:

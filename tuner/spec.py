@@ -206,8 +206,14 @@ class CheckpointSpec:
 class FailureSpec:
     # Restarts of a trial's worker group (from its latest checkpoint) before it fails.
     max_failures: int = 1
-    # Times a trial's Train controller retries an unschedulable worker group.
+    # Times a trial's Train controller retries a worker group that did not start (its
+    # resources never came within `worker_start_timeout`); counted apart from
+    # `max_failures`, which counts failures of training itself.
     controller_failure_limit: int = 3
+    # Seconds a trial's worker group may take to start before that counts as a failed
+    # start: on a cluster, pods are scheduled, images pulled and nodes added first (Ray
+    # Train's own default is 60 s). Waiting for a trial slot does not count.
+    worker_start_timeout: float = 900.0
     # When an interrupted experiment is run again: give trials that had failed another
     # go, from their latest checkpoint (finished trials never run again).
     retry_errored_on_resume: bool = True
@@ -286,7 +292,8 @@ def load_raw(config: str) -> dict:
     path = Path(config)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise SpecError([f"The config file `{config}` does not exist; give a YAML file or a preset ({', '.join(preset_names())})."])
+            raise SpecError([f"The config file `{config}` does not exist; give a YAML file or a preset "
+                             f"({', '.join(preset_names())})."])
         text = path.read_text()
     elif config in preset_names():
         text = resources.files(PRESET_PACKAGE).joinpath(f"{config}.yaml").read_text()
@@ -577,18 +584,25 @@ def _check_schedule(spec: Spec) -> list[str]:
 
 
 def _check_spec(spec: Spec) -> list[str]:
-    """Checks on scalar fields and across fields."""
-    p: list[str] = []
+    """Checks on scalar fields and across fields, one line per problem."""
+    p = _Problems()
+    _check_places(spec, p)
+    _check_search_and_model(spec, p)
+    _check_schedule_fields(spec, p)
+    _check_resources(spec, p)
+    return [*p, *_check_population(spec), *_check_warm_start(spec), *_check_schedule(spec)]
 
-    def need(ok: bool, key: str, value: Any, must: str) -> None:
+
+class _Problems(list):
+    def need(self, ok: bool, key: str, value: Any, must: str) -> None:
         if not ok:
-            p.append(f"The value of `{key}` is {value!r}, but must be {must}.")
+            self.append(f"The value of `{key}` is {value!r}, but must be {must}.")
 
-    d, s, se, t, a, sc, c, f = (
-        spec.data, spec.storage, spec.search, spec.training, spec.asha, spec.scaling, spec.checkpoint, spec.failure
-    )
-    sch = spec.scheduler
-    need(0 < d.validation_fraction < 1, "data.validation_fraction", d.validation_fraction, "> 0 and < 1")
+
+def _check_places(spec: Spec, p: _Problems) -> None:
+    """The data and where things are stored."""
+    d, s = spec.data, spec.storage
+    p.need(0 < d.validation_fraction < 1, "data.validation_fraction", d.validation_fraction, "> 0 and < 1")
     for key, uri in (("storage.uri", s.uri), ("data.uri", d.uri)):
         if uri is not None:
             problem = storage.check_uri(uri)
@@ -601,76 +615,83 @@ def _check_spec(spec: Spec) -> list[str]:
     if s.endpoint is not None and not s.endpoint.startswith(("http://", "https://")):
         p.append(f"The value of `storage.endpoint` is {s.endpoint!r}, but must start with http:// or https://.")
 
-    need(se.algorithm in ALGORITHMS, "search.algorithm", se.algorithm, f"one of: {', '.join(ALGORITHMS)}")
-    need(se.num_samples >= 1, "search.num_samples", se.num_samples, ">= 1")
-    need(se.seed >= 0, "search.seed", se.seed, ">= 0")
+
+def _check_search_and_model(spec: Spec, p: _Problems) -> None:
+    """The search, the model and the objective."""
+    se, m, o = spec.search, spec.model, spec.objective
+    p.need(se.algorithm in ALGORITHMS, "search.algorithm", se.algorithm, f"one of: {', '.join(ALGORITHMS)}")
+    p.need(se.num_samples >= 1, "search.num_samples", se.num_samples, ">= 1")
+    p.need(se.seed >= 0, "search.seed", se.seed, ">= 0")
     if se.algorithm == "grid":
         for name, dim in se.space.items():
             if dim.is_range:
                 p.append(f"`search.space.{name}` is a {dim.kind} range, but grid search needs `choice: [...]` or a fixed value.")
     p.extend(check_conditions(se.space, grid=se.algorithm == "grid"))
-
-    m, o = spec.model, spec.objective
     module, sep, function = m.builder.partition(":")
     if not (sep and all(part.isidentifier() for part in [*module.split("."), function])):
         p.append(f"The value of `model.builder` is {m.builder!r}, but must be `module:function` "
                  "(e.g. `my_models:build`, for my_models.py in the working directory).")
     if m.loss is not None and not m.loss.strip():
         p.append("The value of `model.loss` is empty; give a Keras loss name or null (the task's default).")
-    need(o.mode in MODES, "objective.mode", o.mode, "max or min")
+    p.need(o.mode in MODES, "objective.mode", o.mode, "max or min")
     if o.metric in LOWER_IS_BETTER and o.mode == "max":
         p.append(f"The value of `objective.mode` is 'max', but `{o.metric}` is better when lower; use min "
                  "(or leave the mode out).")
-    need(o.metric.startswith("val_") and o.metric[4:].isidentifier(), "objective.metric", o.metric,
-         "a validation metric: val_loss, val_accuracy (classification) or val_mae (regression)")
+    p.need(o.metric.startswith("val_") and o.metric[4:].isidentifier(), "objective.metric", o.metric,
+           "a validation metric: val_loss, val_accuracy (classification) or val_mae (regression)")
 
-    need(t.lr_scaling in LR_SCALING_RULES, "training.lr_scaling", t.lr_scaling, f"one of: {', '.join(LR_SCALING_RULES)}")
-    need(t.reference_batch >= 1, "training.reference_batch", t.reference_batch, ">= 1")
-    need(t.warmup_epochs >= 0, "training.warmup_epochs", t.warmup_epochs, ">= 0")
+
+def _check_schedule_fields(spec: Spec, p: _Problems) -> None:
+    """Training's learning-rate rules, the epoch budget and the scheduler."""
+    t, a, sch = spec.training, spec.asha, spec.scheduler
+    p.need(t.lr_scaling in LR_SCALING_RULES, "training.lr_scaling", t.lr_scaling, f"one of: {', '.join(LR_SCALING_RULES)}")
+    p.need(t.reference_batch >= 1, "training.reference_batch", t.reference_batch, ">= 1")
+    p.need(t.warmup_epochs >= 0, "training.warmup_epochs", t.warmup_epochs, ">= 0")
     if t.warmup_epochs >= a.max_t:
         p.append(f"The value of `training.warmup_epochs` is {t.warmup_epochs:g}, but must be < `asha.max_t` ({a.max_t}).")
-
-    need(a.max_t >= 1, "asha.max_t", a.max_t, ">= 1")
-    need(a.grace_period >= 1, "asha.grace_period", a.grace_period, ">= 1")
-    need(a.reduction_factor >= 2, "asha.reduction_factor", a.reduction_factor, ">= 2")
+    p.need(a.max_t >= 1, "asha.max_t", a.max_t, ">= 1")
+    p.need(a.grace_period >= 1, "asha.grace_period", a.grace_period, ">= 1")
+    p.need(a.reduction_factor >= 2, "asha.reduction_factor", a.reduction_factor, ">= 2")
     if a.grace_period >= 1 and a.max_t >= 1 and a.grace_period > a.max_t:
         p.append(
             f"The value of `asha.grace_period` is {a.grace_period}, but must be <= `asha.max_t` ({a.max_t}); "
             "lower the grace period or raise max_t."
         )
-
-    need(sch.kind in SCHEDULERS, "scheduler.kind", sch.kind, f"one of: {', '.join(SCHEDULERS)}")
-    need(sch.median_min_trials >= 1, "scheduler.median_min_trials", sch.median_min_trials, ">= 1")
+    p.need(sch.kind in SCHEDULERS, "scheduler.kind", sch.kind, f"one of: {', '.join(SCHEDULERS)}")
+    p.need(sch.median_min_trials >= 1, "scheduler.median_min_trials", sch.median_min_trials, ">= 1")
     if sch.plateau_patience is not None:
-        need(sch.plateau_patience >= 1, "scheduler.plateau_patience", sch.plateau_patience, ">= 1 (epochs), or null (never)")
-    need(sch.plateau_min_delta >= 0, "scheduler.plateau_min_delta", sch.plateau_min_delta, ">= 0")
+        p.need(sch.plateau_patience >= 1, "scheduler.plateau_patience", sch.plateau_patience,
+               ">= 1 (epochs), or null (never)")
+    p.need(sch.plateau_min_delta >= 0, "scheduler.plateau_min_delta", sch.plateau_min_delta, ">= 0")
 
-    need(sc.workers >= 1, "scaling.workers", sc.workers, ">= 1")
-    need(sc.cpus_per_worker > 0, "scaling.cpus_per_worker", sc.cpus_per_worker, "> 0")
-    need(sc.driver_cpus > 0, "scaling.driver_cpus", sc.driver_cpus, "> 0")
+
+def _check_resources(spec: Spec, p: _Problems) -> None:
+    """Scaling, checkpoints, failures, tracking and PBT's interval."""
+    sc, c, f = spec.scaling, spec.checkpoint, spec.failure
+    p.need(sc.workers >= 1, "scaling.workers", sc.workers, ">= 1")
+    p.need(sc.cpus_per_worker > 0, "scaling.cpus_per_worker", sc.cpus_per_worker, "> 0")
+    p.need(sc.driver_cpus > 0, "scaling.driver_cpus", sc.driver_cpus, "> 0")
     if sc.driver_resource is not None:
-        need(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", sc.driver_resource))
-             and sc.driver_resource not in ("CPU", "GPU", "memory", "object_store_memory"),
-             "scaling.driver_resource", sc.driver_resource,
-             "the name of a custom Ray resource (letters, digits, _ and -), or null")
+        p.need(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", sc.driver_resource))
+               and sc.driver_resource not in ("CPU", "GPU", "memory", "object_store_memory"),
+               "scaling.driver_resource", sc.driver_resource,
+               "the name of a custom Ray resource (letters, digits, _ and -), or null")
     if sc.use_gpu:
-        need(sc.gpus_per_worker > 0, "scaling.gpus_per_worker", sc.gpus_per_worker, "> 0 when `scaling.use_gpu` is true")
+        p.need(sc.gpus_per_worker > 0, "scaling.gpus_per_worker", sc.gpus_per_worker, "> 0 when `scaling.use_gpu` is true")
     if sc.max_concurrent_trials is not None:
-        need(sc.max_concurrent_trials >= 1, "scaling.max_concurrent_trials", sc.max_concurrent_trials, ">= 1 or null (as many as fit)")
-
-    need(c.num_to_keep >= 1, "checkpoint.num_to_keep", c.num_to_keep, ">= 1")
-    need(c.upload in CHECKPOINT_UPLOADS, "checkpoint.upload", c.upload, f"one of: {', '.join(CHECKPOINT_UPLOADS)}")
-    need(f.max_failures >= 0, "failure.max_failures", f.max_failures, ">= 0")
+        p.need(sc.max_concurrent_trials >= 1, "scaling.max_concurrent_trials", sc.max_concurrent_trials,
+               ">= 1 or null (as many as fit)")
+    p.need(c.num_to_keep >= 1, "checkpoint.num_to_keep", c.num_to_keep, ">= 1")
+    p.need(c.upload in CHECKPOINT_UPLOADS, "checkpoint.upload", c.upload, f"one of: {', '.join(CHECKPOINT_UPLOADS)}")
+    p.need(f.max_failures >= 0, "failure.max_failures", f.max_failures, ">= 0")
     for key in ("uri", "experiment"):
         v = getattr(spec.tracking.mlflow, key)
         if v is not None and not v.strip():
             p.append(f"The value of `tracking.mlflow.{key}` is empty; set it or leave it out.")
-    need(f.controller_failure_limit >= 0, "failure.controller_failure_limit", f.controller_failure_limit, ">= 0 (-1 would retry forever)")
-    need(spec.pbt.interval >= 1, "pbt.interval", spec.pbt.interval, ">= 1")
-    p.extend(_check_population(spec))
-    p.extend(_check_warm_start(spec))
-    p.extend(_check_schedule(spec))
-    return p
+    p.need(f.controller_failure_limit >= 0, "failure.controller_failure_limit", f.controller_failure_limit,
+           ">= 0 (-1 would retry forever)")
+    p.need(f.worker_start_timeout > 0, "failure.worker_start_timeout", f.worker_start_timeout, "> 0 (seconds)")
+    p.need(spec.pbt.interval >= 1, "pbt.interval", spec.pbt.interval, ">= 1")
 
 
 # search.algorithm or scheduler.kind -> (tuner's extra, the modules it needs beyond tuner's

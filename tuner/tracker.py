@@ -12,10 +12,33 @@ import time
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from tuner import storage
-from tuner.tracking import (END_TAGS, EPOCH_METRICS, PARENT_TAG, PAUSE_S, RUN_FILE, RUN_RETRIES, RUN_TIMEOUT_S,
-                            TAG_EXPERIMENT, TAG_GENERATION, TAG_LAST_EPOCH, TAG_OUTCOME, TAG_TRIAL, TRIAL_PARAMS, Target, _error_reason,
-                            _exists, _http, _log_batch, _number, _quiet_env, _reason, end_of, flat, read_run_file,
-                            trial_runs)
+from tuner.mlflow_runs import (
+    END_TAGS,
+    EPOCH_METRICS,
+    PARENT_TAG,
+    PAUSE_S,
+    RUN_FILE,
+    RUN_RETRIES,
+    RUN_TIMEOUT_S,
+    TAG_EXPERIMENT,
+    TAG_GENERATION,
+    TAG_LAST_EPOCH,
+    TAG_OUTCOME,
+    TAG_TRIAL,
+    TRIAL_PARAMS,
+    Target,
+    _error_reason,
+    _exists,
+    _http,
+    _log_batch,
+    _number,
+    _quiet_env,
+    _reason,
+    end_of,
+    flat,
+    read_run_file,
+    trial_runs,
+)
 
 
 class Tracker(MLflowLoggerCallback):
@@ -171,10 +194,10 @@ class Tracker(MLflowLoggerCallback):
         self._log_metrics(trial.trial_id, run_id, result, epoch)
 
     def _stored_metrics(self, trial_id: str, epoch: int, generation: int = 0) -> dict | None:
-        from tuner import checkpoints, population, tune
+        from tuner import checkpoints, population
 
         try:
-            run_uri = storage.join(self.experiment_uri, tune.RUNS_DIR, population.run_name(trial_id, generation))
+            run_uri = storage.join(self.experiment_uri, checkpoints.RUNS_DIR, population.run_name(trial_id, generation))
             return checkpoints.stored_metrics(run_uri, self.endpoint, epoch)  # None: copied from another trial
         except Exception:  # noqa: BLE001 - not kept (checkpoint.num_to_keep), or unreadable: not logged
             return None

@@ -12,8 +12,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from tuner.models import TASK_METRIC
 from tuner.schedule import Schedule
+from tuner.tasks import TASK_METRIC
 
 # Rows per forward pass when scoring a split.
 EVAL_BATCH = 2048
@@ -90,18 +90,25 @@ def retune(model: tf_keras.Model, params: dict, schedule: EpochSchedule, step: i
     model.train_function = None
 
 
-def loss_for(task: str, name: str | None = None, reduction: str = "auto") -> tf_keras.losses.Loss:
-    """The spec's ``model.loss`` (a Keras loss name), else the task's: sparse categorical
-    cross-entropy from logits, or mean squared error."""
+def loss_for(task: str, name: str | None = None) -> tf_keras.losses.Loss | str:
+    """What ``compile`` gets: the spec's ``model.loss`` (a Keras loss name, which Keras
+    resolves and saves with the model), else the task's: sparse categorical cross-entropy
+    from logits, or mean squared error."""
     if name:
-        loss = tf_keras.losses.get(name)
-        if isinstance(loss, tf_keras.losses.Loss):
-            loss.reduction = reduction
-            return loss
-        return tf_keras.losses.LossFunctionWrapper(loss, reduction=reduction, name=name)
+        return name
     if task == "classification":
-        return tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
-    return tf_keras.losses.MeanSquaredError(reduction=reduction)
+        return tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return tf_keras.losses.MeanSquaredError()
+
+
+def row_losses(task: str, name: str | None = None):
+    """The same loss as ``loss_for``, unreduced: a function of (labels, outputs) giving
+    each row's loss (a Keras loss function, or a Keras ``Loss`` of reduction "none",
+    which a multi-worker strategy allows outside ``fit``)."""
+    loss = tf_keras.losses.get(name) if name else loss_for(task)
+    if isinstance(loss, tf_keras.losses.Loss):
+        loss.reduction = "none"
+    return loss
 
 
 def metric_for(task: str) -> tf_keras.metrics.Metric:
@@ -170,18 +177,18 @@ def score_sums(model: tf_keras.Model, chunks, task: str = "classification", loss
     import numpy as np
 
     sums = np.zeros(3)
-    loss_fn = loss_for(task, loss, reduction="sum")
+    loss_fn = row_losses(task, loss)
     passes = 0
     for x, labels in _batches(chunks, batch_size):
         out = model(to_model_input(x), training=False)
         passes += 1
-        if task == "regression" and len(out.shape) == 2:
-            out = tf.squeeze(out, axis=-1)
-        sums[0] += float(loss_fn(labels, out))
+        sums[0] += batch_loss(loss_fn, labels, out) * len(labels)
+        predicted = out.numpy()
         if task == "classification":
-            sums[1] += int(np.sum(np.argmax(out.numpy(), axis=1) == labels))
+            sums[1] += int(np.sum(np.argmax(predicted, axis=-1) == labels))
         else:
-            sums[1] += float(np.sum(np.abs(out.numpy() - labels)))
+            errors = np.abs(predicted.reshape(len(labels), -1) - np.reshape(labels, (-1, 1)))
+            sums[1] += float(np.sum(np.mean(errors, axis=-1)))
         sums[2] += len(labels)
     if batches is not None:
         if passes > batches:
@@ -189,6 +196,21 @@ def score_sums(model: tf_keras.Model, chunks, task: str = "classification", loss
         for _ in range(batches - passes):
             model(to_model_input(np.zeros((1, *shape), dtype)), training=False)
     return sums
+
+
+def batch_loss(loss_fn, labels, out) -> float:
+    """The mean loss of one batch as Keras' ``evaluate`` has it: the labels brought to the
+    output's rank (a (batch,) label column against a (batch, 1) output, as Keras' compiled
+    loss does), the loss per row (``loss_fn`` of reduction "none": a Keras loss averages
+    over the last axis, which for a (batch,) output is the batch itself) averaged over
+    whatever it returns: a batch mean for a (batch,) output, weighted by the batch's rows
+    like any other."""
+    labels, out = tf.convert_to_tensor(labels), tf.convert_to_tensor(out)
+    if labels.shape.rank == 1 and out.shape.rank == 2:
+        labels = tf.expand_dims(labels, -1)
+    if labels.dtype.is_floating and out.dtype.is_floating or labels.dtype.is_integer and out.dtype.is_integer:
+        labels = tf.cast(labels, out.dtype)
+    return float(tf.reduce_mean(loss_fn(labels, out)))
 
 
 def scores(sums, task: str) -> dict[str, float]:

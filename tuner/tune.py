@@ -20,11 +20,15 @@ import uuid
 from dataclasses import dataclass, replace
 
 from tuner import storage
+from tuner.checkpoints import RUNS_DIR
 from tuner.interrupt import StopOnSignal
+from tuner.rungs import TIME_ATTR
 from tuner.spec import Spec
+from tuner.trial import TrialConfig
 
-TIME_ATTR = "epoch"
-RUNS_DIR = "runs"  # <storage>/<name>/runs/<trial_id>/: each trial's Ray Train run
+# Ray Train's start timeout of a worker group (documented in its error message), which
+# its trainer passes on to the run's controller.
+WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 TF_ENV = {
     # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) drowns the progress table.
     "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -139,27 +143,6 @@ def local_cpus(res: TrialResources) -> int:
 # --- the trial function ---------------------------------------------------------------
 
 
-def train_loop_config(spec: Spec, dataset_uri: str, inputs: dict) -> dict:
-    """The static part of every worker's config (the trial adds ``params``).
-
-    ``inputs``: the dataset's ``InputSpec.to_dict()``."""
-    return {
-        "dataset_uri": dataset_uri,
-        "builder": spec.model.builder,
-        "loss": spec.model.loss,
-        "inputs": inputs,
-        "endpoint": storage.endpoint_from_env(spec.storage.endpoint),
-        "max_t": spec.asha.max_t,
-        "seed": spec.search.seed,
-        "lr_scaling": spec.training.lr_scaling,
-        "reference_batch": spec.training.reference_batch,
-        "warmup_epochs": spec.training.warmup_epochs,
-        "hp_schedule": spec.training.hyperparameter_schedule,
-        "checkpoint_upload": spec.checkpoint.upload,
-        "threads": max(1, int(spec.scaling.cpus_per_worker)) if not spec.scaling.use_gpu else 0,
-    }
-
-
 class TrialRunner:
     """One Tune trial: a Ray Train ``TensorflowTrainer`` with N workers.
 
@@ -168,7 +151,7 @@ class TrialRunner:
 
     def __init__(self, spec: Spec, dataset_uri: str, inputs: dict, slots_name: str, console: str = "normal"):
         self.spec_dict = spec.to_dict()
-        self.loop_config = train_loop_config(spec, dataset_uri, inputs)
+        self.loop_config = TrialConfig.for_experiment(spec, dataset_uri, inputs)
         self.slots_name = slots_name  # the run's `resume.Slots`
         self.console = console  # tuner.console.LEVELS
         self.__name__ = "trial"  # Tune names trials <__name__>_<id>
@@ -189,13 +172,12 @@ class TrialRunner:
     def _run(self, params: dict, trial_id: str) -> None:
         trial_start = time.time()  # B2's "trial start": after any wait for a slot
         import ray
-        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+        from ray.train import ScalingConfig
 
         from tuner import raycompat, worker  # raycompat first: keeps TensorFlow out of this process
 
-        raycompat.marker_free_storage_check()
+        raycompat.install("trial")
 
-        from ray.tune.integration.ray_train import TuneReportCallback
         from tuner import population
         from tuner.spec import POPULATION_SCHEDULERS, build_spec
 
@@ -203,7 +185,6 @@ class TrialRunner:
         s = spec.scaling
         # Reported by the workers: with use_gpu, shows that this driver's bundle has none.
         driver_gpus = len(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
-        fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
         # A PBT member's generation trains in a Train run of its own (from the checkpoint
         # it copied); any other trial in one run named after it.
         generation = population.generation_of(params)
@@ -211,39 +192,47 @@ class TrialRunner:
         run_uri = storage.join(spec.storage.uri, spec.name, RUNS_DIR, run)
         pbt = ({"generation": generation, "pbt_interval": spec.pbt.interval}
                if spec.scheduler.kind in POPULATION_SCHEDULERS else {})
+        cfg = TrialConfig(**self.loop_config, params=population.hyperparameters(params), trial_start=trial_start,
+                          run_uri=run_uri, run=run, **pbt, driver_gpus=driver_gpus, slots=self.slots_name,
+                          trial_id=trial_id, console=getattr(self, "console", "normal"))
         trainer = raycompat.trainer(
             train_loop_per_worker=worker.train_loop_per_worker,
-            train_loop_config={**self.loop_config, "params": population.hyperparameters(params),
-                               "trial_start": trial_start, "run_uri": run_uri, "run": run, **pbt,
-                               "driver_gpus": driver_gpus, "slots": self.slots_name, "trial_id": trial_id,
-                               "console": getattr(self, "console", "normal")},
+            train_loop_config=cfg.to_dict(),
             tensorflow_config=raycompat.Config(),
             scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu,
                                          resources_per_worker=TrialResources.of(spec).worker_bundle),
-            run_config=RunConfig(
-                # Unique per trial (and PBT generation) and stable across restarts, so a
-                # restarted trial finds its own run, and with it its latest checkpoint.
-                name=run,
-                storage_path=posixpath.join(root, spec.name, RUNS_DIR),
-                storage_filesystem=fs,
-                checkpoint_config=CheckpointConfig(
-                    num_to_keep=spec.checkpoint.num_to_keep,
-                    checkpoint_score_attribute=spec.objective.metric,
-                    checkpoint_score_order=spec.objective.mode,
-                ),
-                failure_config=FailureConfig(
-                    max_failures=spec.failure.max_failures,
-                    controller_failure_limit=spec.failure.controller_failure_limit,
-                ),
-                callbacks=[TuneReportCallback()],
-                # Ray Train's INFO lines (each report with its metrics, each checkpoint)
-                # are for `--verbose`; warnings and errors always show.
-                logging_config=LoggingConfig(log_level="INFO" if getattr(self, "console", "normal") == "verbose"
-                                             else "WARNING"),
-                worker_runtime_env={"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}},
-            ),
+            run_config=self._train_run_config(spec, run),
         )
+        # Ray Train's own setting (its controller takes it from this process): a worker
+        # group waiting for its resources is a wait, up to the spec's timeout.
+        os.environ[WORKER_START_TIMEOUT_ENV] = str(spec.failure.worker_start_timeout)
         trainer.fit()
+
+    def _train_run_config(self, spec: Spec, run: str):
+        """Ray Train's ``RunConfig`` of the trial's run ``run``."""
+        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+        return RunConfig(
+            # Unique per trial (and PBT generation) and stable across restarts, so a
+            # restarted trial finds its own run, and with it its latest checkpoint.
+            name=run,
+            storage_path=posixpath.join(root, spec.name, RUNS_DIR),
+            storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.num_to_keep,
+                                               checkpoint_score_attribute=spec.objective.metric,
+                                               checkpoint_score_order=spec.objective.mode),
+            failure_config=FailureConfig(max_failures=spec.failure.max_failures,
+                                         controller_failure_limit=spec.failure.controller_failure_limit),
+            # Worker reports reach Tune (and ASHA) through this.
+            callbacks=[TuneReportCallback()],
+            # Ray Train's INFO lines (each report with its metrics, each checkpoint) are for
+            # `--verbose`; warnings and errors always show.
+            logging_config=LoggingConfig(log_level="INFO" if getattr(self, "console", "normal") == "verbose"
+                                         else "WARNING"),
+            worker_runtime_env={"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}},
+        )
 
 
 # --- the experiment -------------------------------------------------------------------
@@ -262,6 +251,10 @@ def runtime_env_for(spec: Spec, working_dir: str | None = None, excludes: list[s
     """The job's runtime environment: the S3 settings and TensorFlow's switches for every
     process, and ``working_dir`` (the user's builder module) shipped to every worker."""
     env = {"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}}
+    from tuner.raycompat import PATCHES_VAR
+
+    if PATCHES_VAR in os.environ:  # every process of the job keeps to the driver's choice
+        env["env_vars"][PATCHES_VAR] = os.environ[PATCHES_VAR]
     if working_dir:
         env["working_dir"] = working_dir
         env["excludes"] = list(excludes)
@@ -395,35 +388,25 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     ``warm_start``: a new experiment's ``tuner.warm.WarmStart``, handed to the searcher.
     """
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
     from tuner import raycompat
     from tuner import resume as keep
-    from tuner import schedulers
-    from tuner import search as searching
-    from tuner.console import Console
-    from tuner.tensorboard import EpochTensorBoard, TrialResults, local_results
-    from tuner.tracking import is_tracker
+    from tuner.tensorboard import local_results
 
     # Tune saves the experiment state (which trials finished, the scheduler's records) every
     # 10 s or more by default; a driver lost in between forgets trials that finished since
     # and a re-run trains them again. Saved every 2 s here, or less often once the state
     # (about 20 KB per trial, written and uploaded whole) passes 2 MB: at most 1 MiB/s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "auto")
-    raycompat.adaptive_experiment_state_period(2.0)
     # Each trial's results as result.json (which Tune's analysis reads) and TensorBoard
     # events, without Tune's third copy, progress.csv: one upload less per trial-epoch.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    raycompat.incremental_experiment_sync()
-    raycompat.marker_free_storage_check()
-    raycompat.local_trial_results(local_results)
-    fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    raycompat.install("driver", state_period=2.0, local_results=local_results)
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
     slots = keep.start_slots(slots_name, cluster.concurrent)  # noqa: F841 (alive until fit returns)
     # On a restore, Tune gives the re-added trials these resources too.
     trainable = tune.with_resources(TrialRunner(spec if search else single_run(spec), dataset_uri, inputs, slots_name,
                                                 console), cluster.trial.driver_bundle)
-    metric, mode = spec.objective.metric, spec.objective.mode
     printer = console_for(spec, search, console)
     trackers = [tracker] if (tracker := tracker_for(spec, search)) else []
     # Tune's own reporter: its progress table at every status change (verbose 1), or each
@@ -433,76 +416,102 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     verbose = 1 if console == "verbose" else 0
     if console != "verbose":
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    if resume:
-        _, path = experiment_path(spec)
-        tuner = raycompat.restore_tuner(
-            path, trainable, resume_unfinished=True, resume_errored=spec.failure.retry_errored_on_resume,
-            storage_filesystem=fs,
-        )
-        keeper = keep.restored_keeper(tuner, cluster.concurrent, slots_name)
-        run_config = raycompat.restored_run_config(tuner)
-        run_config.verbose = verbose
-        callbacks = run_config.callbacks
-        # The results logger, as a resumed run's (it holds no state; an older tuner stored
-        # Tune's plain one, or none): in the stored one's place.
-        results_logger = TrialResults(fetch_stored=True)
-        callbacks[:] = [results_logger if isinstance(c, JsonLoggerCallback) else c for c in callbacks]
-        if results_logger not in callbacks:
-            callbacks.append(results_logger)
-        # This run's console level, whatever the interrupted run's was (an older tuner
-        # stored none).
-        callbacks[:] = [c for c in callbacks if not (isinstance(c, Console) or is_tracker(c))] + [printer, *trackers]
-        if isinstance(keeper.scheduler, schedulers.PopulationScheduler):
-            printer.population = keeper.scheduler
-    else:
-        scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR,
-                                             storage.join(spec.storage.uri, spec.name, RUNS_DIR))
-        searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, metric, mode,
-                                                 warm_start)
-        stopper = schedulers.stopper_for(spec, metric, mode, TIME_ATTR) if search else None
-        keeper = keep.Keeper(scheduler if hasattr(scheduler, "state") else None, searcher, cluster.concurrent,
-                             slots_name, stopper)
-        if isinstance(scheduler, schedulers.PopulationScheduler):
-            printer.population = scheduler
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
-                scheduler=scheduler,
-                num_samples=spec.search.num_samples if search else 1,
-                search_alg=searcher,
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name,
-                storage_path=root,
-                storage_filesystem=fs,
-                stop=stopper,
-                failure_config=tune.FailureConfig(max_failures=0),
-                verbose=verbose,
-                # The keeper first: Tune restores callback state by list position.
-                callbacks=[keeper, EpochTensorBoard(TIME_ATTR), TrialResults(), printer, *trackers],
-            ),
-        )
+    callbacks = [printer, *trackers]
+    tuner, keeper = (_restored_tuner(spec, trainable, cluster, slots_name, verbose, callbacks) if resume else
+                     _new_tuner(spec, trainable, cluster, slots_name, verbose, callbacks, search, warm_start))
     with stop.tune_running() if stop else contextlib.nullcontext():
         grid = tuner.fit()
     del slots
     return grid, keeper.scheduler
 
 
+def _restored_tuner(spec: Spec, trainable, cluster: Cluster, slots_name: str, verbose: int, callbacks: list):
+    """(Tune's ``Tuner`` of the interrupted experiment, its ``resume.Keeper``), with this
+    run's console, tracker and results logger in the stored callbacks' places."""
+    from ray.tune.logger import JsonLoggerCallback
+
+    from tuner import raycompat, schedulers
+    from tuner import resume as keep
+    from tuner.console import Console
+    from tuner.mlflow_runs import is_tracker
+    from tuner.tensorboard import TrialResults
+
+    fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    _, path = experiment_path(spec)
+    tuner = raycompat.restore_tuner(
+        path, trainable, resume_unfinished=True, resume_errored=spec.failure.retry_errored_on_resume,
+        storage_filesystem=fs,
+    )
+    keeper = keep.restored_keeper(tuner, cluster.concurrent, slots_name)
+    run_config = raycompat.restored_run_config(tuner)
+    run_config.verbose = verbose
+    stored = run_config.callbacks
+    # The results logger, as a resumed run's (it holds no state; an older tuner stored
+    # Tune's plain one, or none): in the stored one's place.
+    results_logger = TrialResults(fetch_stored=True)
+    stored[:] = [results_logger if isinstance(c, JsonLoggerCallback) else c for c in stored]
+    if results_logger not in stored:
+        stored.append(results_logger)
+    # This run's console level, whatever the interrupted run's was (an older tuner stored
+    # none).
+    stored[:] = [c for c in stored if not (isinstance(c, Console) or is_tracker(c))] + callbacks
+    if isinstance(keeper.scheduler, schedulers.PopulationScheduler):
+        callbacks[0].population = keeper.scheduler
+    return tuner, keeper
+
+
+def _new_tuner(spec: Spec, trainable, cluster: Cluster, slots_name: str, verbose: int, callbacks: list, search: bool,
+               warm_start):
+    """(Tune's ``Tuner`` of a new experiment, its ``resume.Keeper``): the scheduler, the
+    searcher (warm-started where asked), the stopper and the callbacks."""
+    from ray import tune
+
+    from tuner import resume as keep
+    from tuner import schedulers
+    from tuner import search as searching
+    from tuner.tensorboard import EpochTensorBoard, TrialResults
+
+    fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    metric, mode = spec.objective.metric, spec.objective.mode
+    scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR, storage.join(spec.storage.uri, spec.name, RUNS_DIR))
+    searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, metric, mode,
+                                             warm_start)
+    stopper = schedulers.stopper_for(spec, metric, mode, TIME_ATTR) if search else None
+    keeper = keep.Keeper(scheduler if hasattr(scheduler, "state") else None, searcher, cluster.concurrent,
+                         slots_name, stopper)
+    if isinstance(scheduler, schedulers.PopulationScheduler):
+        callbacks[0].population = scheduler
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
+                                    num_samples=spec.search.num_samples if search else 1, search_alg=searcher),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=root,
+            storage_filesystem=fs,
+            stop=stopper,
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=verbose,
+            # The keeper first: Tune restores callback state by list position.
+            callbacks=[keeper, EpochTensorBoard(TIME_ATTR), TrialResults(), *callbacks],
+        ),
+    )
+    return tuner, keeper
+
+
 def console_for(spec: Spec, search: bool, level: str):
     """The ``tuner.console.Console`` callback for this run."""
     from tuner import results
     from tuner.console import Console
-    from tuner.report import rungs
+    from tuner.rungs import milestones
     from tuner.space import searched
 
     kind = spec.scheduler.kind if search else "fifo"
     trials = spec.search.num_samples if search else 1
     if search and spec.search.algorithm == "grid":
         trials *= math.prod(len(d.values) for d in spec.search.space.values() if not d.is_fixed)
-    ladder = rungs(dataclasses.asdict(spec.asha)) if kind in ("asha", "asha_promote") else []
+    ladder = milestones(dataclasses.asdict(spec.asha)) if kind in ("asha", "asha_promote") else []
     return Console(level, spec.objective.metric, spec.objective.mode, spec.asha.max_t, trials * spec.asha.max_t,
                    stopper_name(spec, search), ladder,
                    searched(spec.search.space) if search else [], waits_at_rungs=kind == "asha_promote",
@@ -520,16 +529,18 @@ def stopper_name(spec: Spec, search: bool) -> str:
 
 
 def tracker_for(spec: Spec, search: bool):
-    """The MLflow ``tuner.tracking.Tracker`` callback for this run, or None (no tracking)."""
-    from tuner import results, tracking
+    """The MLflow ``tuner.tracker.Tracker`` callback for this run, or None (no tracking)."""
+    from tuner import mlflow_runs, results
 
-    where = tracking.target(spec)
+    where = mlflow_runs.target(spec)
     if where is None:
         return None
-    settings = {k: v for k, v in tracking.flat(spec.to_dict()).items() if not k.startswith("tracking.")}
-    return tracking.Tracker(where, results.experiment_uri(spec), spec.storage.endpoint,
-                            {**settings, "command": "tune" if search else "train"}, spec.asha.max_t,
-                            stopper_name(spec, search))
+    from tuner.tracker import Tracker
+
+    settings = {k: v for k, v in mlflow_runs.flat(spec.to_dict()).items() if not k.startswith("tracking.")}
+    return Tracker(where, results.experiment_uri(spec), spec.storage.endpoint,
+                   {**settings, "command": "tune" if search else "train"}, spec.asha.max_t,
+                   stopper_name(spec, search))
 
 
 def single_run(spec: Spec) -> Spec:

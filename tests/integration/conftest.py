@@ -179,6 +179,29 @@ def mnist_source() -> str:
     return str(SHARED_MNIST) if (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists() else "builtin"
 
 
+def keras_scores(net, x, y) -> dict:
+    """{"loss": ..., metric: ...} of a stored (compiled) model by plain tf_keras ``evaluate``
+    on rows as staged (inputs scaled as ``tuner`` feeds them), in one batch."""
+    from tuner import training
+
+    values = net.evaluate(training.to_model_input(x), y, batch_size=len(y), verbose=0, return_dict=True)
+    return {"loss": values["loss"], **{k: v for k, v in values.items() if k != "loss"}}
+
+
+@pytest.fixture(scope="module")
+def ray_as_it_ships():
+    """``TUNER_RAY_PATCHES=off`` for the tuner commands a test module runs: the end-to-end
+    run, stop signals, driver loss and storage outages pass on Ray without tuner's
+    patches (which only save time and S3 requests)."""
+    before = os.environ.get("TUNER_RAY_PATCHES")
+    os.environ["TUNER_RAY_PATCHES"] = "off"
+    yield
+    if before is None:
+        os.environ.pop("TUNER_RAY_PATCHES", None)
+    else:
+        os.environ["TUNER_RAY_PATCHES"] = before
+
+
 def run_tuner(args: list[str], env: dict | None = None, cwd: Path | None = None, timeout: float = 1200):
     """Run the real `tuner` CLI in a subprocess with its own in-process Ray."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}

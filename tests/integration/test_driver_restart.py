@@ -4,6 +4,7 @@ RayJob's cluster goes); the identical command, run again, finishes the experimen
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,8 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = pytest.mark.slow
+# On Ray as it ships: none of tuner's Ray patches (conftest.ray_as_it_ships).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_as_it_ships")]
 
 # Three trials, one at a time: the first finishes before the kill, the second is cut off
 # mid-trial, the third starts only in the re-run.
@@ -75,6 +77,15 @@ def test_rerun_after_driver_death_resumes_the_experiment(moto_s3, tmp_path, uniq
     deadline = time.time() + 900
     before = {}
     try:
+        # The same command while the first runs: refused at once, in one line, before Ray.
+        while first.poll() is None and not client.list_objects_v2(Bucket="tuner", Prefix=f"{prefix}/lease.json").get(
+                "Contents") and time.time() < deadline:
+            time.sleep(0.3)
+        again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 2, again.stdout[-3000:] + again.stderr[-3000:]
+        (line,) = again.stderr.strip().splitlines()
+        assert line.startswith(f"tuner: error: The experiment `{unique_name}` is being run by another `tuner` "
+                               f"(host {socket.gethostname()}, process {first.pid},"), line
         # Trials run one at a time: once a second trial has a checkpoint, the first has
         # finished. A little later (the experiment state is saved every 2 s; an epoch
         # takes about a second here), kill it all, mid-trial.
@@ -97,9 +108,14 @@ def test_rerun_after_driver_death_resumes_the_experiment(moto_s3, tmp_path, uniq
     done_before = [t for t, keys in before.items() if any(last in k for k in keys)]
     (running,) = set(before) - set(done_before)
 
+    # The killed run's lease is still stored; its process is gone, so the same command
+    # takes it over at once.
+    assert client.head_object(Bucket="tuner", Key=f"{prefix}/lease.json")
     second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "Resuming the interrupted experiment" in second.stdout
+    assert "Took over the lease" in second.stderr
+    assert not client.list_objects_v2(Bucket="tuner", Prefix=f"{prefix}/lease.json").get("Contents")
 
     summary = json.loads(client.get_object(Bucket="tuner", Key=f"{prefix}/summary.json")["Body"].read())
     trials = {t["trial_id"]: t for t in summary["trials"]}

@@ -9,10 +9,10 @@ import zipfile
 import boto3
 import pyarrow.parquet as pq
 import pytest
+from conftest import keras_scores, mlflow_runs, run_tuner
 
-from conftest import mlflow_runs, run_tuner
-
-pytestmark = pytest.mark.slow
+# On Ray as it ships: none of tuner's Ray patches (conftest.ray_as_it_ships).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_as_it_ships")]
 
 # Two learning rates: one that learns and one that barely moves, twice each, so that
 # ASHA meets the slow one at rung 1 after a fast one has set the bar.
@@ -73,6 +73,7 @@ def test_tune_end_to_end_on_s3(moto_s3, optional_mlflow, unique_name, tmp_path):
                      env={**moto_s3, **tracked}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "Best trial" in proc.stdout
+    assert "tuner: warning: Ray patches are off (TUNER_RAY_PATCHES=off)" in proc.stderr
     assert_readable_console(proc, trials=4)
 
     client = s3_client(moto_s3)
@@ -124,8 +125,6 @@ def test_tune_end_to_end_on_s3(moto_s3, optional_mlflow, unique_name, tmp_path):
     # The exported best model reloads and reproduces the summary's test accuracy.
     import tf_keras
 
-    from tuner import training
-
     local = tmp_path / "best.keras"
     local.write_bytes(get(client, f"{prefix}/best_model.keras"))
     # The Keras v3 zip, not HDF5 under a .keras name (tf_keras falls back to HDF5 when
@@ -133,10 +132,12 @@ def test_tune_end_to_end_on_s3(moto_s3, optional_mlflow, unique_name, tmp_path):
     assert zipfile.is_zipfile(local)
     net = tf_keras.models.load_model(local)
     splits = _splits(tmp_path)
-    scores = training.evaluate(net, [splits["test"]])
+    # Plain tf_keras scores the stored model as tuner reported it.
+    scores = keras_scores(net, *splits["test"])
     assert scores["accuracy"] == pytest.approx(best["test_accuracy"], abs=1e-9)
+    assert scores["loss"] == pytest.approx(best["test_loss"], rel=1e-5)
     # Its validation score, which the two workers computed half each, on one process.
-    scores = training.evaluate(net, [splits["validation"]])
+    scores = keras_scores(net, *splits["validation"])
     assert scores["accuracy"] == pytest.approx(best["val_accuracy"], abs=1.5 / len(splits["validation"][1]))
     epoch = int(best["checkpoint_uri"].rsplit("epoch-", 1)[1])
     (row,) = [r for r in rows if r["trial_id"] == best["trial_id"] and r["epoch"] == epoch]

@@ -5,7 +5,6 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_tuner
 
 pytestmark = pytest.mark.slow

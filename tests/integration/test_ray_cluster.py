@@ -19,7 +19,6 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 import ray_head as ray_head_service  # tests/services/, on the path through conftest
-
 from conftest import REPO, missing, run_tuner
 
 pytestmark = pytest.mark.slow
@@ -28,8 +27,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_head():
     try:
-        # Fake GPUs and the Kubernetes head's driver resource, for the scheduling test.
-        head = ray_head_service.start(cpus=4, gpus=4, resources={"trial_driver": 100})
+        # Fake GPUs and the Kubernetes head's driver resource, for the scheduling test. Ray
+        # Train's start timeout of a worker group cut from 60 s to 2 s (what its processes
+        # would use without tuner's `failure.worker_start_timeout`), to show slow starts wait.
+        head = ray_head_service.start(cpus=4, gpus=4, resources={"trial_driver": 100},
+                                      server_env={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "2"})
     except FileNotFoundError as e:
         missing(str(e))
     try:
@@ -125,6 +127,16 @@ def max_overlap(windows: list[tuple[float, float]]) -> int:
     return most
 
 
+HOLD_GPUS = """
+import sys, time, ray
+from ray.util.placement_group import placement_group
+ray.init(address=sys.argv[1], logging_level="ERROR")
+ray.get(placement_group([{"GPU": 2}]).ready())
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
 def test_gpu_trials_on_fake_gpus(ray_head, tmp_path, unique_name):
     """`tuner tune --address` of a running cluster, with GPU trials on its fake GPUs."""
     # Trials of 0.5 driver CPU + 2 workers x (0.25 CPU, 1 GPU): the 4 CPUs allow 4 at
@@ -133,11 +145,18 @@ def test_gpu_trials_on_fake_gpus(ray_head, tmp_path, unique_name):
            "--set", "scaling.cpus_per_worker=0.25", "--set", "scaling.driver_cpus=0.5",
            # What the Kubernetes head advertises: drivers go only where it is.
            "--set", "scaling.driver_resource=trial_driver"]
+    # Another job holds 2 of the 4 GPUs for the first 15 s: one of the 2 trials that start
+    # at once waits for its workers' GPUs past Ray's start timeout (2 s here, 60 s by
+    # default) x (1 + failure.controller_failure_limit 3), and trains once they come.
+    held = subprocess.Popen(["python", "-c", HOLD_GPUS, ray_head.gcs, "15"], env=ray_head.env,
+                            stdout=subprocess.PIPE, text=True)
+    assert held.stdout.readline().strip() == "held"
     proc = subprocess.run(
         ["python", "-m", "tuner", "tune", *QUICK, "--set", "search.num_samples=3", *gpu,
          "--address", ray_head.gcs, "--storage", str(tmp_path), "--name", unique_name],
         capture_output=True, text=True, env=ray_head.env, timeout=900,
     )
+    assert held.wait(timeout=60) == 0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert ("Running up to 2 trial(s) at once, each 1 CPUs (0.5 driver + 2 workers x 0.25) "
             "and 2 GPUs (2 workers x 1)") in proc.stdout

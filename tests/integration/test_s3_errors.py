@@ -1,7 +1,6 @@
 """Storage problems are one clear line and exit 2, before Ray or any trial starts."""
 
 import pytest
-
 from conftest import free_port, run_tuner, s3_env
 
 pytestmark = pytest.mark.slow

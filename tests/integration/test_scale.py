@@ -17,7 +17,6 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import ray_head as ray_head_service  # tests/services/, on the path through conftest
-
 from conftest import REPO, missing
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import REQUIRE_SERVICES, run_tuner
+
 from tuner import search
 from tuner.spec import load_spec
 

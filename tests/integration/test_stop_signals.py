@@ -17,10 +17,10 @@ import time
 import boto3
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import free_port, mlflow_runs
 
-pytestmark = pytest.mark.slow
+# On Ray as it ships: none of tuner's Ray patches (conftest.ray_as_it_ships).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_as_it_ships")]
 
 MAX_T = 3
 # Two trials, one at a time, no early stopping: the first stop comes in the first trial,

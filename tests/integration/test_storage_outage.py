@@ -13,10 +13,10 @@ import time
 import boto3
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import CEPH_SCRIPT
 
-pytestmark = pytest.mark.slow
+# On Ray as it ships: none of tuner's Ray patches (conftest.ray_as_it_ships).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_as_it_ships")]
 
 MAX_T = 6
 OUTAGE_S = 30

@@ -7,7 +7,6 @@ import tomllib
 
 import pytest
 import yaml
-
 from manifests import K8S, REPO, check_driver_placement, check_no_credentials, check_security, documents, validate
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is in the test extra")

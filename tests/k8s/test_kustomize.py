@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from manifests import K8S, check_driver_placement, check_no_credentials, check_security, documents, validate
 
 KUSTOMIZE = K8S / "kustomize"

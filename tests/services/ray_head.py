@@ -93,8 +93,9 @@ def _started(pid: int) -> int | None:
         return None
 
 
-def start(cpus: int = 4, gpus: int = 0, resources: dict | None = None) -> RayHead:
-    """Start the head; raises RuntimeError with the end of `ray start`'s output if it fails."""
+def start(cpus: int = 4, gpus: int = 0, resources: dict | None = None, server_env: dict | None = None) -> RayHead:
+    """Start the head (``server_env``: extra environment of its processes, not of the
+    clients); raises RuntimeError with the end of `ray start`'s output if it fails."""
     ray = shutil.which("ray")
     if not ray:
         raise FileNotFoundError("the `ray` CLI is not installed")
@@ -114,7 +115,7 @@ def start(cpus: int = 4, gpus: int = 0, resources: dict | None = None) -> RayHea
     if resources:
         cmd += ["--resources", json.dumps(resources)]
     head = RayHead(temp_dir, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", env)
-    started = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    started = subprocess.run(cmd, capture_output=True, text=True, env={**env, **(server_env or {})}, timeout=180)
     if started.returncode != 0:
         head.stop()
         raise RuntimeError(f"`ray start` failed: {started.stderr[-3000:]}")

@@ -16,14 +16,31 @@ import numpy as np
 
 from tuner.data import mnist, shards, staged, tables
 from tuner.data.errors import DataError
-from tuner.data.mnist import (FILES, MNIST_SHA256, SPLIT_SEED, BuiltinSource, DownloadSource, Source, UriSource,
-                              encode_idx, is_mnist_source, parse_idx, read_source, sha256, source_for, subset_checksums,
-                              split_validation, verify)
+from tuner.data.mnist import (
+    FILES,
+    MNIST_SHA256,
+    SPLIT_SEED,
+    BuiltinSource,
+    DownloadSource,
+    Source,
+    UriSource,
+    encode_idx,
+    is_mnist_source,
+    parse_idx,
+    read_source,
+    sha256,
+    source_for,
+    split_validation,
+    subset_checksums,
+    verify,
+)
 from tuner.data.staged import MANIFEST, SplitReader, from_table, input_spec, load_split, read_manifest, to_table
-from tuner.data.tables import SPLITS, TASKS, TableSource
+from tuner.data.tables import SPLITS, TableSource
+from tuner.tasks import TASKS
 
 __all__ = [
-    "DataError", "Prepared", "SplitReader", "shards", "mnist_dataset", "table_dataset", "stage", "read_manifest", "load_split", "input_spec",
+    "DataError", "Prepared", "SplitReader", "shards", "mnist_dataset", "table_dataset", "stage", "read_manifest", "load_split",
+    "input_spec",
     "is_mnist_source", "source_for", "TableSource", "MANIFEST", "SPLITS", "TASKS", "FILES", "MNIST_SHA256",
     "SPLIT_SEED", "Source", "BuiltinSource", "DownloadSource", "UriSource", "encode_idx", "parse_idx", "read_source",
     "sha256", "split_validation", "subset_checksums", "verify", "from_table", "to_table",
@@ -65,6 +82,15 @@ class Prepared:
         return staged.input_spec({**self.meta, "features": {**self.meta["features"],
                                                             "shape": list(self.splits["train"][0].shape[1:])},
                                   "stats": dict(zip(("mean", "std"), self.stats()))})
+
+
+def mnist_input_spec():
+    """MNIST's ``InputSpec`` as staging will make it, known before any file is read
+    (without the pixel statistics, which tuner's own builders do not use)."""
+    from tuner.models import InputSpec
+
+    return InputSpec(shape=mnist.IMAGE_SHAPE, task="classification", num_classes=10, classes=tuple(range(10)),
+                     feature_names=("image",), mean=None, std=None)
 
 
 def mnist_dataset(source: mnist.Source, validation_fraction: float) -> Prepared:

@@ -12,7 +12,6 @@ contiguous range is a random sample of the split.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -26,7 +26,6 @@ from tuner.data.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 SPLIT_COLUMN = "split"
-TASKS = ("classification", "regression")
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,6 @@ from tuner.models.mnist import mnist_cnn, mnist_mlp
 __all__ = ["InputSpec", "MissingHyperparameter", "BuilderError", "load_builder", "mnist_mlp", "mnist_cnn"]
 
 DEFAULT_BUILDER = "tuner.models:mnist_mlp"
-TASKS = ("classification", "regression")
-# Per task: the metric reported beside the loss (as `<name>` on training, `val_<name>`
-# on the validation split, `test_<name>` for the best trial).
-TASK_METRIC = {"classification": "accuracy", "regression": "mae"}
 
 
 @dataclass(frozen=True)
@@ -196,7 +192,8 @@ def check_builder(builder: Builder, configs: list[dict], inputs: InputSpec, loss
         except MissingHyperparameter as e:
             raise BuilderError(f"The model builder `{builder.path}`: {e}.") from None
         except Exception as e:  # noqa: BLE001 - the user's code, any failure
-            raise BuilderError(f"The model builder `{builder.path}` raised {type(e).__name__} with {shown or 'no hyperparameters'}: "
+            raise BuilderError(f"The model builder `{builder.path}` raised {type(e).__name__} with "
+                               f"{shown or 'no hyperparameters'}: "
                                f"{_one_line(e)}") from None
         finally:
             read |= hp.read
@@ -218,7 +215,7 @@ def check_builder(builder: Builder, configs: list[dict], inputs: InputSpec, loss
                                f"for a {inputs.task} task, but must output {expect}.")
         try:
             y = np.zeros((2,), np.int32 if inputs.task == "classification" else np.float32)
-            value = float(training.loss_for(inputs.task, loss)(y, out))
+            value = training.batch_loss(training.row_losses(inputs.task, loss), y, out)
         except (ValueError, TypeError) as e:
             raise BuilderError(f"The loss {loss!r} does not apply to the model from `{builder.path}`: {_one_line(e)}") from None
         if not math.isfinite(value):

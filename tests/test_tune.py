@@ -6,8 +6,8 @@ import pytest
 from ray import tune
 
 from tuner import tune as tuning
-from tuner.spec import SpecError, load_spec
 from tuner.search import param_space
+from tuner.spec import SpecError, load_spec
 from tuner.tune import ResourceError, TrialResources, concurrent_trials
 
 

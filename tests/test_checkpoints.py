@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from tuner import worker
+from tuner import checkpoints
 
 
 def _save(folder, epoch, net):
     folder.mkdir(parents=True)
-    net.save(folder / worker.MODEL_FILE)
-    (folder / worker.STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": {"epoch": epoch}}))
+    net.save(folder / checkpoints.MODEL_FILE)
+    (folder / checkpoints.STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": {"epoch": epoch}}))
 
 
 @pytest.mark.parametrize("tear", ["truncated model", "no state", "no model"])
@@ -21,18 +21,18 @@ def test_restore_skips_a_torn_checkpoint(tmp_path, tear):
     net = models.mnist_mlp({"width": 8, "depth": 1, "dropout": 0.0}, models.InputSpec((28, 28), num_classes=10))
     training.compile_model(net, tf_keras.optimizers.SGD(0.1))
     run = tmp_path / "run"
-    _save(run / worker.checkpoint_dir_name(1), 1, net)
-    torn = run / worker.checkpoint_dir_name(2)
+    _save(run / checkpoints.checkpoint_dir_name(1), 1, net)
+    torn = run / checkpoints.checkpoint_dir_name(2)
     _save(torn, 2, net)
     if tear == "truncated model":
-        data = (torn / worker.MODEL_FILE).read_bytes()
-        (torn / worker.MODEL_FILE).write_bytes(data[: len(data) // 2])
+        data = (torn / checkpoints.MODEL_FILE).read_bytes()
+        (torn / checkpoints.MODEL_FILE).write_bytes(data[: len(data) // 2])
     else:
-        (torn / (worker.STATE_FILE if tear == "no state" else worker.MODEL_FILE)).unlink()
+        (torn / (checkpoints.STATE_FILE if tear == "no state" else checkpoints.MODEL_FILE)).unlink()
 
-    restored = worker.restore_latest(str(run), None)
+    restored = checkpoints.restore_latest(str(run), None)
     assert restored is not None and restored[1] == 1
-    assert worker.stored_epochs(str(run), None) == [2, 1]
+    assert checkpoints.stored_epochs(str(run), None) == [2, 1]
 
 
 def test_restore_tries_the_epochs_it_is_given(tmp_path):
@@ -45,22 +45,22 @@ def test_restore_tries_the_epochs_it_is_given(tmp_path):
     training.compile_model(net, tf_keras.optimizers.SGD(0.1))
     run = tmp_path / "run"
     for epoch in (1, 2):
-        _save(run / worker.checkpoint_dir_name(epoch), epoch, net)
-    assert worker.restore_latest(str(run), None, [1])[1] == 1
-    assert worker.restore_latest(str(run), None, [3, 2, 1])[1] == 2  # 3: listed, gone since
-    assert worker.restore_latest(str(run), None, []) is None
+        _save(run / checkpoints.checkpoint_dir_name(epoch), epoch, net)
+    assert checkpoints.restore_latest(str(run), None, [1])[1] == 1
+    assert checkpoints.restore_latest(str(run), None, [3, 2, 1])[1] == 2  # 3: listed, gone since
+    assert checkpoints.restore_latest(str(run), None, []) is None
 
 
 def test_a_resumed_trial_reports_again_the_stored_epochs_its_driver_never_took_in():
     """The driver took in epoch 2; epochs 3 and 5 are stored (4 dropped by
     checkpoint.num_to_keep) and training resumes from 5: 3 and 5 are reported again,
     oldest first, before epoch 6 trains."""
-    assert worker.replayed_epochs([5, 3, 2, 1], reported=2, start_epoch=5) == [3, 5]
-    assert worker.replayed_epochs([5, 3], reported=5, start_epoch=5) == []  # it had them all
+    assert checkpoints.replayed_epochs([5, 3, 2, 1], reported=2, start_epoch=5) == [3, 5]
+    assert checkpoints.replayed_epochs([5, 3], reported=5, start_epoch=5) == []  # it had them all
     # A listed checkpoint that does not load: training starts from an older one, and
     # only epochs up to it are reported again.
-    assert worker.replayed_epochs([6, 5, 3], reported=0, start_epoch=5) == [3, 5]
-    assert worker.replayed_epochs([], reported=0, start_epoch=0) == []
+    assert checkpoints.replayed_epochs([6, 5, 3], reported=0, start_epoch=5) == [3, 5]
+    assert checkpoints.replayed_epochs([], reported=0, start_epoch=0) == []
 
 
 def test_records_to_report_again_are_read_whole_or_skipped(tmp_path):
@@ -69,8 +69,8 @@ def test_records_to_report_again_are_read_whole_or_skipped(tmp_path):
     run = tmp_path / "run"
     for epoch, text in ((1, json.dumps({"epoch": 1, "metrics": {"epoch": 1, "val_accuracy": 0.9}})),
                         (2, "{torn"), (3, json.dumps({"epoch": 2, "metrics": {"epoch": 2}}))):
-        (run / worker.checkpoint_dir_name(epoch)).mkdir(parents=True)
-        (run / worker.checkpoint_dir_name(epoch) / worker.STATE_FILE).write_text(text)
-    records = worker.stored_records(str(run), None, [1, 2, 3, 4])
+        (run / checkpoints.checkpoint_dir_name(epoch)).mkdir(parents=True)
+        (run / checkpoints.checkpoint_dir_name(epoch) / checkpoints.STATE_FILE).write_text(text)
+    records = checkpoints.stored_records(str(run), None, [1, 2, 3, 4])
     assert list(records) == [1] and records[1]["val_accuracy"] == 0.9
     assert records[1]["checkpoint_path"].endswith("epoch-0001")
