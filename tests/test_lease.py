@@ -83,3 +83,14 @@ def test_on_s3_conditional_writes_keep_runs_apart(moto_endpoint, monkeypatch):
     second.release()
     # Nothing left: no lease, no folder marker.
     assert not client.list_objects_v2(Bucket="leases").get("Contents")
+
+
+def test_a_lease_is_aged_by_the_servers_clock_whatever_its_date_format():
+    from datetime import datetime, timezone
+
+    modified = datetime(2026, 12, 7, 12, 0, 0, tzinfo=timezone.utc)
+    assert lease._age("Mon, 07 Dec 2026 12:01:30 GMT", modified) == 90
+    # A proxy's or server's date in the "-0000" form parses without a time zone.
+    assert lease._age("Mon, 07 Dec 2026 12:01:30 -0000", modified) == 90
+    assert lease._age("Mon, 07 Dec 2026 12:01:30 -0000", modified.replace(tzinfo=None)) == 90
+    assert lease._age(None, modified) > 0

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
 from tuner import storage
@@ -111,8 +112,7 @@ class Lease:
                 if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     return None
                 raise
-            now = parsedate_to_datetime(got["ResponseMetadata"]["HTTPHeaders"]["date"])
-            age = (now - got["LastModified"]).total_seconds()
+            age = _age(got["ResponseMetadata"]["HTTPHeaders"].get("date"), got["LastModified"])
             return _Stored(_parse(got["Body"].read()), age, got["ETag"])
         try:
             with open(self._key, "rb") as f:
@@ -239,6 +239,17 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _age(date: str | None, last_modified: datetime) -> float:
+    """Seconds from ``last_modified`` to the server's ``date`` header (its clock; this
+    one's where it sent none). A date in "-0000" form parses without a time zone: UTC."""
+    now = parsedate_to_datetime(date) if date else datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    if last_modified.tzinfo is None:
+        last_modified = last_modified.replace(tzinfo=timezone.utc)
+    return (now - last_modified).total_seconds()
 
 
 def _parse(body: bytes) -> dict:
