@@ -94,3 +94,20 @@ def test_a_lease_is_aged_by_the_servers_clock_whatever_its_date_format():
     assert lease._age("Mon, 07 Dec 2026 12:01:30 -0000", modified) == 90
     assert lease._age("Mon, 07 Dec 2026 12:01:30 -0000", modified.replace(tzinfo=None)) == 90
     assert lease._age(None, modified) > 0
+
+
+def test_an_older_copy_of_its_own_lease_does_not_stop_the_renewals(moto_endpoint):
+    # A resumed run's Tune uploads the experiment folder it downloaded, lease.json with it:
+    # an older body of this run's lease, with another ETag.
+    moto_endpoint, client, _ = moto_endpoint
+    client.create_bucket(Bucket="own")
+    held = lease.Lease("s3://own/exp", moto_endpoint, renew=0.3).acquire("exp")
+    older = client.get_object(Bucket="own", Key="exp/lease.json")["Body"].read()
+    time.sleep(0.5)
+    client.put_object(Bucket="own", Key="exp/lease.json", Body=older)
+    time.sleep(1.0)
+    assert json.loads(client.get_object(Bucket="own", Key="exp/lease.json")["Body"].read())["renewed"] > \
+        json.loads(older)["renewed"] + 0.5
+    assert held._thread.is_alive()
+    held.release()
+    assert not client.list_objects_v2(Bucket="own").get("Contents")

@@ -202,13 +202,19 @@ class Lease:
     def _renew(self) -> None:
         while not self._stop.wait(self.renew_every):
             try:
-                if not self._replace(self._tag if self._s3 else None) and not self._stop.is_set():
-                    stored = self._read()
-                    if stored is not None:
-                        log.warning("The lease %s was taken over by host %s, process %s: another run of this "
-                                    "experiment may be running", self.uri, stored.holder.get("host"),
-                                    stored.holder.get("pid"))
-                    return
+                if self._replace(self._tag if self._s3 else None) or self._stop.is_set():
+                    continue
+                stored = self._read()
+                if stored is not None and stored.holder.get("token") == self.holder["token"]:
+                    # Still this run's, put back by a copy of an older renewal (Tune's
+                    # upload of the experiment folder, which a resume downloaded).
+                    self._tag = stored.tag
+                    continue
+                if stored is not None:
+                    log.warning("The lease %s was taken over by host %s, process %s: another run of this "
+                                "experiment may be running", self.uri, stored.holder.get("host"),
+                                stored.holder.get("pid"))
+                return
             except Exception as e:  # noqa: BLE001 - a storage hiccup: the next renewal tries again
                 log.warning("Could not renew the lease %s (%s: %s)", self.uri, type(e).__name__, e)
 
