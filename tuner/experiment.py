@@ -98,12 +98,13 @@ def prepare(config: str, overrides: list[str], top_level: dict[str, Any], addres
     if state == "finished":
         return plan
     builtin = builder.path.startswith("tuner.")
+    manifest = data.read_manifest(plan.dataset_uri, spec.storage.endpoint)
     checked = None
-    if builtin and data.read_manifest(plan.dataset_uri, spec.storage.endpoint) is None:
+    if builtin and manifest is None:
         # MNIST is still to be read (or downloaded) and staged: its shape is known, so
         # the builder's check comes first.
         checked = check_builder(builder, spec, data.mnist_input_spec())
-    plan.inputs, train_rows, plan.pending = dataset(spec, plan.dataset_uri, builtin=builtin)
+    plan.inputs, train_rows, plan.pending = dataset(spec, plan.dataset_uri, builtin, manifest)
     problems = check_objective(spec, plan.inputs.task)
     problems += sorted({p for b in tuning.batch_sizes(spec)
                         if (p := schedule.check_plan(schedule.BatchPlan(spec.scaling.workers, b, train_rows)))})
@@ -143,8 +144,10 @@ def load_checked_spec(config: str, overrides: list[str], top_level: dict[str, An
     return dataclasses.replace(spec, search=dataclasses.replace(spec.search, space=space)), builder
 
 
-def dataset(spec: Spec, dataset_uri: str, builtin: bool) -> tuple[models.InputSpec, int, data.Prepared | None]:
-    """(the dataset's InputSpec, its training rows, the MNIST source to stage or None).
+def dataset(spec: Spec, dataset_uri: str, builtin: bool,
+            manifest: dict | None) -> tuple[models.InputSpec, int, data.Prepared | None]:
+    """(the dataset's InputSpec, its training rows, the MNIST source to stage or None),
+    from ``manifest``, the one stored at ``dataset_uri`` (None: nothing staged there).
 
     ``builtin``: the builder is one of tuner's; only then is a missing dataset MNIST,
     staged from ``data.source`` (a user's model without its data is a mistake, and their
@@ -152,7 +155,6 @@ def dataset(spec: Spec, dataset_uri: str, builtin: bool) -> tuple[models.InputSp
     if not builtin and spec.data.uri is None:
         raise UsageError(f"`data.uri` is not set, but the model `{spec.model.builder}` needs your dataset: stage it "
                          "(tuner stage-data --source YOUR_DATA.csv --dest URI --label COLUMN) and set `data.uri` to URI.")
-    manifest = data.read_manifest(dataset_uri, spec.storage.endpoint)
     if manifest is not None:
         if "files" not in manifest["splits"]["train"]:
             print(f"tuner: the dataset at {dataset_uri} was staged by an older tuner (one file per split): each worker "
