@@ -215,7 +215,7 @@ def economy(work: Path, mnist: str | None, smoke: bool) -> dict:
     never pauses), the paper's promotion rule (``asha_promote``: trials wait, paused, at a
     rung until promoted) and full-budget FIFO."""
     dataset = stage(work, mnist)
-    samples, max_t = (1, 2) if smoke else (27, 9)
+    samples, max_t = (1, 1) if smoke else (27, 9)
     # A smoke run keeps the comparison working with Ray's ASHA alone against FIFO
     # (tests/integration/test_promote.py runs asha_promote).
     compared = ("asha",) if smoke else ("asha", "asha_promote")
@@ -265,9 +265,9 @@ def scaling(work: Path, mnist: str | None, smoke: bool) -> dict:
     grows), without and with the linear scaling rule plus one epoch of warmup. The two
     cores are split evenly among the workers."""
     dataset = stage(work, mnist)
-    epochs, counts = (2, (1, 2)) if smoke else (10, (1, 2, 4))
+    epochs, counts = (2, (2,)) if smoke else (10, (1, 2, 4))
     out = {}
-    # A smoke run keeps the loop working with the linear rule alone.
+    # A smoke run keeps the loop working with the linear rule and 2 workers alone.
     for rule in ("linear",) if smoke else ("none", "linear"):
         runs = {}
         for workers in counts:

@@ -275,6 +275,32 @@ def test_an_upload_of_the_experiment_folder_records_what_it_sent(tmp_path):
     assert raycompat._LAST_UPLOAD["bytes"] == 500
 
 
+def test_an_upload_sends_the_state_of_one_save_while_the_next_is_written(tmp_path):
+    """Tune writes its next save while the last one uploads (in its sync thread): the
+    upload sends the state files as they were read at the save, trials' files as they are
+    when it reaches them; the next upload sends what changed since."""
+    import pyarrow.fs as pafs
+
+    from tuner import raycompat
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "trial").mkdir(parents=True)
+    (src / "callback-states-s.pkl").write_bytes(b"rungs 1")
+    (src / "experiment_state-x.json").write_bytes(b"trials 1")
+    (src / "trial" / "result.json").write_bytes(b"epoch 1")
+    state = raycompat.read_state(str(src))
+    (src / "callback-states-s.pkl").write_bytes(b"rungs 2")  # the next save, written meanwhile
+    (src / "experiment_state-x.json").write_bytes(b"trials 2")
+    (src / "trial" / "result.json").write_bytes(b"epoch 1 epoch 2")
+    sent = {"files": {}, "dirs": set(), "at": 0}
+    assert raycompat.upload_changed(str(src), pafs.LocalFileSystem(), str(dest), sent, state) == 3
+    assert (dest / "callback-states-s.pkl").read_bytes() == b"rungs 1"
+    assert (dest / "experiment_state-x.json").read_bytes() == b"trials 1"
+    assert (dest / "trial" / "result.json").read_bytes() == b"epoch 1 epoch 2"
+    assert raycompat.upload_changed(str(src), pafs.LocalFileSystem(), str(dest), sent) == 2
+    assert (dest / "experiment_state-x.json").read_bytes() == b"trials 2"
+
+
 @pytest.mark.slow
 def test_a_restore_reads_no_trial_results_until_fit(tmp_path, monkeypatch):
     """Tune's restore would read every trial's results (an ExperimentAnalysis) for a

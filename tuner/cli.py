@@ -157,8 +157,8 @@ def cmd_stage(args) -> int:
     rows = ", ".join(f"{k} {v['rows']}" for k, v in manifest["splits"].items())
     label = manifest["label"]
     what = (f"{len(label['classes'])} classes" if label["task"] == "classification" else "regression")
-    shape = "x".join(map(str, manifest["features"]["shape"]))
-    print(f"Staged {manifest['dataset']} ({what}, features {shape} {manifest['features']['dtype']}) from "
+    sizes = "x".join(map(str, manifest["features"]["shape"]))
+    print(f"Staged {manifest['dataset']} ({what}, features {sizes} {manifest['features']['dtype']}) from "
           f"{manifest['source']} at {args.dest}: {rows} rows.")
     return 0
 

@@ -97,7 +97,7 @@ class Console(tune.Callback):
         self._started_at = time.time()
         self._seen: dict[str, int | None] = {}  # trial id -> the resumed_from_epoch last seen
         self._last_progress = self._last_counted = self._started_at
-        self._progress_shown = None
+        self._progress_shown: str | None = None
         self._redrawn = False
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment

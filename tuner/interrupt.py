@@ -103,7 +103,7 @@ class StopOnSignal:
             raise Interrupted(self.signum)
 
     def _exit_now(self, signum: int, frame) -> None:
-        os._exit(128 + self.signum)
+        os._exit(128 + (self.signum or signum))
 
     def _handle(self, signum: int, frame) -> None:
         first = self.signum is None
@@ -116,7 +116,7 @@ class StopOnSignal:
                         "experiment state (send it again to stop at once).\n".encode())
             tune_stop(signum, frame)
             return
-        raise Interrupted(self.signum)
+        raise Interrupted(self.signum or signum)
 
 
 def resume_command(argv: list[str]) -> str:

@@ -213,8 +213,8 @@ class Population:
             return False
         member.score = reward if math.isfinite(reward) else -math.inf
         member.last_perturbation = epoch
-        if hasattr(self.explorer, "observe"):
-            self.explorer.observe(trial_id, epoch, member.config, member.score)
+        if (observe := getattr(self.explorer, "observe", None)) is not None:
+            observe(trial_id, epoch, member.config, member.score)
         return True
 
     def reconcile(self, trial_id: str, generation: int, config: Mapping[str, Any], epoch: int) -> None:
@@ -263,6 +263,7 @@ class Population:
         donor = self.members[donor_id]
         config = self.explore(trial_id, donor_id)
         changes = {k: (donor.config.get(k), v) for k, v in config.items() if donor.config.get(k) != v}
+        assert donor.checkpoint is not None  # donors have one
         return Exploit(trial_id, donor_id, donor.epoch, donor.checkpoint, self.members[trial_id].generation + 1,
                        config, changes)
 
@@ -305,7 +306,7 @@ class Population:
             out.insert(0, {"epoch": segment.start, "trial": trial, "config": dict(segment.config)})
             if segment.parent is None or segment.parent not in self.members:
                 return out
-            trial, g = segment.parent, segment.parent_generation
+            trial, g = segment.parent, segment.parent_generation or 0
 
     # --- saved state ------------------------------------------------------------------
 
@@ -313,8 +314,8 @@ class Population:
         members = {t: {**{k: v for k, v in asdict(m).items() if k != "segments"},
                        "segments": [asdict(s) for s in m.segments]} for t, m in self.members.items()}
         out = {"members": members, "rng": self.rng.getstate()}
-        if hasattr(self.explorer, "state"):
-            out["explorer"] = self.explorer.state()
+        if (explorer_state := getattr(self.explorer, "state", None)) is not None:
+            out["explorer"] = explorer_state()
         return out
 
     def load(self, state: dict) -> None:
@@ -324,8 +325,8 @@ class Population:
         rng = state.get("rng")
         if rng is not None:
             self.rng.setstate(_as_tuples(rng))
-        if hasattr(self.explorer, "load") and state.get("explorer") is not None:
-            self.explorer.load(state["explorer"])
+        if (load := getattr(self.explorer, "load", None)) is not None and state.get("explorer") is not None:
+            load(state["explorer"])
 
 
 def _as_tuples(value):

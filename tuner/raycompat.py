@@ -45,6 +45,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -449,8 +450,10 @@ def incremental_experiment_sync() -> None:
             return _nothing, {}
         _CHANGES["pending"] = False
         sent["at"] = now
+        # Read here, on Tune's loop, right after the save: the upload runs in a thread
+        # while Tune writes its next save.
         return upload_changed, {"local_path": local_path, "fs": self.storage_filesystem, "fs_path": uri,
-                                "sent": sent}
+                                "sent": sent, "state": read_state(local_path)}
 
     ray_getstate = _FilesystemSyncer.__getstate__
 
@@ -524,33 +527,49 @@ def _nothing() -> int:
     return 0
 
 
-def upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
+def upload_changed(local_path: str, fs, fs_path: str, sent: dict, state: list | None = None) -> int:
     """Upload the files under ``local_path`` whose (size, mtime) differ from ``sent``'s
-    record of this destination; returns how many were sent. If an upload fails, the next
-    save uploads again."""
+    record of this destination; returns how many were sent. ``state`` is the folder's own
+    files as ``read_state`` read them when the save was made (read now if not given): Tune
+    writes its next save while this upload runs in its sync thread, and an upload that
+    mixed two saves could store trials newer than the ASHA rungs beside them. If an
+    upload fails, the next save uploads again."""
     try:
-        return _upload_changed(local_path, fs, fs_path, sent)
+        return _upload_changed(local_path, fs, fs_path, sent, read_state(local_path) if state is None else state)
     except BaseException:
         _CHANGES["pending"] = True
         raise
 
 
-def _upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
+def read_state(local_path: str) -> list[tuple[str, tuple[int, int], bytes]]:
+    """(name, (size, mtime), bytes) of each file at the top of ``local_path`` (Tune's
+    experiment state, searcher and callbacks), read together."""
+    files = []
+    for entry in sorted(os.scandir(local_path), key=lambda e: e.name):
+        try:
+            if not entry.is_file():
+                continue
+            st = entry.stat()
+            with open(entry.path, "rb") as src:
+                files.append((entry.name, (st.st_size, st.st_mtime_ns), src.read()))
+        except FileNotFoundError:  # removed since the listing
+            continue
+    return files
+
+
+def _upload_changed(local_path: str, fs, fs_path: str, sent: dict, state: list) -> int:
     import pyarrow.fs as pafs
 
     files, dirs = sent["files"], sent["dirs"]
     count = sent_bytes = 0
-    for source, rel in _files_under(local_path):
-        try:
-            st = os.stat(source)
-        except FileNotFoundError:  # removed since the listing
-            continue
-        mark = (fs_path, st.st_size, st.st_mtime_ns)
+    for rel, stat, body in itertools.chain(_trial_files(local_path), state):
+        mark = (fs_path, *stat)
         last = files.get(rel)
         if last is not None and last[0] == mark:
             continue
-        with open(source, "rb") as src:
-            body = src.read()
+        body = body() if callable(body) else body
+        if body is None:  # removed since the listing
+            continue
         digest = hashlib.sha256(body).digest()
         if last is not None and last[1] == (fs_path, digest):  # rewritten, the same bytes
             files[rel] = (mark, last[1])
@@ -568,6 +587,28 @@ def _upload_changed(local_path: str, fs, fs_path: str, sent: dict) -> int:
         sent_bytes += len(body)
     _LAST_UPLOAD["bytes"] = sent_bytes
     return count
+
+
+def _trial_files(local_path: str):
+    """(path relative to ``local_path``, (size, mtime), a function that reads it) of each
+    file in its folders (the trials' results), read as the upload reaches them: after the
+    experiment state, so never older than what it counts on."""
+    for source, rel in _files_under(local_path):
+        if "/" not in rel:
+            continue
+        try:
+            st = os.stat(source)
+        except FileNotFoundError:  # removed since the listing
+            continue
+        yield rel, (st.st_size, st.st_mtime_ns), functools.partial(_read_or_none, source)
+
+
+def _read_or_none(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as src:
+            return src.read()
+    except FileNotFoundError:
+        return None
 
 
 def _files_under(local_path: str):

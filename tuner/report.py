@@ -139,7 +139,7 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
         if hist:
             rung = rungs.last_rung(t["epochs"], milestones)
             shown = t["trial_id"] in top or many <= TOP
-            ax.plot([r["epoch"] for r in hist], [r.get(metric) for r in hist], marker="o" if shown else None, ms=3,
+            ax.plot([r["epoch"] for r in hist], [_or_nan(r.get(metric)) for r in hist], marker="o" if shown else None, ms=3,
                     color=colours.get(rung, "grey"), **line_style(shown, many))
     for rung, colour in colours.items():
         ax.plot([], [], color=colour, label=f"stopped at epoch {rung} or after" if rung != milestones[-1]
@@ -247,7 +247,7 @@ def population_figures(summary: dict, by_trial: dict[str, list[dict]], plt) -> d
         rows = by_trial.get(t["trial_id"], [])
         for g in sorted({r.get("generation") or 0 for r in rows}):
             hist = sorted((r for r in rows if (r.get("generation") or 0) == g), key=lambda r: r["epoch"])
-            ax.plot([r["epoch"] for r in hist], [r.get(metric) for r in hist], marker="o", ms=3, color=colour,
+            ax.plot([r["epoch"] for r in hist], [_or_nan(r.get(metric)) for r in hist], marker="o", ms=3, color=colour,
                     label=t["trial_id"] if g == 0 else None, **line_style(True, len(order)))
         for (x0, y0), (x1, y1) in exploit_jumps(t, by_trial, metric):
             ax.plot([x0, x1], [y0, y1], linestyle="--", color=colour, alpha=0.8, linewidth=1)
@@ -451,3 +451,8 @@ def write_report(storage_uri: str, name: str, endpoint: str | None = None, files
     if files is not None:
         files.update(written)
     return storage.join(folder, "report.html")
+
+
+def _or_nan(value) -> float:
+    """A point of a curve: NaN (a gap) where the trial reported none."""
+    return math.nan if value is None else value

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import tf_keras
 
@@ -39,7 +40,8 @@ class EpochReporter(tf_keras.callbacks.Callback):
         super().__init__()
         self.cfg, self.worker, self.net, self.validation = cfg, worker, net, validation
         self.resumed_from = resumed_from
-        self.plan = self.lr_schedule = None  # the fitting stretch's, set before each fit
+        self.plan: Any = None  # the fitting stretch's BatchPlan and Schedule, set before each fit
+        self.lr_schedule: Any = None
         # Reported with this worker-group start's first epoch only: it marks each start in
         # the results (results.worker_group_starts counts the restarts).
         self.startup: dict | None = startup
@@ -105,6 +107,7 @@ class EpochReporter(tf_keras.callbacks.Callback):
             **({"generation": self.cfg.generation} if self.cfg.generation is not None else {}),
         }
         if self.startup:
+            assert self.first_step_at is not None  # set at the first step, before any epoch ends
             figures.update(self.startup, startup_seconds=self.first_step_at - self.cfg.trial_start,
                            startup_cpu_seconds=self.startup_cpu)
             self.startup = None

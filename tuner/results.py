@@ -315,7 +315,7 @@ def export_best(spec: Spec, summary: dict, dataset_uri: str) -> None:
 
     from tuner import checkpoints, data, training
 
-    manifest = data.read_manifest(dataset_uri, spec.storage.endpoint)
+    manifest = data.staged_manifest(dataset_uri, spec.storage.endpoint)
     task = data.staged.task(manifest)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp, checkpoints.MODEL_FILE)

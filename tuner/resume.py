@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from typing import cast
 
 import ray
 from ray import tune
@@ -334,7 +335,7 @@ def start_slots(name: str, capacity: int):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return Slots.options(name=name, scheduling_strategy=here).remote(capacity)
+    return Slots.options(name=name, scheduling_strategy=here).remote(capacity)  # type: ignore[attr-defined]  # an actor class
 
 
 def gate(name: str, run: str, epoch: int, timeout: float = 120) -> bool:
@@ -342,7 +343,7 @@ def gate(name: str, run: str, epoch: int, timeout: float = 120) -> bool:
     ``epoch`` (the driver's decision, once it took the epoch in). True when the run's
     ``Slots`` actor does not answer within ``timeout`` seconds (gone with its driver)."""
     try:
-        return ray.get(ray.get_actor(name).gate.remote(run, epoch, timeout), timeout=timeout + 30)
+        return bool(ray.get(ray.get_actor(name).gate.remote(run, epoch, timeout), timeout=timeout + 30))
     except (ValueError, ray.exceptions.RayError):
         return True
 
@@ -361,7 +362,7 @@ def start(name: str, trial_id: str) -> tuple[int, bool]:
     epoch is reported again, and the driver's results, MLflow and schedulers take each
     epoch once."""
     try:
-        reported, stored = ray.get(ray.get_actor(name).start.remote(trial_id), timeout=60)
+        reported, stored = cast("tuple[int, bool]", ray.get(ray.get_actor(name).start.remote(trial_id), timeout=60))
         return reported, stored
     except (ValueError, ray.exceptions.RayError):
         return 0, True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 from ray import tune
@@ -86,6 +87,8 @@ def scheduler_for(spec: Spec, search: bool, time_attr: str, runs_uri: str | None
     there)."""
     a, kind = spec.asha, spec.scheduler.kind if search else "fifo"
     if kind in ("pbt", "pb2"):
+        if runs_uri is None:
+            raise ValueError("a population needs the experiment's runs_uri: its members copy checkpoints there")
         return population_for(spec, time_attr, runs_uri)
     if kind == "asha":
         return ResumableASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
@@ -150,7 +153,8 @@ class PromotingASHA(_Objective, FIFOScheduler):
         self._time_attr, self._metric, self._mode = time_attr, metric, mode
         self.max_t, self.reduction_factor, self.max_concurrent = max_t, reduction_factor, max_concurrent
         count = hyperband_brackets(max_t, grace_period, reduction_factor)
-        self._rungs = [(grace_period * reduction_factor ** k, {}) for k in reversed(range(count))]
+        self._rungs: list[tuple[int, dict[str, float]]] = [(grace_period * reduction_factor ** k, {})
+                                                            for k in reversed(range(count))]
         self._promoted: dict[int, set[str]] = {m: set() for m, _ in self._rungs}
         self._waiting: dict[str, int] = {}  # paused at a rung: trial id -> milestone
         self._resume: set[str] = set()  # promoted from waiting, not yet running again
@@ -526,7 +530,7 @@ class PB2Explorer:
         self.numeric = [n for n in names if space[n].is_range]
         self.resample_probability = resample_probability
         self.rows: list[dict] = []  # PB2's data: Trial, Time, the numeric values (PB2's scale), Reward
-        self.current = None
+        self.current: Any = None  # PB2's current configurations (a NumPy array)
         self.last_time = 0
 
     @staticmethod

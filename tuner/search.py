@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ray import tune
@@ -51,7 +51,7 @@ class UnitCubeSearch(Searcher):
     SKIPS = 1000
 
     def __init__(self, space: Mapping[str, Dim], kind: str, seed: int, metric: str | None = None,
-                 mode: str | None = None, first: list[dict] = (), known: list[dict] = ()):
+                 mode: str | None = None, first: Sequence[dict] = (), known: Sequence[dict] = ()):
         super().__init__(metric=metric, mode=mode)
         if kind not in ("random", "quasi_random"):
             raise ValueError(f"unknown unit-cube search {kind!r}")
@@ -60,7 +60,7 @@ class UnitCubeSearch(Searcher):
         self.first = [dict(c) for c in first]  # a warm start's best configurations: suggested first
         self.given = 0  # of `first`
         self.known = {warm.key(c) for c in [*known, *first]}  # never drawn again
-        self._sobol = None  # the first 2**m points, computed when first needed
+        self._sobol: np.ndarray | None = None  # the first 2**m points, computed when first needed
 
     def point(self, i: int) -> np.ndarray:
         """Point ``i`` of this search's sequence."""
@@ -83,7 +83,7 @@ class UnitCubeSearch(Searcher):
             self.given += 1
             return dict(self.first[self.given - 1])
         for _ in range(self.SKIPS):
-            config = config_from_unit(self.space, self.point(self.drawn))
+            config = config_from_unit(self.space, list(self.point(self.drawn)))
             self.drawn += 1
             if warm.key(config) not in self.known:
                 break
@@ -125,7 +125,8 @@ class OptunaSpace:
         self.space = dict(space)
 
     def __call__(self, trial) -> dict:
-        config, fixed = {}, {}
+        config: dict[str, Any] = {}
+        fixed: dict[str, Any] = {}
         for name in ordered(self.space):  # conditions come after what they depend on
             dim = self.space[name]
             if not active(name, config):
@@ -166,7 +167,7 @@ def optuna_distributions(space: Mapping[str, Dim], config: Mapping) -> dict:
     ``config`` for (the searched ones that count in it)."""
     import optuna
 
-    out = {}
+    out: dict[str, Any] = {}
     for name in ordered(space):
         dim = space[name]
         if dim.is_fixed or not active(name, config):
@@ -207,6 +208,7 @@ def searcher_for(spec: Spec, max_concurrent: int, metric: str, mode: str, warm_s
     if se.algorithm == "grid":
         # The generator's own limit: Tune ignores max_concurrent_trials for it.
         return BasicVariantGenerator(random_state=se.seed, max_concurrent=max_concurrent), param_space(spec)
+    searcher: Searcher
     if se.algorithm in ("random", "quasi_random"):
         searcher = UnitCubeSearch(se.space, se.algorithm, se.seed, metric=metric, mode=mode, first=first,
                                   known=[p.config for p in points])

@@ -244,6 +244,7 @@ def _check_value(key: str, value: Any, knob: Knob | None, number: bool = False) 
             return value
         raise Invalid(f"The value of `{key}` is {value!r}, but must be true or false.")
     if knob.type is str:
+        assert knob.allowed is not None  # every string knob names its values
         if value in knob.allowed:
             return value
         raise Invalid(f"The value of `{key}` is {value!r}, but must be one of: {', '.join(knob.allowed)}.")

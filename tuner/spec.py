@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -277,7 +277,8 @@ class Spec:
         return storage.join(self.storage.uri, "datasets", folder)
 
 
-SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Spec) if f.name != "name"}
+SECTIONS: dict[str, Callable[[], Any]] = {f.name: f.default_factory  # type: ignore[misc]  # every section has one
+                                          for f in dataclasses.fields(Spec) if f.name != "name"}
 
 
 # --- loading and overrides ---------------------------------------------------------------
@@ -368,7 +369,7 @@ def _deep_copy(d: Any) -> Any:
     return d
 
 
-def load_spec(config: str, overrides: list[str] = (), **top_level: Any) -> Spec:
+def load_spec(config: str, overrides: Sequence[str] = (), **top_level: Any) -> Spec:
     """Preset or file, then overrides, then validation. ``top_level`` keys such as
     ``name`` or ``storage.uri`` come from CLI flags and win over both."""
     raw = apply_overrides(load_raw(config), list(overrides))
@@ -414,7 +415,7 @@ def build_spec(raw: Mapping) -> Spec:
 
 def _build_section(section: str, default: Any, given: Mapping, problems: list[str]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(default)}
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in given.items():
         if key not in fields:
             problems.append(f"Unknown key `{section}.{key}`; known keys under `{section}`: {', '.join(fields)}.")
@@ -435,7 +436,7 @@ def _build_section(section: str, default: Any, given: Mapping, problems: list[st
                 continue
             values[key] = _build_section(f"{section}.{key}", current, value, problems)
             continue
-        coerced = _coerce(f"{section}.{key}", value, current, fields[key].type, problems)
+        coerced = _coerce(f"{section}.{key}", value, current, str(fields[key].type), problems)
         if coerced is not _INVALID:
             values[key] = coerced
     return dataclasses.replace(default, **values)

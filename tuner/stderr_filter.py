@@ -75,6 +75,7 @@ def start() -> None:
     _process = subprocess.Popen([sys.executable, "-S", "-u", __file__], stdin=subprocess.PIPE, stdout=2,
                                 start_new_session=True)
     saved = os.dup(2)
+    assert _process.stdin is not None  # stdin=PIPE
     os.dup2(_process.stdin.fileno(), 2)
     _process.stdin.close()
     atexit.register(_finish, saved)
@@ -87,7 +88,8 @@ def _finish(saved: int) -> None:
         pass
     os.dup2(saved, 2)  # this process's last reference to the pipe, unless a child holds one
     try:
-        _process.wait(timeout=5)
+        if _process is not None:
+            _process.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
 

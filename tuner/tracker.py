@@ -116,9 +116,9 @@ class Tracker(MLflowLoggerCallback):
                 os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
         record = read_run_file(self.experiment_uri, self.endpoint)
         client = self.client
-        same = record and (record.get("tracking_uri"), record.get("experiment_id")) == (
+        same = record is not None and (record.get("tracking_uri"), record.get("experiment_id")) == (
             self.where.uri, self.mlflow_util.experiment_id)
-        if same and _exists(client, record["run_id"]):
+        if record is not None and same and _exists(client, record["run_id"]):
             self.parent_id = record["run_id"]
             client.update_run(self.parent_id, status="RUNNING")
             for trial, (run_id, epoch, tags) in trial_runs(client, self.mlflow_util.experiment_id,
@@ -163,7 +163,7 @@ class Tracker(MLflowLoggerCallback):
         run_id = self._runs.get(trial.trial_id)
         if run_id is None:
             run = client.create_run(self.mlflow_util.experiment_id, run_name=str(trial),
-                                    tags={**self.tags, PARENT_TAG: self.parent_id, TAG_TRIAL: trial.trial_id})
+                                    tags={**(self.tags or {}), PARENT_TAG: self.parent_id, TAG_TRIAL: trial.trial_id})
             run_id = self._runs[trial.trial_id] = run.info.run_id
             _log_batch(client, run_id, params=flat(trial.config or {}))
         elif trial.trial_id not in self._open:  # resumed, or promoted from a rung

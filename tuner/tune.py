@@ -18,6 +18,7 @@ import posixpath
 import time
 import uuid
 from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 from tuner import storage
 from tuner.checkpoints import RUNS_DIR
@@ -247,10 +248,10 @@ class Cluster:
     concurrent: int  # trials at once
 
 
-def runtime_env_for(spec: Spec, working_dir: str | None = None, excludes: list[str] = ()) -> dict:
+def runtime_env_for(spec: Spec, working_dir: str | None = None, excludes: Sequence[str] = ()) -> dict:
     """The job's runtime environment: the S3 settings and TensorFlow's switches for every
     process, and ``working_dir`` (the user's builder module) shipped to every worker."""
-    env = {"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}}
+    env: dict[str, Any] = {"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}}
     from tuner.raycompat import PATCHES_VAR
 
     if PATCHES_VAR in os.environ:  # every process of the job keeps to the driver's choice
@@ -279,7 +280,7 @@ def connect(address: str | None, spec: Spec, runtime_env: dict | None = None, co
     runtime_env["env_vars"] = dict(runtime_env.get("env_vars", {}))
     address = address or os.environ.get("RAY_ADDRESS")
     res = TrialResources.of(spec)
-    logs = {} if console == "verbose" else {"logging_level": logging.WARNING}
+    logs: dict[str, Any] = {} if console == "verbose" else {"logging_level": logging.WARNING}
     if address:
         ray.init(address=address, runtime_env=beside_job_runtime_env(runtime_env), log_to_driver=True, **logs)
         resources = ray.cluster_resources()

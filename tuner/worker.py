@@ -16,9 +16,15 @@ import posixpath
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tuner import checkpoints
 from tuner.trial import TrialConfig
+
+if TYPE_CHECKING:
+    from tuner.data import SplitReader
+    from tuner.models import InputSpec
+    from tuner.schedule import BatchPlan, Schedule
 
 # Optimizer steps per tf.function call: a small MLP's step is shorter than the Python
 # round trip around it, so running several per call is most of the throughput.
@@ -76,10 +82,10 @@ class Worker:
 
     rank: int
     world: int
-    strategy: object  # tf.distribute.MultiWorkerMirroredStrategy
+    strategy: Any  # tf.distribute.MultiWorkerMirroredStrategy
     task: str
-    inputs: object  # tuner.models.InputSpec
-    train: object  # tuner.data.SplitReader
+    inputs: InputSpec
+    train: SplitReader
     pieces: list
     validation: "ValidationShare"
 
@@ -100,7 +106,7 @@ def _join(cfg: TrialConfig) -> Worker:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     tf_keras.utils.set_random_seed(cfg.seed)
     inputs = models.InputSpec.from_dict(cfg.inputs)
-    manifest = data.read_manifest(cfg.dataset_uri, cfg.endpoint)
+    manifest = data.staged_manifest(cfg.dataset_uri, cfg.endpoint)
     train = data.SplitReader(cfg.dataset_uri, manifest, "train", cfg.endpoint)
     pieces = data.shards.assign(train.row_groups, world, rank)
     train.check(pieces)
@@ -119,10 +125,10 @@ class Start:
     state) and the epochs it has trained, under the batch plan and learning-rate schedule
     of the hyperparameters in force there."""
 
-    net: object  # tf_keras.Model
+    net: Any  # tf_keras.Model
     epoch: int
-    plan: object  # tuner.schedule.BatchPlan
-    lr_schedule: object  # tuner.schedule.Schedule
+    plan: BatchPlan
+    lr_schedule: Schedule
 
 
 def _plan(cfg: TrialConfig, worker: Worker, params: dict):
@@ -283,7 +289,7 @@ class ValidationShare:
     """The validation rows one worker scores (``pieces`` of ``reader``'s split), and the
     forward passes every worker runs: enough for the largest share."""
 
-    reader: object  # tuner.data.SplitReader
+    reader: SplitReader
     pieces: list
     world: int
 

@@ -29,7 +29,7 @@ def test_bench_smoke(tmp_path):
     # Smoke runs take one arm of economy's, scaling's and b2's comparisons (see bench/run.py).
     assert results["economy"]["asha"]["trials"] == results["economy"]["fifo"]["trials"]
     assert "asha" in results["economy"]["against_fifo"]
-    assert set(results["scaling"]["linear"]) == {"workers_1", "workers_2", "spread_pt"}
+    assert set(results["scaling"]["linear"]) == {"workers_2", "spread_pt"}
     assert results["ckpt"]["sync"]["median_fraction_of_epoch"] > 0 < results["ckpt"]["async"]["median_fraction_of_epoch"]
     searched = results["searchers"]
     # One algorithm in a smoke run; test_searchers.py runs each (bayesian too, in CI).
@@ -42,7 +42,7 @@ def test_bench_smoke(tmp_path):
     assert results["peers"]["raytune_train"]["trials"] == results["peers"]["tuner"]["trials"]
     assert results["peers"]["tuner_vs_raytune_train"]["wall"] > 0
     streamed = results["data"]
-    assert streamed["stream_vs_memory_samples_per_second_x1"] > 0 and streamed["raydata"]["x1"]["startup_seconds"] > 0
+    assert streamed["raydata_vs_stream_samples_per_second_x1"] > 0 and streamed["raydata"]["x1"]["startup_seconds"] > 0
     assert streamed["stream"]["x1"]["s3_per_worker_epoch"]["get_requests"] > 0
     # Two trials at once, each a Tune trial with its own trainer: both trained.
     assert len(streamed["stream_2_at_once"]["x1"]["epoch_seconds_per_trial"]) == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,13 +35,13 @@ from tuner.data.mnist import (
     subset_checksums,
     verify,
 )
-from tuner.data.staged import MANIFEST, SplitReader, from_table, input_spec, load_split, read_manifest, to_table
+from tuner.data.staged import MANIFEST, SplitReader, from_table, input_spec, load_split, read_manifest, staged_manifest, to_table
 from tuner.data.tables import SPLITS, TableSource
 from tuner.tasks import TASKS
 
 __all__ = [
-    "DataError", "Prepared", "SplitReader", "shards", "mnist_dataset", "table_dataset", "stage", "read_manifest", "load_split",
-    "input_spec",
+    "DataError", "Prepared", "SplitReader", "shards", "mnist_dataset", "table_dataset", "stage", "read_manifest",
+    "staged_manifest", "load_split", "input_spec",
     "is_mnist_source", "source_for", "TableSource", "MANIFEST", "SPLITS", "TASKS", "FILES", "MNIST_SHA256",
     "SPLIT_SEED", "Source", "BuiltinSource", "DownloadSource", "UriSource", "encode_idx", "parse_idx", "read_source",
     "sha256", "split_validation", "subset_checksums", "verify", "from_table", "to_table",
@@ -121,7 +122,7 @@ def table_dataset(source: TableSource, label: str, features: list[str] | None = 
     y, classes = tables.encode_labels(ex.y, task, label)
     split = ex.split if ex.split is not None else tables.carve(y, task, validation_fraction, test_fraction, seed)
     splits = {name: (ex.x[split == name], y[split == name]) for name in SPLITS}
-    meta = {
+    meta: dict[str, Any] = {
         "dataset": posixpath.splitext(posixpath.basename(source.uri.rstrip("/")))[0],
         "source": source.description,
         "source_sha256": digest,

@@ -233,9 +233,18 @@ def load_split(dataset_uri: str, split: str, endpoint: str | None = None,
                manifest: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Features (n, *shape) in the stored dtype and labels (n,) of one staged split, in
     memory (for baselines and tests; trials stream theirs with ``SplitReader``)."""
-    manifest = manifest or read_manifest(dataset_uri, endpoint)
-    if manifest is None:
-        raise DataError(f"No staged dataset at {dataset_uri} (no {MANIFEST}); stage it with `tuner stage-data`.")
-    reader = SplitReader(dataset_uri, manifest, split, endpoint)
+    reader = SplitReader(dataset_uri, manifest or staged_manifest(dataset_uri, endpoint), split, endpoint)
     xs, ys = zip(*reader.chunks())
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def staged_manifest(dataset_uri: str, endpoint: str | None = None) -> dict:
+    """The manifest of a dataset that must be staged already.
+
+    Raises:
+        DataError: there is none.
+    """
+    manifest = read_manifest(dataset_uri, endpoint)
+    if manifest is None:
+        raise DataError(f"No staged dataset at {dataset_uri} (no {MANIFEST}); stage it with `tuner stage-data`.")
+    return manifest

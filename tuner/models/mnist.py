@@ -38,7 +38,7 @@ def mnist_mlp(hp, inputs):
     return tf_keras.Sequential(layers)
 
 
-mnist_mlp.defaults = {"width": 128, "depth": 1, "dropout": 0.2}
+mnist_mlp.defaults = {"width": 128, "depth": 1, "dropout": 0.2}  # type: ignore[attr-defined]  # as a user's builder declares them
 
 
 def mnist_cnn(hp, inputs):
@@ -78,4 +78,4 @@ def mnist_cnn(hp, inputs):
     return tf_keras.Model(inputs_layer, L.Dense(_head(inputs))(x))
 
 
-mnist_cnn.defaults = {"filters": 32, "kernel_size": 3, "dense": 128, "dropout": 0.3}
+mnist_cnn.defaults = {"filters": 32, "kernel_size": 3, "dense": 128, "dropout": 0.3}  # type: ignore[attr-defined]
