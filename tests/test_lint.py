@@ -19,6 +19,13 @@ def test_ruff_finds_nothing():
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
 
 
+def test_mypy_finds_nothing():
+    if subprocess.run([sys.executable, "-m", "mypy", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("mypy is not installed (pip install -e '.[test]' installs it)")
+    out = subprocess.run([sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
+
+
 def test_no_function_of_tuner_runs_over_60_lines():
     import ast
 

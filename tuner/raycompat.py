@@ -116,6 +116,12 @@ def patch(loses: str, *targets: str):
     return register
 
 
+def _replace(owner, **attributes) -> None:
+    """Set ``attributes`` on ``owner`` (a Ray class or module): what every patch does."""
+    for name, value in attributes.items():
+        setattr(owner, name, value)
+
+
 def switched_off() -> bool:
     return os.environ.get(PATCHES_VAR, "").strip().lower() in OFF
 
@@ -154,7 +160,7 @@ def _missing(target: str) -> str | None:
 
         want = [n.strip() for n in params.rstrip(")").split(",") if n.strip()]
         try:
-            have = list(inspect.signature(obj).parameters)
+            have = list(inspect.signature(obj).parameters)  # type: ignore[arg-type]  # a callable, or TypeError
         except (TypeError, ValueError):
             return f"{where} has no signature to check"
         if have != want:
@@ -207,6 +213,9 @@ def lazy_tensorflow() -> None:
     if PACKAGE in sys.modules:
         return
     spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.loader is None:  # checked by the patch's targets; here for the reader
+        return
+    loader = spec.loader
     package = importlib.util.module_from_spec(spec)
     state = {"loaded": False}
 
@@ -214,13 +223,14 @@ def lazy_tensorflow() -> None:
         if name.startswith("__") or state["loaded"]:
             raise AttributeError(f"module {PACKAGE!r} has no attribute {name!r}")
         state["loaded"] = True
-        spec.loader.exec_module(package)  # the real __init__: imports TensorFlow
+        loader.exec_module(package)  # the real __init__: imports TensorFlow
         return getattr(package, name)
 
-    package.__getattr__ = __getattr__
+    _replace(package, __getattr__=__getattr__)
     sys.modules[PACKAGE] = package
-    setattr(sys.modules["ray.train"], "tensorflow", package)
-    package.TensorflowConfig = importlib.import_module(f"{PACKAGE}.config").TensorflowConfig
+    _replace(sys.modules["ray.train"], tensorflow=package)
+    # Imported once the package is registered: not through its __init__.
+    _replace(package, TensorflowConfig=importlib.import_module(f"{PACKAGE}.config").TensorflowConfig)
 
 
 def install(role: str, state_period: float = 2.0, local_results=None) -> None:
@@ -346,7 +356,8 @@ def pb2_explore(data, bounds: dict, current, base: str, old: str, config: dict):
     values, ``data`` with the choice added)."""
     from ray.tune.schedulers.pb2 import _explore
 
-    return _explore(data, bounds, current, base, old, config)
+    # Ray annotates base and old as Trials; it only uses them as keys of the data.
+    return _explore(data, bounds, current, base, old, config)  # type: ignore[arg-type]
 
 
 # --- searchers' live-trial counts, and the restored Tuner --------------------------------
@@ -389,11 +400,11 @@ def restore_tuner(path: str, trainable, **kwargs):
     def skipped(*args, **kw):
         raise LookupError("tuner: results are read after fit, not on restore")
 
-    tuner_internal.ExperimentAnalysis = skipped
+    _replace(tuner_internal, ExperimentAnalysis=skipped)
     try:
         return tune.Tuner.restore(path, trainable, **kwargs)
     finally:
-        tuner_internal.ExperimentAnalysis = analysis
+        _replace(tuner_internal, ExperimentAnalysis=analysis)
 
 
 def restored_run_config(tuner):
@@ -466,9 +477,7 @@ def incremental_experiment_sync() -> None:
         state["last_sync_up_time"] = state["last_sync_down_time"] = float("-inf")
         return state
 
-    _FilesystemSyncer._sync_up_command = _sync_up_command
-    _FilesystemSyncer.__getstate__ = __getstate__
-    _FilesystemSyncer.tuner_incremental = True
+    _replace(_FilesystemSyncer, _sync_up_command=_sync_up_command, __getstate__=__getstate__, tuner_incremental=True)
 
 
 # What each syncer has uploaded (see incremental_experiment_sync).
@@ -512,9 +521,8 @@ def adaptive_experiment_state_period(floor: float) -> None:
         if self._auto_checkpoint_enabled:
             self._checkpoint_period = max(floor, _LAST_UPLOAD["bytes"] / STATE_UPLOAD_RATE)
 
-    _ExperimentCheckpointManager.__init__ = __init__
-    _ExperimentCheckpointManager._update_auto_checkpoint_time = _update_auto_checkpoint_time
-    _ExperimentCheckpointManager.tuner_adaptive = True
+    _replace(_ExperimentCheckpointManager, __init__=__init__, _update_auto_checkpoint_time=_update_auto_checkpoint_time,
+             tuner_adaptive=True)
 
 
 def experiment_changed() -> None:
@@ -663,8 +671,7 @@ def marker_free_checkpoint_upload() -> None:
         upload_files(checkpoint.path, self.storage_filesystem, path)
         return Checkpoint(filesystem=self.storage_filesystem, path=path)
 
-    StorageContext.persist_current_checkpoint = persist_current_checkpoint
-    StorageContext.tuner_marker_free = True
+    _replace(StorageContext, persist_current_checkpoint=persist_current_checkpoint, tuner_marker_free=True)
 
 
 @patch("each trial costs about 6 more S3 requests (Train's storage marker and folder markers)",
@@ -718,9 +725,8 @@ def marker_free_storage_check() -> None:
             if not (put and isinstance(self.storage_filesystem, pafs.S3FileSystem)):
                 return check(self)
 
-        cls._create_validation_file = _create_validation_file
-        cls._check_validation_file = _check_validation_file
-        cls.tuner_marker_free_check = True
+        _replace(cls, _create_validation_file=_create_validation_file, _check_validation_file=_check_validation_file,
+                 tuner_marker_free_check=True)
 
 
 def upload_files(local_path: str, fs, fs_path: str, chunk: int = 64 << 20) -> None:
@@ -764,8 +770,7 @@ def marker_free_checkpoint_delete() -> None:
         except Exception:  # noqa: BLE001 - as Ray's: a checkpoint left behind is not an error
             logging.getLogger(__name__).exception("Could not delete the checkpoint at %s", fs_path)
 
-    checkpoint_manager.delete_fs_path = delete_fs_path
-    checkpoint_manager.tuner_marker_free = True
+    _replace(checkpoint_manager, delete_fs_path=delete_fs_path, tuner_marker_free=True)
 
 
 @patch("each trial start costs 1 more S3 request",
@@ -801,8 +806,7 @@ def one_request_snapshot_probe() -> None:
             return
         self._load_state(state)
 
-    CheckpointManager._maybe_load_state_from_storage = _maybe_load_state_from_storage
-    CheckpointManager.tuner_one_request_probe = True
+    _replace(CheckpointManager, _maybe_load_state_from_storage=_maybe_load_state_from_storage, tuner_one_request_probe=True)
 
 
 # --- Tune's results at the end of a run ----------------------------------------------------
@@ -835,8 +839,7 @@ def local_trial_results(local_results) -> None:
             return fetch(self, trial)
         return pd.json_normalize(rows, sep="/") if rows else pd.DataFrame()
 
-    ExperimentAnalysis._fetch_trial_dataframe = _fetch_trial_dataframe
-    ExperimentAnalysis.tuner_local_results = True
+    _replace(ExperimentAnalysis, _fetch_trial_dataframe=_fetch_trial_dataframe, tuner_local_results=True)
 
 
 def __getattr__(name: str):

@@ -191,10 +191,10 @@ class TrialRunner:
         generation = population.generation_of(params)
         run = population.run_name(trial_id, generation)
         run_uri = storage.join(spec.storage.uri, spec.name, RUNS_DIR, run)
-        pbt = ({"generation": generation, "pbt_interval": spec.pbt.interval}
-               if spec.scheduler.kind in POPULATION_SCHEDULERS else {})
+        member = spec.scheduler.kind in POPULATION_SCHEDULERS
         cfg = TrialConfig(**self.loop_config, params=population.hyperparameters(params), trial_start=trial_start,
-                          run_uri=run_uri, run=run, **pbt, driver_gpus=driver_gpus, slots=self.slots_name,
+                          run_uri=run_uri, run=run, generation=generation if member else None,
+                          pbt_interval=spec.pbt.interval if member else None, driver_gpus=driver_gpus, slots=self.slots_name,
                           trial_id=trial_id, console=getattr(self, "console", "normal"))
         trainer = raycompat.trainer(
             train_loop_per_worker=worker.train_loop_per_worker,
@@ -215,7 +215,9 @@ class TrialRunner:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
-        return RunConfig(
+        # To a type checker ray.train's config classes are Train V1's (ray.air.config); at
+        # run time, with Train V2 on (Ray's default), they are V2's, which take these.
+        return RunConfig(  # type: ignore[call-arg]
             # Unique per trial (and PBT generation) and stable across restarts, so a
             # restarted trial finds its own run, and with it its latest checkpoint.
             name=run,
@@ -224,10 +226,10 @@ class TrialRunner:
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.num_to_keep,
                                                checkpoint_score_attribute=spec.objective.metric,
                                                checkpoint_score_order=spec.objective.mode),
-            failure_config=FailureConfig(max_failures=spec.failure.max_failures,
+            failure_config=FailureConfig(max_failures=spec.failure.max_failures,  # type: ignore[call-arg]
                                          controller_failure_limit=spec.failure.controller_failure_limit),
             # Worker reports reach Tune (and ASHA) through this.
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
             # Ray Train's INFO lines (each report with its metrics, each checkpoint) are for
             # `--verbose`; warnings and errors always show.
             logging_config=LoggingConfig(log_level="INFO" if getattr(self, "console", "normal") == "verbose"
@@ -289,7 +291,8 @@ def connect(address: str | None, spec: Spec, runtime_env: dict | None = None, co
     cpus = local_cpus(res)
     concurrent = concurrent_trials(replace(res, driver_resource=None), {"CPU": cpus, "GPU": 0},
                                    spec.scaling.max_concurrent_trials)
-    res = replace(res, driver_resource=res.driver_resource or LOCAL_DRIVER_RESOURCE)
+    driver_resource = res.driver_resource or LOCAL_DRIVER_RESOURCE
+    res = replace(res, driver_resource=driver_resource)
     # One machine has no node to lose to preemption: Ray Train's preemption watcher
     # (one more actor process per trial, booting while the workers start) has
     # nothing to watch. Clusters keep it.
@@ -310,7 +313,7 @@ def connect(address: str | None, spec: Spec, runtime_env: dict | None = None, co
         address="local",
         num_cpus=cpus,
         num_gpus=0,
-        resources={res.driver_resource: concurrent},
+        resources={driver_resource: concurrent},
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,
