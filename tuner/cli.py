@@ -198,7 +198,7 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
         args.address, args.working_dir, search, ["tuner", *argv])
     spec = plan.spec
     if plan.state == "finished":
-        uri = storage.join(results.experiment_uri(spec), results.SUMMARY)
+        uri = storage.join(spec.experiment_uri(), results.SUMMARY)
         best = results.read_summary(spec.storage.uri, spec.name, spec.storage.endpoint)["best"]
         print(f"The experiment `{spec.name}` already finished with this spec; its summary: {uri}")
         print(json.dumps(best, indent=2))
@@ -229,7 +229,7 @@ def _run_held(args, plan: experiment.Plan, stop: StopOnSignal | None) -> int:
         say(f"Tracking in MLflow at {tracked.uri}, experiment {tracked.experiment!r}.", flush=True)
     if plan.resume:
         what = "interrupted experiment" if plan.state == "interrupted" else "failed trials of the experiment"
-        say(f"Resuming the {what} `{spec.name}` from {results.experiment_uri(spec)}: "
+        say(f"Resuming the {what} `{spec.name}` from {spec.experiment_uri()}: "
             "finished trials are kept, unfinished ones continue from their latest checkpoints.", flush=True)
     try:
         grid, scheduler = experiment.run(plan, cluster, stop, args.console)

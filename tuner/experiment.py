@@ -278,7 +278,7 @@ def experiment_state(spec: Spec) -> str:
     new cluster does: an interrupted experiment resumes, a finished one is reported.
     The same name with a different spec is refused, so nothing stored is mixed or lost.
     """
-    exp = results.experiment_uri(spec)
+    exp = spec.experiment_uri()
     endpoint = spec.storage.endpoint
     summary_uri, spec_uri = storage.join(exp, results.SUMMARY), storage.join(exp, SPEC_FILE)
     if storage.exists(summary_uri, endpoint):
@@ -313,7 +313,7 @@ def hold(plan: Plan) -> lease.Lease:
             changed what this one would do.
     """
     spec = plan.spec
-    held = lease.Lease(results.experiment_uri(spec), spec.storage.endpoint)
+    held = lease.Lease(spec.experiment_uri(), spec.storage.endpoint)
     try:
         held.acquire(spec.name)
     except lease.LeaseHeld as e:
@@ -343,7 +343,7 @@ def stage(plan: Plan) -> None:
         plan.pending.write(plan.dataset_uri, spec.storage.endpoint)
         plan.pending = None
     if not plan.resume:
-        storage.write_json(storage.join(results.experiment_uri(spec), SPEC_FILE), spec_json(spec), spec.storage.endpoint)
+        storage.write_json(storage.join(spec.experiment_uri(), SPEC_FILE), spec_json(spec), spec.storage.endpoint)
 
 
 def run(plan: Plan, cluster, stop=None, console: str = "normal"):

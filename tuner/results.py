@@ -41,10 +41,6 @@ ROW_METRICS = (
 LINEAGE_COLUMNS = ("pbt_from_trial", "pbt_from_epoch")
 
 
-def experiment_uri(spec: Spec) -> str:
-    return storage.join(spec.storage.uri, spec.name)
-
-
 def _clean(value):
     """JSON/Parquet-friendly scalars (numpy -> Python, NaN -> None)."""
     if hasattr(value, "item"):
@@ -302,7 +298,7 @@ def write_results(spec: Spec, rows: list[dict]) -> None:
 
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), sink)
-    storage.write_bytes(storage.join(experiment_uri(spec), RESULTS), sink.getvalue(), spec.storage.endpoint)
+    storage.write_bytes(storage.join(spec.experiment_uri(), RESULTS), sink.getvalue(), spec.storage.endpoint)
 
 
 def export_best(spec: Spec, summary: dict, dataset_uri: str) -> None:
@@ -323,13 +319,13 @@ def export_best(spec: Spec, summary: dict, dataset_uri: str) -> None:
         net = tf_keras.models.load_model(local)
         test = data.SplitReader(dataset_uri, manifest, "test", spec.storage.endpoint)
         scores = training.evaluate(net, test.chunks(), task=task, loss=spec.model.loss)
-        target = storage.join(experiment_uri(spec), BEST_MODEL)
+        target = storage.join(spec.experiment_uri(), BEST_MODEL)
         storage.write_bytes(target, local.read_bytes(), spec.storage.endpoint)
     best.update({f"test_{k}": v for k, v in scores.items()}, model_uri=target)
 
 
 def write_summary(spec: Spec, summary: dict) -> str:
-    uri = storage.join(experiment_uri(spec), SUMMARY)
+    uri = storage.join(spec.experiment_uri(), SUMMARY)
     storage.write_json(uri, summary, spec.storage.endpoint)
     return uri
 

@@ -270,6 +270,10 @@ class Spec:
             ),
         )
 
+    def experiment_uri(self) -> str:
+        """Where the experiment keeps its state and outputs: ``<storage.uri>/<name>``."""
+        return storage.join(self.storage.uri, self.name)
+
     def dataset_uri(self) -> str:
         if self.data.uri:
             return self.data.uri

@@ -60,13 +60,12 @@ from tuner.mlflow_runs import (  # noqa: F401
 def interrupted(spec) -> None:
     """A run stopped by a signal: its MLflow runs still open end as KILLED, with the tag
     ``tuner.outcome`` ``interrupted``. The same command, run again, reopens them."""
-    from tuner import results
 
     where = target(spec)
     if where is None:
         return
     try:
-        record = read_run_file(results.experiment_uri(spec), spec.storage.endpoint)
+        record = read_run_file(spec.experiment_uri(), spec.storage.endpoint)
         if not record:
             return
         from mlflow import MlflowClient
@@ -90,7 +89,7 @@ def finish(spec, summary: dict, stopper: str) -> str | None:
     where = target(spec)
     if where is None:
         return None
-    exp_uri = results.experiment_uri(spec)
+    exp_uri = spec.experiment_uri()
     from mlflow import MlflowClient
 
     _quiet_env()

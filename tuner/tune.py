@@ -506,7 +506,6 @@ def _new_tuner(spec: Spec, trainable, cluster: Cluster, slots_name: str, verbose
 
 def console_for(spec: Spec, search: bool, level: str):
     """The ``tuner.console.Console`` callback for this run."""
-    from tuner import results
     from tuner.console import Console
     from tuner.rungs import milestones
     from tuner.space import searched
@@ -519,7 +518,7 @@ def console_for(spec: Spec, search: bool, level: str):
     return Console(level, spec.objective.metric, spec.objective.mode, spec.asha.max_t, trials * spec.asha.max_t,
                    stopper_name(spec, search), ladder,
                    searched(spec.search.space) if search else [], waits_at_rungs=kind == "asha_promote",
-                   experiment_uri=results.experiment_uri(spec))
+                   experiment_uri=spec.experiment_uri())
 
 
 def stopper_name(spec: Spec, search: bool) -> str:
@@ -534,7 +533,7 @@ def stopper_name(spec: Spec, search: bool) -> str:
 
 def tracker_for(spec: Spec, search: bool):
     """The MLflow ``tuner.tracker.Tracker`` callback for this run, or None (no tracking)."""
-    from tuner import mlflow_runs, results
+    from tuner import mlflow_runs
 
     where = mlflow_runs.target(spec)
     if where is None:
@@ -542,7 +541,7 @@ def tracker_for(spec: Spec, search: bool):
     from tuner.tracker import Tracker
 
     settings = {k: v for k, v in mlflow_runs.flat(spec.to_dict()).items() if not k.startswith("tracking.")}
-    return Tracker(where, results.experiment_uri(spec), spec.storage.endpoint,
+    return Tracker(where, spec.experiment_uri(), spec.storage.endpoint,
                    {**settings, "command": "tune" if search else "train"}, spec.asha.max_t,
                    stopper_name(spec, search))
 
