@@ -1,4 +1,4 @@
-"""Fixtures the unit tests share, and how pytest-xdist shares the tests out."""
+"""Fixtures the unit tests share."""
 
 import os
 
@@ -7,24 +7,15 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _environment_as_it_was():
-    """Each test leaves this process's environment as it found it, whichever ran before
-    it on its worker: libraries set variables as they go (MLflow's set_tracking_uri sets
+    """Each test leaves this process's environment as it found it, whatever ran before
+    it: libraries set variables as they go (MLflow's set_tracking_uri sets
     $MLFLOW_TRACKING_URI; Ray, TensorFlow and tuner's S3 set theirs), and the commands a
-    later test starts would inherit them."""
+    later test starts would inherit them (test_cli's failed after test_tracking's)."""
     saved = dict(os.environ)
     yield
     if dict(os.environ) != saved:
         os.environ.clear()
         os.environ.update(saved)
-
-
-def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist's ``--dist loadgroup`` (pyproject.toml runs two workers): a
-    module's tests run on one worker, in their order (module fixtures are made once), and
-    every test on Ceph RGW on one worker (one Ceph cluster, started once)."""
-    for item in items:
-        group = "ceph" if "ceph_s3" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture
