@@ -60,7 +60,6 @@ from tuner.mlflow_runs import (  # noqa: F401
 def interrupted(spec) -> None:
     """A run stopped by a signal: its MLflow runs still open end as KILLED, with the tag
     ``tuner.outcome`` ``interrupted``. The same command, run again, reopens them."""
-
     where = target(spec)
     if where is None:
         return

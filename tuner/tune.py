@@ -190,7 +190,7 @@ class TrialRunner:
         # it copied); any other trial in one run named after it.
         generation = population.generation_of(params)
         run = population.run_name(trial_id, generation)
-        run_uri = storage.join(spec.storage.uri, spec.name, RUNS_DIR, run)
+        run_uri = storage.join(spec.experiment_uri(), RUNS_DIR, run)
         member = spec.scheduler.kind in POPULATION_SCHEDULERS
         cfg = TrialConfig(**self.loop_config, params=population.hyperparameters(params), trial_start=trial_start,
                           run_uri=run_uri, run=run, generation=generation if member else None,
@@ -477,7 +477,7 @@ def _new_tuner(spec: Spec, trainable, cluster: Cluster, slots_name: str, verbose
 
     fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
     metric, mode = spec.objective.metric, spec.objective.mode
-    scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR, storage.join(spec.storage.uri, spec.name, RUNS_DIR))
+    scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR, storage.join(spec.experiment_uri(), RUNS_DIR))
     searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, metric, mode,
                                              warm_start)
     stopper = schedulers.stopper_for(spec, metric, mode, TIME_ATTR) if search else None
