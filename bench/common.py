@@ -56,8 +56,12 @@ def experiment(storage: Path, name: str) -> tuple[dict, list[dict]]:
     return summary, rows
 
 
+# `bench/run.py all --smoke --jobs N` stages the subset once, here, for every benchmark.
+DATASETS_VAR = "TUNER_BENCH_DATASETS"
+
+
 def stage(work: Path, mnist: str | None) -> str:
-    dest = work / "datasets" / ("mnist" if mnist else "mnist-subset")
+    dest = Path(os.environ.get(DATASETS_VAR) or work / "datasets") / ("mnist" if mnist else "mnist-subset")
     if not (dest / "manifest.json").exists():
         tuner(["stage-data", "--source", mnist or "builtin", "--dest", str(dest)], work)
     return str(dest)

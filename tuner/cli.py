@@ -17,6 +17,7 @@ from tuner import data, experiment, results, stderr_filter, storage
 from tuner.experiment import UsageError
 from tuner.interrupt import StopOnSignal, resume_command
 from tuner.spec import SpecError, preset_names
+from tuner.tune import TF_ENV
 
 EXIT_USAGE = 2
 
@@ -82,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     """The command; ``argv`` None: this process's own command line (then, unless
     ``--verbose``, its stderr goes through ``tuner.stderr_filter``; a caller that passes
     ``argv``, a test, keeps its stderr as it is)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow as the workers have it (tuner.tune.TF_ENV): quiet, and `tf.keras` is
+    # tf_keras, so a builder's check here sees the model the workers build, and
+    # `import tensorflow` skips Keras 3 (and, where it is installed, scikit-learn
+    # through Keras 3's wrappers): about 1 s less before the first trial here.
+    for key, value in TF_ENV.items():
+        os.environ.setdefault(key, value)
     own_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

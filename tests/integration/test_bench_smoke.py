@@ -25,7 +25,8 @@ def test_bench_smoke(tmp_path):
                             "pbt", "warm"}
     assert results["b1"]["ratio"] > 0 and results["b2"]["workers_2"]["median_startup_seconds"] > 0
     assert 0 < results["b1"]["trial_fraction_of_peak"] < 1
-    assert 0 < results["tuned"]["best_test_accuracy"] <= 1 and 0 < results["cnn"]["best_test_accuracy"] <= 1
+    # `tuned` and `cnn` are one function: cnn's smoke run keeps it working.
+    assert "skipped" in results["tuned"] and 0 < results["cnn"]["best_test_accuracy"] <= 1
     # Smoke runs take one arm of economy's, scaling's and b2's comparisons (see bench/run.py).
     assert results["economy"]["asha"]["trials"] == results["economy"]["fifo"]["trials"]
     assert "asha" in results["economy"]["against_fifo"]
@@ -42,11 +43,9 @@ def test_bench_smoke(tmp_path):
     assert results["peers"]["raytune_train"]["trials"] == results["peers"]["tuner"]["trials"]
     assert results["peers"]["tuner_vs_raytune_train"]["wall"] > 0
     streamed = results["data"]
-    assert streamed["raydata_vs_stream_samples_per_second_x1"] > 0 and streamed["raydata"]["x1"]["startup_seconds"] > 0
+    # tuner's streamed input alone (Ray Data's and two runs at once are the full run's).
+    assert streamed["stream"]["x1"]["startup_seconds"] > 0 and "raydata" not in streamed
     assert streamed["stream"]["x1"]["s3_per_worker_epoch"]["get_requests"] > 0
-    # Two trials at once, each a Tune trial with its own trainer: both trained.
-    assert len(streamed["stream_2_at_once"]["x1"]["epoch_seconds_per_trial"]) == 2
-    assert streamed["stream_2_at_once_vs_1_samples_per_second_x1"] > 0
     assert streamed["tuner_train_x1"]["s3_requests_per_trial_epoch_store"] > 0
     assert streamed["tuner_train_x1"]["s3_requests_per_trial_epoch_store_by_kind"]["checkpoints"] > 0
     # PB2 (PBT runs in test_pbt.py) with 2 members; a warm-started run after a first one.
