@@ -117,7 +117,7 @@ def main() -> int:
     time_driver_steps(os.environ.get("TUNER_STUB_STATS"), {
         **experiment_state_steps(),
         # The incremental upload of the experiment folder (in Tune's sync thread).
-        "experiment_upload": (raycompat, "upload_changed"),
+        "experiment_upload": (raycompat.experiment_sync, "upload_changed"),
         # After Tune: trials from Tune's results, results.parquet, summary.json (and the
         # best model's test scoring, which stub trials have none of).
         "summarize": (experiment, "summarize"),

@@ -77,7 +77,7 @@ def test_experiment_sync_sends_only_changed_files(tmp_path, monkeypatch):
     from tuner import raycompat
 
     raycompat.incremental_experiment_sync()
-    monkeypatch.setattr(raycompat, "_CHANGES", {"tracked": False, "pending": False})  # nobody reports changes
+    monkeypatch.setattr(raycompat.experiment_sync, "_CHANGES", {"tracked": False, "pending": False})  # nobody reports changes
     local, remote = tmp_path / "local", tmp_path / "remote"
     (local / "trial").mkdir(parents=True)
     (local / "experiment_state.json").write_text("{}")
@@ -103,7 +103,7 @@ def test_experiment_sync_sends_only_changed_files(tmp_path, monkeypatch):
     # upload: Tune pickles the syncer into every save of the searcher's state.
     import pickle
 
-    assert "tuner_sent" not in vars(syncer) and raycompat._SENT[syncer]["files"]
+    assert "tuner_sent" not in vars(syncer) and raycompat.experiment_sync._SENT[syncer]["files"]
     pickled = pickle.dumps(syncer)
     (local / "trial" / "result.json").write_text("3\n")
     syncer.sync_up(str(local), str(remote))
@@ -121,7 +121,7 @@ def test_experiment_sync_waits_for_the_experiment_to_move_on(tmp_path, monkeypat
     from tuner.resume import Keeper
 
     raycompat.incremental_experiment_sync()
-    monkeypatch.setattr(raycompat, "_CHANGES", {"tracked": False, "pending": False})
+    monkeypatch.setattr(raycompat.experiment_sync, "_CHANGES", {"tracked": False, "pending": False})
     local, remote = tmp_path / "local", tmp_path / "remote"
     local.mkdir()
     syncer = _FilesystemSyncer(storage_filesystem=pafs.LocalFileSystem(), sync_period=300)
@@ -202,7 +202,7 @@ def test_checkpoint_upload_to_s3_puts_its_files_and_no_directory_markers(tmp_pat
     context.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(local)), "epoch-0002")
     before = keys()
     sent = []
-    client = raycompat.boto3_client(fs)
+    client = storage.boto3_client(fs)
     client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.method))
     checkpoint_manager.delete_fs_path(fs=fs, fs_path=saved.path)
     assert before - keys() == {"store/exp/epoch-0001/model.keras", "store/exp/epoch-0001/sub/state.json",
@@ -242,15 +242,15 @@ def test_the_experiment_state_period_starts_at_2_s_and_grows_with_the_state(monk
     from tuner import raycompat
 
     raycompat.adaptive_experiment_state_period(2.0)
-    monkeypatch.setitem(raycompat._LAST_UPLOAD, "bytes", 0)
+    monkeypatch.setitem(raycompat.experiment_sync._LAST_UPLOAD, "bytes", 0)
     auto = _ExperimentCheckpointManager(storage=None, checkpoint_period="auto")
     assert auto._checkpoint_period == 2.0
     auto._update_auto_checkpoint_time(5.0)  # however slow the machine
     assert auto._checkpoint_period == 2.0
-    monkeypatch.setitem(raycompat._LAST_UPLOAD, "bytes", 100 * 20_000)  # ~100 trials' state
+    monkeypatch.setitem(raycompat.experiment_sync._LAST_UPLOAD, "bytes", 100 * 20_000)  # ~100 trials' state
     auto._update_auto_checkpoint_time(0.01)
     assert auto._checkpoint_period == 2.0
-    monkeypatch.setitem(raycompat._LAST_UPLOAD, "bytes", 1000 * 20_000)  # ~1,000 trials'
+    monkeypatch.setitem(raycompat.experiment_sync._LAST_UPLOAD, "bytes", 1000 * 20_000)  # ~1,000 trials'
     auto._update_auto_checkpoint_time(0.01)
     assert auto._checkpoint_period == pytest.approx(19.07, abs=0.01)
     fixed = _ExperimentCheckpointManager(storage=None, checkpoint_period=5)  # a user's number stands
@@ -269,10 +269,10 @@ def test_an_upload_of_the_experiment_folder_records_what_it_sent(tmp_path):
     sent = {"files": {}, "dirs": set(), "at": 0}
     dest = str(tmp_path / "dest")
     assert raycompat.upload_changed(str(tmp_path / "src"), pafs.LocalFileSystem(), dest, sent) == 2
-    assert raycompat._LAST_UPLOAD["bytes"] == 1010
+    assert raycompat.experiment_sync._LAST_UPLOAD["bytes"] == 1010
     (tmp_path / "src" / "experiment_state.json").write_bytes(b"z" * 500)
     assert raycompat.upload_changed(str(tmp_path / "src"), pafs.LocalFileSystem(), dest, sent) == 1
-    assert raycompat._LAST_UPLOAD["bytes"] == 500
+    assert raycompat.experiment_sync._LAST_UPLOAD["bytes"] == 500
 
 
 def test_an_upload_sends_the_state_of_one_save_while_the_next_is_written(tmp_path):
@@ -336,12 +336,12 @@ def test_a_restore_reads_no_trial_results_until_fit(tmp_path, monkeypatch):
 def test_an_upload_sends_the_trials_files_before_the_experiment_state(tmp_path):
     """An upload cut short (the driver killed mid-way) leaves no stored experiment state
     that counts on trial results not yet stored."""
-    from tuner import raycompat
+    from tuner import storage
 
     (tmp_path / "trial_a").mkdir()
     for name in ("experiment_state-x.json", "trial_a/result.json", "tuner.pkl"):
         (tmp_path / name).write_text("{}")
-    order = [rel for _, rel in raycompat._files_under(str(tmp_path))]
+    order = [rel for _, rel in storage.files_under(str(tmp_path))]
     assert order == ["trial_a/result.json", "experiment_state-x.json", "tuner.pkl"]
 
 
@@ -406,6 +406,36 @@ def test_a_new_train_run_looks_for_its_checkpoint_list_with_one_request(moto_end
         proxy.stop()
 
 
+COUNTED = """
+import json, sys
+from ray.air._internal import usage
+from ray.tune import Callback
+from ray.tune.logger import JsonLoggerCallback, LoggerCallback
+from tuner import raycompat
+
+class Mine(Callback): pass
+class MyLogger(LoggerCallback): pass
+callbacks = [JsonLoggerCallback(), JsonLoggerCallback(), Mine(), MyLogger(), object()]
+raycompat.install("driver")
+counted = usage._count_callbacks(callbacks)
+print(json.dumps({"mlflow_imported": "mlflow" in sys.modules, "counted": counted}))
+"""
+
+
+def test_rays_usage_count_of_callbacks_is_the_same_without_importing_mlflow():
+    import os
+
+    def probe(patches: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", COUNTED], capture_output=True, text=True, check=True,
+                             env={**os.environ, "TUNER_RAY_PATCHES": patches})
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    patched, as_ray_ships = probe("on"), probe("off")
+    assert not patched["mlflow_imported"] and as_ray_ships["mlflow_imported"]
+    assert patched["counted"] == as_ray_ships["counted"] == {"JsonLoggerCallback": 2, "CustomCallback": 1,
+                                                             "CustomLoggerCallback": 1}
+
+
 # --- patches are optional: each checks its targets, and all can be switched off ----------
 
 
@@ -413,7 +443,7 @@ def test_every_patch_fits_the_ray_it_was_written_for():
     from tuner import raycompat
 
     assert {name: raycompat.checked(name) for name in raycompat.PATCHES} == dict.fromkeys(raycompat.PATCHES)
-    assert len(raycompat.PATCHES) == 10 and raycompat.report() == []
+    assert len(raycompat.PATCHES) == 11 and raycompat.report() == []
 
 
 def test_a_patch_whose_target_changed_stays_off_and_says_what_is_lost(monkeypatch):
@@ -421,8 +451,8 @@ def test_a_patch_whose_target_changed_stays_off_and_says_what_is_lost(monkeypatc
 
     from tuner import raycompat
 
-    monkeypatch.setattr(raycompat, "PATCHES", dict(raycompat.PATCHES))
-    monkeypatch.setattr(raycompat, "_USABLE", dict(raycompat._USABLE))
+    monkeypatch.setattr(raycompat.patches, "PATCHES", dict(raycompat.PATCHES))
+    monkeypatch.setattr(raycompat.patches, "_USABLE", dict(raycompat.patches._USABLE))
     applied = []
 
     @raycompat.patch("nothing at all", "ray.tune:NoSuchThing")

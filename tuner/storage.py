@@ -308,3 +308,29 @@ def clear_folder(fs: pafs.FileSystem, fs_path: str) -> None:
         delete_s3_folder(fs, fs_path)
     else:
         fs.delete_dir_contents(fs_path, missing_dir_ok=True)
+
+
+def upload_files(local_path: str, fs, fs_path: str, chunk: int = 64 << 20) -> None:
+    """Copy every file under ``local_path`` to ``fs_path`` on ``fs``, one stream each, its
+    bytes as they are (no compression guessed from the name)."""
+    for source, rel in files_under(local_path):
+        with open(source, "rb") as src, fs.open_output_stream(posixpath.join(fs_path, rel), compression=None) as out:
+            while block := src.read(chunk):
+                out.write(block)
+
+
+def files_under(local_path: str):
+    """(path, path relative to ``local_path`` with '/' separators) of every file under it,
+    in a stable order: the files in its folders (each trial's results) before its own
+    (Tune's experiment state), so that an upload cut short never leaves a stored state
+    newer than the trial results it counts on."""
+    top = []
+    for root, _, names in os.walk(local_path):
+        for name in sorted(names):
+            source = os.path.join(root, name)
+            rel = os.path.relpath(source, local_path).replace(os.sep, "/")
+            if root == local_path:
+                top.append((source, rel))
+            else:
+                yield source, rel
+    yield from top

@@ -24,7 +24,7 @@ from tuner.trial import TrialConfig
 if TYPE_CHECKING:
     from tuner.data import SplitReader
     from tuner.models import InputSpec
-    from tuner.schedule import BatchPlan, Schedule
+    from tuner.schedule import BatchPlan, Schedule, Stretch
 
 # Optimizer steps per tf.function call: a small MLP's step is shorter than the Python
 # round trip around it, so running several per call is most of the throughput.
@@ -123,12 +123,14 @@ def _join(cfg: TrialConfig) -> Worker:
 class Start:
     """Where this worker group starts: the model (built, or restored with its optimizer
     state) and the epochs it has trained, under the batch plan and learning-rate schedule
-    of the hyperparameters in force there."""
+    of the hyperparameters in force there, and the trial's stretches of hyperparameters
+    (``schedule.stretches``: one, the whole budget, without a replayed schedule)."""
 
     net: Any  # tf_keras.Model
     epoch: int
     plan: BatchPlan
     lr_schedule: Schedule
+    stretches: list[Stretch]
 
 
 def _plan(cfg: TrialConfig, worker: Worker, params: dict):
@@ -161,7 +163,8 @@ def _build_or_restore(cfg: TrialConfig, worker: Worker) -> Start:
     with worker.strategy.scope():
         restored = checkpoints.restore_latest(cfg.run_uri, cfg.endpoint, stored)
         epoch = restored[1] if restored else 0
-        params = schedule.stretch_at(schedule.stretches(cfg.params, cfg.hp_schedule, cfg.max_t), epoch).params
+        stretches = schedule.stretches(cfg.params, cfg.hp_schedule, cfg.max_t)
+        params = schedule.stretch_at(stretches, epoch).params
         plan, lr_schedule = _plan(cfg, worker, params)
         epoch_schedule = training.EpochSchedule.from_schedule(lr_schedule, plan.steps_per_epoch)
         if restored:
@@ -179,7 +182,7 @@ def _build_or_restore(cfg: TrialConfig, worker: Worker) -> Start:
     # rank reports (a report is a barrier); rank 0's metrics are the ones Ray Train uses.
     for replayed in checkpoints.replayed_epochs(recorded, reported, epoch):
         ray.train.report({**records[replayed], "replayed": True} if worker.rank == 0 else {})
-    return Start(net, epoch, plan, lr_schedule)
+    return Start(net, epoch, plan, lr_schedule, stretches)
 
 
 def _fit(cfg: TrialConfig, worker: Worker, start: Start, report) -> None:
@@ -187,11 +190,11 @@ def _fit(cfg: TrialConfig, worker: Worker, start: Start, report) -> None:
     (the whole budget without one), each from where the last ended."""
     import tf_keras
 
-    from tuner import schedule, training
+    from tuner import training
 
     net, plan, lr_schedule = start.net, start.plan, start.lr_schedule
     tag = posixpath.basename(cfg.run_uri)
-    for stretch in schedule.stretches(cfg.params, cfg.hp_schedule, cfg.max_t):
+    for stretch in start.stretches:
         if stretch.end <= start.epoch:
             continue
         begin = max(stretch.start, start.epoch)
