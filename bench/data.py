@@ -252,6 +252,8 @@ def _store_kind(path: str) -> str:
         return "trial_logs"  # Tune's per-trial result.json, progress.csv, events, params
     if key[0].split("-")[0].split(".")[0] in ("spec", "summary", "results", "best_model", "report"):
         return "tuner_outputs"
+    if key[0] == "lease.json":  # one run of the experiment at a time (tuner.lease)
+        return "lease"
     return "tune_state"
 
 

@@ -6,7 +6,7 @@ pins the version and exercises each), split by concern:
   ``TUNER_RAY_PATCHES=off`` leaves Ray as it ships.
 - ``roles``: ``install(role)``, the patches of one kind of process (the experiment's
   driver, a trial's driver, Ray Train's controller, a Train worker).
-- ``trainer``: Ray Train's ``TensorflowTrainer`` without a TensorFlow import where no
+- ``train``: Ray Train's ``TensorflowTrainer`` without a TensorFlow import where no
   model runs, and without the dataset manager a trial does not use. Importing it (and
   so this package) installs the lazy ``ray.train.tensorflow`` package in the process.
 - ``experiment_sync``: Tune's experiment state, saved at a period that follows its size
@@ -57,7 +57,7 @@ from tuner.raycompat.s3_requests import (
     marker_free_storage_check,
     one_request_snapshot_probe,
 )
-from tuner.raycompat.trainer import Config, lazy_tensorflow, trainer
+from tuner.raycompat.train import Config, lazy_tensorflow, trainer
 
 __all__ = [
     "API_SERVER_ADDRESS", "JOB_CONFIG_VAR", "NO_PREEMPTION_WATCHER", "PATCHES", "PATCHES_VAR", "RAY_VERSION",

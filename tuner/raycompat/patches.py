@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 RAY_VERSION = "2.60"  # what this package was written against
 
-# `TUNER_RAY_PATCHES=off`: run on Ray as it ships, every patch below left out.
+# `TUNER_RAY_PATCHES=off`: run on Ray as it ships, every patch left out.
 PATCHES_VAR = "TUNER_RAY_PATCHES"
 OFF = ("off", "0", "false", "no")
 TESTED_RAY = ("2.60",)  # the Ray releases (major.minor) each patch was written against

@@ -22,7 +22,7 @@ def install(role: str, state_period: float = 2.0, local_results=None) -> None:
       check and its checkpoint-list probe, each with the fewest S3 requests;
     - "worker", a Train worker: checkpoints uploaded without folder markers.
 
-    TensorFlow's lazy import (``trainer.lazy_tensorflow``) is installed wherever the
+    TensorFlow's lazy import (``train.lazy_tensorflow``) is installed wherever the
     package is imported, in all of them.
     """
     if role == "driver":
