@@ -78,6 +78,8 @@ API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
 # ray._private.runtime_env.constants.RAY_JOB_CONFIG_JSON_ENV_VAR: a submitted job's
 # config, runtime environment included, as its driver gets it.
 JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
 def job_runtime_env() -> dict:
     """The runtime environment of the submitted job this driver runs in ({} if none)."""
     return json.loads(os.environ.get(JOB_CONFIG_VAR) or "{}").get("runtime_env") or {}
