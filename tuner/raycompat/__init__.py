@@ -83,3 +83,12 @@ JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 def job_runtime_env() -> dict:
     """The runtime environment of the submitted job this driver runs in ({} if none)."""
     return json.loads(os.environ.get(JOB_CONFIG_VAR) or "{}").get("runtime_env") or {}
+
+
+def __getattr__(name: str):
+    # The S3 client lives in tuner.storage now.
+    if name in ("boto3_client", "delete_s3_folder"):
+        from tuner import storage
+
+        return getattr(storage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,9 +14,9 @@ def install(role: str, state_period: float = 2.0, local_results=None) -> None:
     """Apply the patches one kind of process uses (each only where ``usable``):
 
     - "driver", the experiment's: Ray's usage count of callbacks without importing
-      MLflow, Tune's experiment state saved every ``state_period``
-      seconds or as its size asks, its folder uploaded by change, one storage marker,
-      and the end-of-run analysis reading ``local_results(trial)`` where it can;
+      MLflow, Tune's experiment state saved every ``state_period`` seconds or as its
+      size asks, its folder uploaded by change, one storage marker, and the end-of-run
+      analysis reading ``local_results(trial)`` where it can;
     - "trial", a trial's driver (builds the trainer): one storage marker;
     - "controller", Ray Train's (unpickles ``Config``): checkpoint deletes, its storage
       check and its checkpoint-list probe, each with the fewest S3 requests;
