@@ -443,7 +443,7 @@ def test_every_patch_fits_the_ray_it_was_written_for():
     from tuner import raycompat
 
     assert {name: raycompat.checked(name) for name in raycompat.PATCHES} == dict.fromkeys(raycompat.PATCHES)
-    assert len(raycompat.PATCHES) == 11 and raycompat.report() == []
+    assert len(raycompat.PATCHES) == 12 and raycompat.report() == []
 
 
 def test_a_patch_whose_target_changed_stays_off_and_says_what_is_lost(monkeypatch):
@@ -514,3 +514,31 @@ def test_the_job_carries_the_switch_to_every_process(monkeypatch):
     assert tune.runtime_env_for(load_spec("quick"))["env_vars"]["TUNER_RAY_PATCHES"] == "off"
     monkeypatch.delenv("TUNER_RAY_PATCHES")
     assert "TUNER_RAY_PATCHES" not in tune.runtime_env_for(load_spec("quick"))["env_vars"]
+
+
+def test_the_job_polls_its_workers_every_half_second_unless_told_otherwise(monkeypatch):
+    from tuner import tune
+    from tuner.spec import load_spec
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    assert tune.runtime_env_for(load_spec("quick"))["env_vars"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")
+    assert tune.runtime_env_for(load_spec("quick"))["env_vars"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "2"
+
+
+def test_a_run_stops_its_ray_without_waiting_on_the_autoscalers_monitor():
+    import signal
+
+    import ray
+
+    from tuner import raycompat
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
+        raylet = ray._private.worker._global_node.all_processes["raylet"][0].process
+        raycompat.shutdown()
+    finally:
+        ray.shutdown()
+    assert not ray.is_initialized()
+    assert monitor.poll() == -signal.SIGKILL and raylet.poll() is not None

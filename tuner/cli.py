@@ -243,7 +243,9 @@ def _run_held(args, plan: experiment.Plan, stop: StopOnSignal | None) -> int:
         experiment.track_interrupted(plan)
         raise
     summary, uri = experiment.summarize(plan, cluster, grid, scheduler)
-    return _print_outcome(spec, summary, uri, experiment.track(plan, summary))
+    tracked = experiment.track(plan, summary)
+    experiment.disconnect()
+    return _print_outcome(spec, summary, uri, tracked)
 
 
 def _print_outcome(spec, summary: dict, uri: str, tracked: str | None) -> int:

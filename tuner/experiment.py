@@ -336,6 +336,14 @@ def connect(plan: Plan, address: str | None, console: str = "normal"):
         raise UsageError(str(e)) from None
 
 
+def disconnect() -> None:
+    """Stop the Ray that ``connect`` started (leave the one it joined): the trials are
+    over."""
+    from tuner import raycompat
+
+    raycompat.shutdown()
+
+
 def stage(plan: Plan) -> None:
     """The first writes: the pending dataset, then the experiment's spec (a new one)."""
     spec = plan.spec

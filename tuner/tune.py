@@ -254,10 +254,14 @@ def runtime_env_for(spec: Spec, working_dir: str | None = None, excludes: Sequen
     """The job's runtime environment: the S3 settings and TensorFlow's switches for every
     process, and ``working_dir`` (the user's builder module) shipped to every worker."""
     env: dict[str, Any] = {"env_vars": {**storage.worker_env(spec.storage.endpoint), **TF_ENV}}
-    from tuner.raycompat import PATCHES_VAR
+    from tuner.raycompat import HEALTH_CHECK_INTERVAL, PATCHES_VAR
 
     if PATCHES_VAR in os.environ:  # every process of the job keeps to the driver's choice
         env["env_vars"][PATCHES_VAR] = os.environ[PATCHES_VAR]
+    # A trial's reports reach Tune, and its end its driver, when its controller polls the
+    # workers next: every 0.5 s rather than Ray's 2 s (about 1 s less per trial).
+    variable, value = HEALTH_CHECK_INTERVAL
+    env["env_vars"][variable] = os.environ.get(variable, value)
     if working_dir:
         env["working_dir"] = working_dir
         env["excludes"] = list(excludes)

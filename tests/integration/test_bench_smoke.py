@@ -31,7 +31,8 @@ def test_bench_smoke(tmp_path):
     assert results["economy"]["asha"]["trials"] == results["economy"]["fifo"]["trials"]
     assert "asha" in results["economy"]["against_fifo"]
     assert set(results["scaling"]["linear"]) == {"workers_2", "spread_pt"}
-    assert results["ckpt"]["sync"]["median_fraction_of_epoch"] > 0 < results["ckpt"]["async"]["median_fraction_of_epoch"]
+    # ckpt's smoke run: `checkpoint.upload=sync` alone (every other run uploads async).
+    assert results["ckpt"]["sync"]["median_fraction_of_epoch"] > 0 and "async" not in results["ckpt"]
     searched = results["searchers"]
     # One algorithm in a smoke run; test_searchers.py runs each (bayesian too, in CI).
     assert searched["random"]["trials"] == searched["samples"]

@@ -1,10 +1,11 @@
-"""The two worked examples as a newcomer runs them (`examples/*/`: prepare.py, stage-data,
-tune, best, report), on moto S3; and a regression task on data the test makes, with
+"""The worked examples as a newcomer runs them (`examples/*/`: prepare.py, stage-data,
+tune, best, report), on moto S3 (the breast-cancer one as a Ray job, in
+`test_ray_cluster.py`); and a regression task on data the test makes, with
 `objective: val_loss/min` and a BatchNormalization layer, on Ceph RGW. The user's builder
 module lives in the example's folder and reaches the Train workers through Ray's runtime
 environment.
 
-Both check what the two Train workers of each trial stream (`TUNER_DEBUG_ROWS_DIR`: the
+The digits and regression tests check what the two Train workers of each trial stream (`TUNER_DEBUG_ROWS_DIR`: the
 labels of the rows each read in each pass over its share): together, every training row
 once per epoch, from a split staged as several files of many row groups."""
 
@@ -80,26 +81,40 @@ def assert_every_row_once(env, debug: Path, dataset: str, exact: bool) -> None:
             assert not np.array_equal(rows_read(debug, run, 0)[0], shares[0])
 
 
-def run_example(env, here: Path, source: str, label: str, name: str) -> dict:
+def stage_example(env, here: Path, source: str, label: str, name: str) -> str:
+    """``tuner stage-data`` of the example's file; returns the dataset's URI."""
     dataset = f"s3://tuner/datasets/{name}"
     staged = run_tuner(["stage-data", "--source", source, "--dest", dataset, "--label", label], env=env, cwd=here)
     assert staged.returncode == 0, staged.stderr[-3000:]
+    return dataset
+
+
+def run_example(env, here: Path, source: str, label: str, name: str) -> dict:
+    dataset = stage_example(env, here, source, label, name)
     tuned = run_tuner(["tune", "--config", "spec.yaml", "--name", name, "--storage", "s3://tuner/examples",
                        "--set", f"data.uri={dataset}", *SMALL], env=env, cwd=here)
     assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-5000:]
     assert "Best trial" in tuned.stdout
-    summary = json.loads(get(env, f"examples/{name}/summary.json"))
+    return check_tuned(env, "examples", name)
+
+
+def check_tuned(env, folder: str, name: str) -> dict:
+    """The experiment ``s3://tuner/<folder>/<name>``'s 2 trials finished; ``tuner best``
+    prints its summary's best, ``tuner report`` writes its page with 4 figures. Returns
+    the summary."""
+    summary = json.loads(get(env, f"{folder}/{name}/summary.json"))
     assert len(summary["trials"]) == 2 and all(t["status"] == "terminated" for t in summary["trials"])
-    best = json.loads(run_tuner(["best", "--storage", "s3://tuner/examples", "--name", name], env=env).stdout)
+    best = json.loads(run_tuner(["best", "--storage", f"s3://tuner/{folder}", "--name", name], env=env).stdout)
     assert best == summary["best"]
-    page = run_tuner(["report", "--storage", "s3://tuner/examples", "--name", name], env=env)
+    page = run_tuner(["report", "--storage", f"s3://tuner/{folder}", "--name", name], env=env)
     assert page.returncode == 0, page.stderr[-3000:]
-    assert get(env, f"examples/{name}/report/report.html").count(b"data:image/png;base64,") == 4
+    assert get(env, f"{folder}/{name}/report/report.html").count(b"data:image/png;base64,") == 4
     return summary
 
 
-def test_breast_cancer_from_csv(moto_s3, tmp_path, unique_name):
-    summary = run_example(moto_s3, example("breast_cancer", tmp_path), "breast_cancer.csv", "diagnosis", unique_name)
+def check_breast_cancer(summary: dict) -> None:
+    """The breast-cancer example's results (``examples/breast_cancer``, tuned under
+    ``SMALL``; `test_ray_cluster.py` submits it as a Ray job)."""
     assert summary["objective"] == {"metric": "val_loss", "mode": "min"} and summary["task"] == "classification"
     best = summary["best"]
     assert set(best["config"]) >= {"units", "layers", "dropout", "learning_rate"}

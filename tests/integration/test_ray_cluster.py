@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3
 import pyarrow.parquet as pq
 import pytest
 import ray_head as ray_head_service  # tests/services/, on the path through conftest
@@ -55,26 +54,19 @@ def submit(head, tuner_args: list[str], *options: str):
 def test_ray_job_submit_of_a_users_project(ray_head, moto_s3, tmp_path, unique_name):
     # The README's command: the user's folder (its builder module) as the job's working
     # directory, S3 settings in the job's runtime environment, which tuner's own (it
-    # forwards AWS_* to the trials) must not conflict with.
-    from test_examples import example
+    # forwards AWS_* to the trials) must not conflict with. The breast-cancer example,
+    # its results then read as test_examples.py reads the others'.
+    from test_examples import SMALL, check_breast_cancer, check_tuned, example, stage_example
 
     here = example("breast_cancer", tmp_path)
-    dataset = f"s3://tuner/datasets/{unique_name}"
-    staged = run_tuner(["stage-data", "--source", "breast_cancer.csv", "--dest", dataset, "--label", "diagnosis"],
-                       env=moto_s3, cwd=here)
-    assert staged.returncode == 0, staged.stderr[-3000:]
+    dataset = stage_example(moto_s3, here, "breast_cancer.csv", "diagnosis", unique_name)
     env_json = json.dumps({"env_vars": {k: v for k, v in moto_s3.items() if k.startswith("AWS_")}})
     proc = ray_head_service.submit(
         ray_head, ["python", "-m", "tuner", "tune", "--config", "spec.yaml", "--storage", "s3://tuner/jobs",
-                   "--name", unique_name, "--set", f"data.uri={dataset}", "--set", "search.num_samples=2",
-                   "--set", "asha.max_t=1", "--set", "asha.grace_period=1"],
+                   "--name", unique_name, "--set", f"data.uri={dataset}", *SMALL],
         "--runtime-env-json", env_json, working_dir=str(here))
     assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads(boto3.client(
-        "s3", endpoint_url=moto_s3["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="testing",
-        aws_secret_access_key="testing").get_object(Bucket="tuner", Key=f"jobs/{unique_name}/summary.json")["Body"].read())
-    assert len(summary["trials"]) == 2 and summary["best"]["test_accuracy"] > 0.6
-    assert "units" in summary["best"]["config"]
+    check_breast_cancer(check_tuned(moto_s3, "jobs", unique_name))
 
 
 def test_ray_job_stop_then_the_same_submit_resumes(ray_head, tmp_path, unique_name):
@@ -115,6 +107,14 @@ def test_in_process_run_beside_a_live_cluster(ray_head, tmp_path, unique_name):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Running up to 1 trial(s) at once" in proc.stdout  # its own 2 CPUs, not the cluster's 4
     check_summary(tmp_path, unique_name)
+    # The presets' search, `random` under ASHA, as test_searchers.py checks the others.
+    from test_searchers import assert_first_suggestions
+
+    from tuner.spec import load_spec
+
+    summary = json.loads((tmp_path / unique_name / "summary.json").read_text())
+    assert summary["spec"]["search"]["algorithm"] == "random" and summary["spec"]["scheduler"]["kind"] == "asha"
+    assert_first_suggestions(load_spec("quick", [o for o in QUICK[2:] if o != "--set"]), summary["trials"])
 
 
 def max_overlap(windows: list[tuple[float, float]]) -> int:

@@ -1,5 +1,7 @@
 """Each search algorithm, with a different scheduler each, through the real `tuner tune`
-on the shipped MNIST subset (real local Ray, 1-worker trials, one at a time)."""
+on the shipped MNIST subset (real local Ray, 1-worker trials, one at a time). `random`,
+the presets' own, under ASHA: `test_ray_cluster.py`'s in-process run checks its trials
+with ``assert_first_suggestions``."""
 
 import importlib.util
 import json
@@ -34,7 +36,6 @@ SPACE = [
 
 
 @pytest.mark.parametrize("algorithm, scheduler", [
-    ("random", ["scheduler.kind=asha"]),
     ("quasi_random", ["scheduler.kind=hyperband"]),
     ("tpe", ["scheduler.kind=median_stopping", "scheduler.median_min_trials=1"]),
     ("bayesian", ["scheduler.kind=fifo", "asha.max_t=5", "scheduler.plateau_patience=1", "scheduler.plateau_min_delta=0.5"]),
@@ -52,20 +53,7 @@ def test_a_search_runs_its_trials_in_bounds_and_in_the_seeded_order(algorithm, s
     summary = json.loads((tmp_path / "store" / unique_name / "summary.json").read_text())
     trials = summary["trials"]
     assert len(trials) == TRIALS and all(t["status"] == "terminated" for t in trials)
-    spec = load_spec("quick", overrides)
-    for t in trials:
-        c = t["config"]
-        assert 1e-3 <= c["learning_rate"] <= 1e-2 and 0.0 <= c["dropout"] <= 0.3 and 32 <= c["width"] <= 128
-        assert (c["momentum"] is None) == (c["optimizer"] != "sgd")
-        assert c["momentum"] is None or 0.8 <= c["momentum"] <= 0.95
-        assert (c["decay_epochs"] is None) == (c["schedule"] != "exponential")
-    # The trials got the searcher's first suggestions for this seed (startup points for
-    # tpe and bayesian, which do not depend on results).
-    fresh, _ = search.searcher_for(spec, TRIALS, "val_accuracy", "max")
-    fresh.set_search_properties("val_accuracy", "max", {})
-    expected = [fresh.suggest(f"x{i}") for i in range(TRIALS)]
-    by_lr = lambda c: c["learning_rate"]  # noqa: E731
-    assert sorted((t["config"] for t in trials), key=by_lr) == sorted(expected, key=by_lr)
+    assert_first_suggestions(load_spec("quick", overrides), trials)
     # The scheduler (and with FIFO, the plateau rule) decided how far each trial went.
     assert summary["spec"]["scheduler"]["kind"] == scheduler[0].split("=")[1]
     epochs = [t["epochs"] for t in trials]
@@ -73,3 +61,25 @@ def test_a_search_runs_its_trials_in_bounds_and_in_the_seeded_order(algorithm, s
         assert all(e < 5 for e in epochs), epochs  # every trial after epoch 1 + patience
     rows = pq.read_table(tmp_path / "store" / unique_name / "results.parquet").to_pylist()
     assert len(rows) == sum(epochs)
+
+
+def assert_first_suggestions(spec, trials: list[dict]) -> None:
+    """The summary's ``trials`` are in the spec's bounds, with the conditional ones set only
+    where their condition holds, and got the searcher's first suggestions for its seed
+    (startup points for tpe and bayesian, which do not depend on results)."""
+    decay = ("schedule", "exponential")
+    conditional = {"momentum": ("optimizer", "sgd"), "decay_epochs": decay, "decay_rate": decay, "staircase": decay}
+    for t in trials:
+        c = t["config"]
+        for name, dim in spec.search.space.items():
+            if name in conditional and c[conditional[name][0]] != conditional[name][1]:
+                assert c[name] is None, (name, c)
+            elif dim.kind in ("uniform", "loguniform"):
+                assert dim.values[0] <= c[name] <= dim.values[1], (name, c)
+            else:
+                assert c[name] in dim.values, (name, c)
+    fresh, _ = search.searcher_for(spec, len(trials), "val_accuracy", "max")
+    fresh.set_search_properties("val_accuracy", "max", {})
+    expected = [fresh.suggest(f"x{i}") for i in range(len(trials))]
+    by_lr = lambda c: c["learning_rate"]  # noqa: E731
+    assert sorted((t["config"] for t in trials), key=by_lr) == sorted(expected, key=by_lr)

@@ -17,6 +17,7 @@ pins the version and exercises each), split by concern:
   end-of-run analysis reading the trials' results where the driver has them.
 - ``restore``: a ``Tuner.restore`` that reads no trial's results before ``fit``, and
   what ``tuner`` reads back from the restored ``Tuner``.
+- ``shutdown``: Ray stopped at the end of a run without its exit-time waits.
 - ``records``: ASHA's, the median rule's and PB2's records, and the searchers'
   live-trial counts (accessors, no patch).
 
@@ -57,21 +58,25 @@ from tuner.raycompat.s3_requests import (
     marker_free_storage_check,
     one_request_snapshot_probe,
 )
+from tuner.raycompat.shutdown import shutdown
 from tuner.raycompat.train import Config, lazy_tensorflow, trainer
 
 __all__ = [
-    "API_SERVER_ADDRESS", "JOB_CONFIG_VAR", "NO_PREEMPTION_WATCHER", "PATCHES", "PATCHES_VAR", "RAY_VERSION",
-    "STATE_UPLOAD_RATE", "Config", "adaptive_experiment_state_period", "asha_brackets", "bracket_rungs",
+    "API_SERVER_ADDRESS", "HEALTH_CHECK_INTERVAL", "JOB_CONFIG_VAR", "NO_PREEMPTION_WATCHER", "PATCHES", "PATCHES_VAR",
+    "RAY_VERSION", "STATE_UPLOAD_RATE", "Config", "adaptive_experiment_state_period", "asha_brackets", "bracket_rungs",
     "callbacks_counted_by_name", "checked", "count_as_live", "experiment_changed", "incremental_experiment_sync",
     "install", "job_runtime_env", "lazy_tensorflow", "local_trial_results", "marker_free_checkpoint_delete",
     "marker_free_checkpoint_upload", "marker_free_storage_check", "median_keys", "median_results",
     "one_request_snapshot_probe", "patch", "pb2_explore", "problem", "put_in_bracket", "read_state", "report",
-    "restore_tuner", "restored_run_config", "restored_search_alg", "set_bracket_rungs", "trainer",
+    "restore_tuner", "restored_run_config", "restored_search_alg", "set_bracket_rungs", "shutdown", "trainer",
     "upload_changed", "usable",
 ]
 
 # ray.train.v2._internal.constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR.
 NO_PREEMPTION_WATCHER = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# ray.train.v2._internal.constants.HEALTH_CHECK_INTERVAL_S_ENV_VAR: how often a Train
+# controller polls its workers, for their reports and for their end (Ray's default 2 s).
+HEALTH_CHECK_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # ray._private.ray_constants.RAY_API_SERVER_ADDRESS_ENVIRONMENT_VARIABLE: where the state
 # API (used by Ray Train's placement-group cleaner) is.
 API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
