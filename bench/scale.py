@@ -208,7 +208,7 @@ def scale(work: Path, mnist: str | None, smoke: bool) -> dict:
                     run["stored_bytes"] = _sizes(BUCKET, f"store/{name}")
                     if how == "tuner":
                         started = time.time()
-                        report.write_report(f"s3://{BUCKET}/store", name)
+                        report.write_report(storage.Location(f"s3://{BUCKET}/store"), name)
                         run["report_seconds"] = round(time.time() - started, 1)
                         summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/store/{name}/summary.json"))
                         run["trials_in_summary"] = len(summary["trials"])

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tuner import checkpoints
+from tuner.storage import Location
 
 
 def _save(folder, epoch, net):
@@ -30,9 +31,9 @@ def test_restore_skips_a_torn_checkpoint(tmp_path, tear):
     else:
         (torn / (checkpoints.STATE_FILE if tear == "no state" else checkpoints.MODEL_FILE)).unlink()
 
-    restored = checkpoints.restore_latest(str(run), None)
+    restored = checkpoints.restore_latest(Location(str(run)))
     assert restored is not None and restored[1] == 1
-    assert checkpoints.stored_epochs(str(run), None) == [2, 1]
+    assert checkpoints.stored_epochs(Location(str(run))) == [2, 1]
 
 
 def test_restore_tries_the_epochs_it_is_given(tmp_path):
@@ -46,9 +47,9 @@ def test_restore_tries_the_epochs_it_is_given(tmp_path):
     run = tmp_path / "run"
     for epoch in (1, 2):
         _save(run / checkpoints.checkpoint_dir_name(epoch), epoch, net)
-    assert checkpoints.restore_latest(str(run), None, [1])[1] == 1
-    assert checkpoints.restore_latest(str(run), None, [3, 2, 1])[1] == 2  # 3: listed, gone since
-    assert checkpoints.restore_latest(str(run), None, []) is None
+    assert checkpoints.restore_latest(Location(str(run)), [1])[1] == 1
+    assert checkpoints.restore_latest(Location(str(run)), [3, 2, 1])[1] == 2  # 3: listed, gone since
+    assert checkpoints.restore_latest(Location(str(run)), []) is None
 
 
 def test_a_resumed_trial_reports_again_the_stored_epochs_its_driver_never_took_in():
@@ -71,6 +72,6 @@ def test_records_to_report_again_are_read_whole_or_skipped(tmp_path):
                         (2, "{torn"), (3, json.dumps({"epoch": 2, "metrics": {"epoch": 2}}))):
         (run / checkpoints.checkpoint_dir_name(epoch)).mkdir(parents=True)
         (run / checkpoints.checkpoint_dir_name(epoch) / checkpoints.STATE_FILE).write_text(text)
-    records = checkpoints.stored_records(str(run), None, [1, 2, 3, 4])
+    records = checkpoints.stored_records(Location(str(run)), [1, 2, 3, 4])
     assert list(records) == [1] and records[1]["val_accuracy"] == 0.9
     assert records[1]["checkpoint_path"].endswith("epoch-0001")

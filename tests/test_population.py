@@ -13,6 +13,7 @@ from tuner import checkpoints, schedule
 from tuner import population as pop
 from tuner.space import Dim
 from tuner.spec import load_spec
+from tuner.storage import Location
 
 SPACE = {
     "learning_rate": Dim("loguniform", (1e-4, 1e-2)),
@@ -275,7 +276,7 @@ def scheduler_for(tmp_path, size, slots=1, **over):
 
     spec = load_spec("quick", ["scheduler.kind=pbt", "asha.max_t=6", "pbt.interval=2", f"search.num_samples={size}",
                                "pbt.quantile=0.5", *[f"{k}={v}" for k, v in over.items()]])
-    scheduler = schedulers.scheduler_for(spec, True, "epoch", str(tmp_path / "runs"))
+    scheduler = schedulers.scheduler_for(spec, True, "epoch", Location(str(tmp_path / "runs")))
     scheduler.set_search_properties("val_accuracy", "max")
     scheduler.max_concurrent = slots
     return scheduler
@@ -305,10 +306,10 @@ def test_the_population_takes_turns_and_the_worse_half_continues_from_copied_che
             state = json.loads((folder / checkpoints.STATE_FILE).read_text())
             assert state["copied_from"] == {"trial": segment["from_trial"], "epoch": segment["start_epoch"],
                                             "path": str(donor)}
-            run_uri = str(folder.parent)
+            run = Location(str(folder.parent))
             # The copy restores the member, but is never reported as its own epoch.
-            assert segment["start_epoch"] in checkpoints.stored_epochs(run_uri, None)
-            assert checkpoints.stored_records(run_uri, None, [segment["start_epoch"]]) == {}
+            assert segment["start_epoch"] in checkpoints.stored_epochs(run)
+            assert checkpoints.stored_records(run, [segment["start_epoch"]]) == {}
     # Its saved state comes back whole (Keeper pickles it with the experiment).
     again = pickle.loads(pickle.dumps(scheduler))
     again.load(json.loads(json.dumps(scheduler.state())))

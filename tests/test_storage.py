@@ -54,10 +54,10 @@ def test_s3_filesystem_takes_endpoint_explicitly(monkeypatch):
 
 
 def test_preflight_local_leaves_nothing_behind(tmp_path):
-    storage.preflight(str(tmp_path / "new" / "dir"))
+    storage.preflight(storage.Location(str(tmp_path / "new" / "dir")))
     assert os.listdir(tmp_path) == []  # the folders it made to write its marker are gone
     (tmp_path / "there").mkdir()
-    storage.preflight(str(tmp_path / "there"))
+    storage.preflight(storage.Location(str(tmp_path / "there")))
     assert os.listdir(tmp_path / "there") == []
 
 
@@ -68,7 +68,7 @@ def test_preflight_unwritable(tmp_path):
         (tmp_path / "ro").mkdir(mode=0o500)
         target = str(tmp_path / "ro" / "x")
     with pytest.raises(storage.StorageError, match="Cannot use storage"):
-        storage.preflight(target)
+        storage.preflight(storage.Location(target))
 
 
 def test_write_bytes_is_atomic_locally(tmp_path):
@@ -108,7 +108,7 @@ def test_pickled_s3_filesystem_keeps_retries_and_drops_credentials(monkeypatch):
 def test_preflight_on_s3_leaves_the_bucket_as_it_found_it(moto_endpoint):
     endpoint, s3, _ = moto_endpoint
     s3.create_bucket(Bucket="preflight")
-    storage.preflight("s3://preflight/a/b/c", endpoint)
+    storage.preflight(storage.Location("s3://preflight/a/b/c", endpoint))
     assert s3.list_objects_v2(Bucket="preflight").get("KeyCount") == 0  # no marker, no folder marker
 
 
@@ -124,14 +124,14 @@ def test_a_checkpoint_is_copied_on_s3_by_the_server(moto_endpoint):
     s3.put_object(Bucket="ckpt", Key="exp/runs/a/epoch-0004/model.keras", Body=b"weights")
     s3.put_object(Bucket="ckpt", Key="exp/runs/a/epoch-0004/state.json", Body=json.dumps({"epoch": 4, "metrics": {}}))
     s3.put_object(Bucket="ckpt", Key="exp/runs/b-g1/epoch-0006/model.keras", Body=b"left over")
-    checkpoints.copy_checkpoint("ckpt/exp/runs/a/epoch-0004", "s3://ckpt/exp/runs/b-g1", 4, endpoint,
+    checkpoints.copy_checkpoint("ckpt/exp/runs/a/epoch-0004", storage.Location("s3://ckpt/exp/runs/b-g1", endpoint), 4,
                                 {"trial": "a", "epoch": 4})
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="ckpt", Prefix="exp/runs/b-g1/")["Contents"])
     assert keys == ["exp/runs/b-g1/epoch-0004/model.keras", "exp/runs/b-g1/epoch-0004/state.json"]
     assert s3.get_object(Bucket="ckpt", Key=keys[0])["Body"].read() == b"weights"
     state = json.loads(s3.get_object(Bucket="ckpt", Key=keys[1])["Body"].read())
     assert state["copied_from"] == {"trial": "a", "epoch": 4, "path": "ckpt/exp/runs/a/epoch-0004"}
-    assert checkpoints.stored_epochs("s3://ckpt/exp/runs/b-g1", endpoint) == [4]
-    assert checkpoints.stored_records("s3://ckpt/exp/runs/b-g1", endpoint, [4]) == {}
+    assert checkpoints.stored_epochs(storage.Location("s3://ckpt/exp/runs/b-g1", endpoint)) == [4]
+    assert checkpoints.stored_records(storage.Location("s3://ckpt/exp/runs/b-g1", endpoint), [4]) == {}
     with pytest.raises(ValueError, match="holds epoch 4, not 5"):
-        checkpoints.copy_checkpoint("ckpt/exp/runs/a/epoch-0004", "s3://ckpt/exp/runs/b-g2", 5, endpoint, {})
+        checkpoints.copy_checkpoint("ckpt/exp/runs/a/epoch-0004", storage.Location("s3://ckpt/exp/runs/b-g2", endpoint), 5, {})

@@ -9,6 +9,7 @@ import pytest
 
 from tuner import tracking
 from tuner.spec import SpecError, build_spec, load_spec
+from tuner.storage import Location
 
 
 def test_the_spec_section_and_its_defaults(monkeypatch):
@@ -59,7 +60,7 @@ def test_without_mlflow_installed_the_line_names_the_extra(monkeypatch):
 
 
 def test_the_callback_pickles_without_its_runs():
-    t = tracking.Tracker(tracking.Target("http://x:1", "e"), "s3://b/e", None, {"a": "1"}, 5, "ASHA")
+    t = tracking.Tracker(tracking.Target("http://x:1", "e"), Location("s3://b/e"), {"a": "1"}, 5, "ASHA")
     t.parent_id, t._runs = "p", {"t1": "r1"}
     back = pickle.loads(pickle.dumps(t))
     assert (back.parent_id, back._runs, back.where, back.max_t) == (None, {}, t.where, 5)
@@ -118,7 +119,7 @@ def test_a_server_that_stops_answering_costs_one_warning_not_the_run(tmp_path, c
     warning, then no call for PAUSE_S, and the experiment's end counts what was skipped."""
     from types import SimpleNamespace
 
-    t = tracking.Tracker(tracking.Target("http://127.0.0.1:9", "e"), str(tmp_path / "exp"), None, {}, 3, "ASHA")
+    t = tracking.Tracker(tracking.Target("http://127.0.0.1:9", "e"), Location(str(tmp_path / "exp")), {}, 3, "ASHA")
     trial = SimpleNamespace(trial_id="t1", config={"learning_rate": 0.1}, last_result={"epoch": 1}, error_file=None,
                             status="RUNNING")
     started = time.time()

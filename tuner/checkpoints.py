@@ -15,6 +15,10 @@ import json
 import posixpath
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuner.storage import Location
 
 RUNS_DIR = "runs"  # <storage>/<name>/runs/<run>/: each trial's (PBT: generation's) Ray Train run
 MODEL_FILE = "model.keras"
@@ -28,13 +32,11 @@ def checkpoint_dir_name(epoch: int) -> str:
     return f"epoch-{epoch:04d}"
 
 
-def stored_epochs(run_uri: str, endpoint: str | None) -> list[int]:
+def stored_epochs(run: Location) -> list[int]:
     """Epochs with a checkpoint folder under the trial's run, newest first."""
     import pyarrow.fs as pafs
 
-    from tuner import storage
-
-    fs, root = storage.filesystem(run_uri, endpoint)
+    fs, root = run.filesystem()
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     epochs = []
     for info in infos:
@@ -44,7 +46,7 @@ def stored_epochs(run_uri: str, endpoint: str | None) -> list[int]:
     return sorted(epochs, reverse=True)
 
 
-def restore_latest(run_uri: str, endpoint: str | None, epochs: list[int] | None = None):
+def restore_latest(run: Location, epochs: list[int] | None = None):
     """(model, epoch) from the newest checkpoint in storage that loads whole, or None.
     ``epochs``: the run's checkpoints, newest first, as ``stored_epochs`` lists them
     (listed here when not given).
@@ -57,15 +59,13 @@ def restore_latest(run_uri: str, endpoint: str | None, epochs: list[int] | None 
     """
     import tf_keras
 
-    from tuner import storage
-
-    for epoch in stored_epochs(run_uri, endpoint) if epochs is None else epochs:
-        folder = storage.join(run_uri, checkpoint_dir_name(epoch))
+    for epoch in stored_epochs(run) if epochs is None else epochs:
+        folder = run.join(checkpoint_dir_name(epoch))
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 local = Path(tmp, MODEL_FILE)
-                local.write_bytes(storage.read_bytes(storage.join(folder, MODEL_FILE), endpoint))
-                state = json.loads(storage.read_bytes(storage.join(folder, STATE_FILE), endpoint))
+                local.write_bytes(folder.join(MODEL_FILE).read_bytes())
+                state = folder.join(STATE_FILE).read_json()
                 net = tf_keras.models.load_model(local)
             if state["epoch"] == epoch:
                 return net, epoch
@@ -81,28 +81,25 @@ def replayed_epochs(recorded: list[int], reported: int, start_epoch: int) -> lis
     return sorted(e for e in recorded if reported < e <= start_epoch)
 
 
-def stored_metrics(run_uri: str, endpoint: str | None, epoch: int) -> dict | None:
+def stored_metrics(run: Location, epoch: int) -> dict | None:
     """The metrics a trial's run stored with its checkpoint of ``epoch``; None for a
     checkpoint copied in from another trial (a PBT exploit: not this run's epoch)."""
-    from tuner import storage
-
-    folder = storage.join(run_uri, checkpoint_dir_name(epoch))
-    state = json.loads(storage.read_bytes(storage.join(folder, STATE_FILE), endpoint))
+    state = run.join(checkpoint_dir_name(epoch), STATE_FILE).read_json()
     return None if "copied_from" in state else state["metrics"]
 
 
-def copy_checkpoint(source: str, run_uri: str, epoch: int, endpoint: str | None, copied_from: dict) -> None:
+def copy_checkpoint(source: str, run: Location, epoch: int, copied_from: dict) -> None:
     """Put the checkpoint at ``source`` (a folder of the storage's filesystem, as Ray
-    Train reports it) into the run ``run_uri`` as its epoch ``epoch``: the model by the
+    Train reports it) into the run ``run`` as its epoch ``epoch``: the model by the
     filesystem's own copy (on S3 a server-side CopyObject: the bytes never pass through
     this process), and a ``state.json`` that says where it came from (``copied_from``), so
-    it is restored from but never reported as the run's own epoch. ``run_uri`` is a new
-    run: whatever an earlier copy that was cut short left there goes first."""
+    it is restored from but never reported as the run's own epoch. ``run`` is a new run:
+    whatever an earlier copy that was cut short left there goes first."""
     import pyarrow.fs as pafs
 
     from tuner import storage
 
-    fs, root = storage.filesystem(run_uri, endpoint)
+    fs, root = run.filesystem()
     with fs.open_input_file(posixpath.join(source, STATE_FILE)) as f:
         state = json.loads(f.read())
     if state.get("epoch") != epoch:
@@ -117,18 +114,16 @@ def copy_checkpoint(source: str, run_uri: str, epoch: int, endpoint: str | None,
         f.write(json.dumps(state, indent=2).encode())
 
 
-def stored_records(run_uri: str, endpoint: str | None, epochs: list[int]) -> dict[int, dict]:
+def stored_records(run: Location, epochs: list[int]) -> dict[int, dict]:
     """{epoch: the metrics stored with its checkpoint, and the checkpoint's path} for the
     ``epochs`` whose record reads whole and names its epoch; others are skipped."""
-    from tuner import storage
-
     records = {}
     for epoch in epochs:
-        folder = storage.join(run_uri, checkpoint_dir_name(epoch))
+        folder = run.join(checkpoint_dir_name(epoch))
         try:
-            metrics = stored_metrics(run_uri, endpoint, epoch)
+            metrics = stored_metrics(run, epoch)
             if metrics is not None and metrics.get("epoch") == epoch:
-                records[epoch] = {**metrics, "checkpoint_path": storage.filesystem(folder, endpoint)[1]}
+                records[epoch] = {**metrics, "checkpoint_path": folder.filesystem()[1]}
         except Exception as e:  # noqa: BLE001 - an unreadable record is not reported again
             print(f"tuner: skipping the record of {folder}: {type(e).__name__}: {e}", flush=True)
     return records

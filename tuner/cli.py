@@ -139,7 +139,7 @@ def cmd_stage(args) -> int:
             problems.append(f"The value of `--feature-shape` is {args.feature_shape!r}, but must be sizes like 8,8.")
     if problems:
         raise UsageError(*problems)
-    storage.preflight(args.dest, args.endpoint)
+    storage.preflight(storage.Location(args.dest, args.endpoint))
     if data.is_mnist_source(args.source, args.endpoint):
         given = [f for f, v in (("--label", args.label), ("--features", args.features), ("--feature-shape", shape),
                                 ("--task", args.task)) if v]
@@ -152,14 +152,15 @@ def cmd_stage(args) -> int:
         features = [c.strip() for c in args.features.split(",") if c.strip()] if args.features else None
         prepared = data.table_dataset(data.TableSource(args.source, args.endpoint), args.label, features, shape,
                                       args.task, args.validation_fraction, args.test_fraction, args.seed)
-    existing = data.read_manifest(args.dest, args.endpoint)
+    dest = storage.Location(args.dest, args.endpoint)
+    existing = data.read_manifest(dest)
     if existing is not None:
         if not prepared.matches(existing):
             raise UsageError(f"Another dataset is staged at {args.dest} already; choose another --dest, or delete "
                              "that one first.")
         print(f"Already staged at {args.dest}: the same source and settings.")
         return 0
-    manifest = prepared.write(args.dest, args.endpoint)
+    manifest = prepared.write(dest)
     rows = ", ".join(f"{k} {v['rows']}" for k, v in manifest["splits"].items())
     label = manifest["label"]
     what = (f"{len(label['classes'])} classes" if label["task"] == "classification" else "regression")
@@ -172,18 +173,20 @@ def cmd_stage(args) -> int:
 def cmd_report(args) -> int:
     from tuner import report
 
-    if not storage.exists(storage.join(args.storage, args.name, results.SUMMARY), args.endpoint):
-        raise UsageError(f"No summary at {storage.join(args.storage, args.name, results.SUMMARY)}; "
+    where = storage.Location(args.storage, args.endpoint)
+    if not where.join(args.name, results.SUMMARY).exists():
+        raise UsageError(f"No summary at {where.join(args.name, results.SUMMARY)}; "
                          "has `tuner tune` finished for that --name and --storage?")
-    print(report.write_report(args.storage, args.name, args.endpoint))
+    print(report.write_report(where, args.name))
     return 0
 
 
 def cmd_best(args) -> int:
+    where = storage.Location(args.storage, args.endpoint)
     try:
-        summary = results.read_summary(args.storage, args.name, args.endpoint)
+        summary = results.read_summary(where, args.name)
     except FileNotFoundError:
-        raise UsageError(f"No summary at {storage.join(args.storage, args.name, 'summary.json')}; "
+        raise UsageError(f"No summary at {where.join(args.name, results.SUMMARY)}; "
                          "has `tuner tune` finished for that --name and --storage?") from None
     print(json.dumps(summary["best"], indent=2))
     replay = (summary["best"] or {}).get("replay")
@@ -205,7 +208,7 @@ def cmd_run(args, argv: list[str], search: bool, stop: StopOnSignal | None = Non
     spec = plan.spec
     if plan.state == "finished":
         uri = storage.join(spec.experiment_uri(), results.SUMMARY)
-        best = results.read_summary(spec.storage.uri, spec.name, spec.storage.endpoint)["best"]
+        best = results.read_summary(spec.storage.location, spec.name)["best"]
         print(f"The experiment `{spec.name}` already finished with this spec; its summary: {uri}")
         print(json.dumps(best, indent=2))
         return 0 if best is not None else 1

@@ -80,9 +80,9 @@ def prepare(config: str, overrides: list[str], top_level: dict[str, Any], addres
     working_dir = str(Path(working_dir or os.getcwd()).resolve())
     spec, builder = load_checked_spec(config, overrides, top_level, address, working_dir, search)
     # Storage before data: both are cheap, and a bad endpoint should not cost a read.
-    storage.preflight(spec.storage.uri, spec.storage.endpoint)
+    storage.preflight(spec.storage.location)
     if spec.data.uri:
-        storage.preflight(spec.data.uri, spec.storage.endpoint)
+        storage.preflight(storage.Location(spec.data.uri, spec.storage.endpoint))
     state = experiment_state(spec)
     if state != "finished":
         from tuner import tracking  # imports Ray (its MLflow callback)
@@ -98,7 +98,7 @@ def prepare(config: str, overrides: list[str], top_level: dict[str, Any], addres
     if state == "finished":
         return plan
     builtin = builder.path.startswith("tuner.")
-    manifest = data.read_manifest(plan.dataset_uri, spec.storage.endpoint)
+    manifest = data.read_manifest(spec.dataset_location())
     checked = None
     if builtin and manifest is None:
         # MNIST is still to be read (or downloaded) and staged: its shape is known, so
@@ -173,16 +173,15 @@ def warm_start(spec: Spec, task: str) -> warm.WarmStart:
     never written). Raises UsageError for an experiment that does not exist, has not
     finished or has no finished trials, or followed another task or objective."""
     w, metric, mode = spec.search.warm_start, spec.objective.metric, spec.objective.mode
-    where, endpoint = w.storage or spec.storage.uri, spec.storage.endpoint
+    where = storage.Location(w.storage or spec.storage.uri, spec.storage.endpoint)
     trials, problems = [], []
     for name in w.experiments:
-        folder = storage.join(where, name)
         try:
-            summary = storage.read_json(storage.join(folder, results.SUMMARY), endpoint)
+            summary = results.read_summary(where, name)
         except FileNotFoundError:
             problems.append(f"The warm-start experiment `{name}` " + (
                 "has not finished (no summary.json yet); run its command again to finish it, or leave it out of "
-                "`search.warm_start.experiments`." if storage.exists(storage.join(folder, SPEC_FILE), endpoint) else
+                "`search.warm_start.experiments`." if where.join(name, SPEC_FILE).exists() else
                 f"does not exist under {where}; check `search.warm_start.experiments` and `search.warm_start.storage`."))
             continue
         theirs = (summary.get("objective") or {}).get("metric"), (summary.get("objective") or {}).get("mode")
@@ -200,7 +199,7 @@ def warm_start(spec: Spec, task: str) -> warm.WarmStart:
         # A PBT member's score belongs to its first configuration only before its first
         # exploit: its first generation's rows and configuration are the point.
         pbt = (stored.get("scheduler") or {}).get("kind") in POPULATION_SCHEDULERS
-        values = results.trial_values(where, name, metric, mode, first_generation=pbt, endpoint=endpoint)
+        values = results.trial_values(where, name, metric, mode, first_generation=pbt)
         finished = [t for t in summary["trials"] if t["status"] == "terminated" and t.get(f"best_{metric}") is not None]
         if not finished:
             problems.append(f"The warm-start experiment `{name}` has no finished trials to learn from; leave it out of "
@@ -278,16 +277,15 @@ def experiment_state(spec: Spec) -> str:
     new cluster does: an interrupted experiment resumes, a finished one is reported.
     The same name with a different spec is refused, so nothing stored is mixed or lost.
     """
-    exp = spec.experiment_uri()
-    endpoint = spec.storage.endpoint
-    summary_uri, spec_uri = storage.join(exp, results.SUMMARY), storage.join(exp, SPEC_FILE)
-    if storage.exists(summary_uri, endpoint):
-        summary = storage.read_json(summary_uri, endpoint)
+    exp = spec.experiment_location()
+    summary_file, spec_file = exp.join(results.SUMMARY), exp.join(SPEC_FILE)
+    if summary_file.exists():
+        summary = summary_file.read_json()
         state, stored = "finished", summary.get("spec")
         if spec.failure.retry_errored_on_resume and any(t["status"] == "error" for t in summary.get("trials", [])):
             state = "failed-trials"  # finished, but some trials failed: retry those
-    elif storage.exists(spec_uri, endpoint):
-        state, stored = "interrupted", storage.read_json(spec_uri, endpoint)
+    elif spec_file.exists():
+        state, stored = "interrupted", spec_file.read_json()
     else:
         return "new"
     changed = [k for k in (differences(with_defaults(stored), spec_json(spec)) if stored is not None else [])
@@ -313,7 +311,7 @@ def hold(plan: Plan) -> lease.Lease:
             changed what this one would do.
     """
     spec = plan.spec
-    held = lease.Lease(spec.experiment_uri(), spec.storage.endpoint)
+    held = lease.Lease(spec.experiment_location())
     try:
         held.acquire(spec.name)
     except lease.LeaseHeld as e:
@@ -348,10 +346,10 @@ def stage(plan: Plan) -> None:
     """The first writes: the pending dataset, then the experiment's spec (a new one)."""
     spec = plan.spec
     if plan.pending is not None:
-        plan.pending.write(plan.dataset_uri, spec.storage.endpoint)
+        plan.pending.write(spec.dataset_location())
         plan.pending = None
     if not plan.resume:
-        storage.write_json(storage.join(spec.experiment_uri(), SPEC_FILE), spec_json(spec), spec.storage.endpoint)
+        spec.experiment_location().join(SPEC_FILE).write_json(spec_json(spec))
 
 
 def run(plan: Plan, cluster, stop=None, console: str = "normal"):
@@ -371,7 +369,7 @@ def summarize(plan: Plan, cluster, grid, scheduler) -> tuple[dict, str]:
 
     spec = plan.spec
     trials = results.trials_from_grid(grid)
-    fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    fs, _ = spec.storage.location.filesystem()
     population = getattr(scheduler, "population", None)
     rungs = scheduler.rungs() if hasattr(scheduler, "rungs") else None
     summary = results.summarize(
@@ -388,7 +386,7 @@ def summarize(plan: Plan, cluster, grid, scheduler) -> tuple[dict, str]:
         summary["asha_rungs"] = results.asha_rungs(rungs, spec.objective.mode)
     lineages = {t["trial_id"]: t["lineage"] for t in summary["trials"] if "lineage" in t}
     results.write_results(spec, results.rows_from_results(trials, lineages))
-    results.export_best(spec, summary, plan.dataset_uri)
+    results.export_best(spec, summary, spec.dataset_location())
     return summary, results.write_summary(spec, summary)
 
 

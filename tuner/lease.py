@@ -81,9 +81,9 @@ def _dead_here(h: dict) -> bool:
 class Lease:
     """The experiment's lease, held by this process from ``acquire`` until ``release``."""
 
-    def __init__(self, experiment_uri: str, endpoint: str | None = None, ttl: float = TTL_S, renew: float = RENEW_S):
-        self.uri = storage.join(experiment_uri, LEASE_FILE)
-        self.endpoint = endpoint
+    def __init__(self, experiment: storage.Location, ttl: float = TTL_S, renew: float = RENEW_S):
+        self.uri = experiment.join(LEASE_FILE).uri
+        self.endpoint = experiment.endpoint
         self.ttl, self.renew_every = ttl, renew
         self.holder = {**holder(), "token": uuid.uuid4().hex}  # this lease's, of this run
         self._tag: str | None = None

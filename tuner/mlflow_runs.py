@@ -199,9 +199,10 @@ def _close_open_runs(client, record: dict, end) -> None:
             client.set_terminated(run.info.run_id, status=ending[0])
 
 
-def read_run_file(experiment_uri: str, endpoint: str | None) -> dict | None:
-    uri = storage.join(experiment_uri, RUN_FILE)
-    return storage.read_json(uri, endpoint) if storage.exists(uri, endpoint) else None
+def read_run_file(experiment: storage.Location) -> dict | None:
+    """The experiment's ``mlflow.json`` (where its MLflow run is), or None."""
+    run_file = experiment.join(RUN_FILE)
+    return run_file.read_json() if run_file.exists() else None
 
 
 def _warn(what: str, where: Target, e: Exception, exp_uri: str) -> None:

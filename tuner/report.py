@@ -14,7 +14,7 @@ import json
 import math
 import shlex
 
-from tuner import rungs
+from tuner import rungs, storage
 
 REPORT_DIR = "report"
 # A best value within this fraction of its range's width (in log space for log ranges)
@@ -432,25 +432,26 @@ def schedule_html(best: dict) -> str:
             f"</tr>{body}</table><p>Replayed from scratch:</p><pre>{e(best['replay']['command'])}</pre>")
 
 
-def write_report(storage_uri: str, name: str, endpoint: str | None = None, files: dict | None = None) -> str:
-    """Write ``<storage>/<name>/report/report.html`` (and its PNGs); returns the page's URI.
+def write_report(where: storage.Location, name: str, files: dict | None = None) -> str:
+    """Write the report of experiment ``name`` stored at ``where``,
+    ``<where>/<name>/report/report.html`` (and its PNGs); returns the page's URI.
     ``files``: a dict that also receives them, file name -> bytes."""
     import pyarrow.parquet as pq
 
-    from tuner import results, storage
+    from tuner import results
 
-    summary = results.read_summary(storage_uri, name, endpoint)
-    table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(storage_uri, name, results.RESULTS), endpoint)))
+    summary = results.read_summary(where, name)
+    table = pq.read_table(io.BytesIO(where.join(name, results.RESULTS).read_bytes()))
     rows = table.to_pylist()
     pngs = figures(summary, rows)
     written = {**{f"{fig_name}.png": data for fig_name, data in pngs.items()},
                "report.html": render_html(summary, rows, pngs).encode()}
-    folder = storage.join(storage_uri, name, REPORT_DIR)
+    folder = where.join(name, REPORT_DIR)
     for file_name, data in written.items():
-        storage.write_bytes(storage.join(folder, file_name), data, endpoint)
+        folder.join(file_name).write_bytes(data)
     if files is not None:
         files.update(written)
-    return storage.join(folder, "report.html")
+    return folder.join("report.html").uri
 
 
 def _or_nan(value) -> float:

@@ -298,10 +298,10 @@ def write_results(spec: Spec, rows: list[dict]) -> None:
 
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), sink)
-    storage.write_bytes(storage.join(spec.experiment_uri(), RESULTS), sink.getvalue(), spec.storage.endpoint)
+    spec.experiment_location().join(RESULTS).write_bytes(sink.getvalue())
 
 
-def export_best(spec: Spec, summary: dict, dataset_uri: str) -> None:
+def export_best(spec: Spec, summary: dict, dataset: storage.Location) -> None:
     """Score the best checkpoint on the test split (``test_loss`` and ``test_accuracy`` or
     ``test_mae``) and store it as ``best_model.keras``."""
     best = summary["best"]
@@ -311,34 +311,37 @@ def export_best(spec: Spec, summary: dict, dataset_uri: str) -> None:
 
     from tuner import checkpoints, data, training
 
-    manifest = data.staged_manifest(dataset_uri, spec.storage.endpoint)
+    manifest = data.staged_manifest(dataset)
     task = data.staged.task(manifest)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp, checkpoints.MODEL_FILE)
-        local.write_bytes(storage.read_bytes(storage.join(best["checkpoint_uri"], checkpoints.MODEL_FILE), spec.storage.endpoint))
+        checkpoint = storage.Location(best["checkpoint_uri"], spec.storage.endpoint)
+        local.write_bytes(checkpoint.join(checkpoints.MODEL_FILE).read_bytes())
         net = tf_keras.models.load_model(local)
-        test = data.SplitReader(dataset_uri, manifest, "test", spec.storage.endpoint)
+        test = data.SplitReader(dataset, manifest, "test")
         scores = training.evaluate(net, test.chunks(), task=task, loss=spec.model.loss)
-        target = storage.join(spec.experiment_uri(), BEST_MODEL)
-        storage.write_bytes(target, local.read_bytes(), spec.storage.endpoint)
-    best.update({f"test_{k}": v for k, v in scores.items()}, model_uri=target)
+        target = spec.experiment_location().join(BEST_MODEL)
+        target.write_bytes(local.read_bytes())
+    best.update({f"test_{k}": v for k, v in scores.items()}, model_uri=target.uri)
 
 
 def write_summary(spec: Spec, summary: dict) -> str:
-    uri = storage.join(spec.experiment_uri(), SUMMARY)
-    storage.write_json(uri, summary, spec.storage.endpoint)
-    return uri
+    """Store ``summary.json``; returns its URI."""
+    target = spec.experiment_location().join(SUMMARY)
+    target.write_json(summary)
+    return target.uri
 
 
-def trial_values(storage_uri: str, name: str, metric: str, mode: str, first_generation: bool = False,
-                 endpoint: str | None = None) -> dict[str, tuple[float, float]]:
-    """{trial id: (the last ``metric`` it reported, its best)} from an experiment's
-    results.parquet ({} where there is none); ``first_generation``: of a PBT member's
-    first generation only (its own configuration's training, before any exploit)."""
+def trial_values(where: storage.Location, name: str, metric: str, mode: str,
+                 first_generation: bool = False) -> dict[str, tuple[float, float]]:
+    """{trial id: (the last ``metric`` it reported, its best)} from the results.parquet of
+    experiment ``name`` stored at ``where`` ({} where there is none); ``first_generation``:
+    of a PBT member's first generation only (its own configuration's training, before any
+    exploit)."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(storage_uri, name, RESULTS), endpoint)))
+        table = pq.read_table(io.BytesIO(where.join(name, RESULTS).read_bytes()))
     except (OSError, KeyError, ValueError):  # none stored
         return {}
     if metric not in table.column_names:
@@ -356,5 +359,6 @@ def trial_values(storage_uri: str, name: str, metric: str, mode: str, first_gene
     return {t: (latest[t][1], best[t]) for t in latest}
 
 
-def read_summary(storage_uri: str, name: str, endpoint: str | None = None) -> dict:
-    return storage.read_json(storage.join(storage_uri, name, SUMMARY), endpoint)
+def read_summary(where: storage.Location, name: str) -> dict:
+    """The summary of experiment ``name`` stored at ``where``."""
+    return where.join(name, SUMMARY).read_json()

@@ -22,7 +22,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
-from tuner import raycompat
+from tuner import raycompat, storage
 from tuner.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,15 @@ def hyperband_brackets(max_t: int, grace_period: int, reduction_factor: int) -> 
     return int(math.floor(math.log(max_t / grace_period, reduction_factor) + 1e-9)) + 1
 
 
-def scheduler_for(spec: Spec, search: bool, time_attr: str, runs_uri: str | None = None):
+def scheduler_for(spec: Spec, search: bool, time_attr: str, runs: storage.Location | None = None):
     """The spec's scheduler (ASHA, Hyperband, median stopping and PBT resumable), FIFO for
-    a single training run. ``runs_uri``: ``<storage>/<name>/runs`` (PBT copies checkpoints
+    a single training run. ``runs``: ``<storage>/<name>/runs`` (PBT copies checkpoints
     there)."""
     a, kind = spec.asha, spec.scheduler.kind if search else "fifo"
     if kind in ("pbt", "pb2"):
-        if runs_uri is None:
-            raise ValueError("a population needs the experiment's runs_uri: its members copy checkpoints there")
-        return population_for(spec, time_attr, runs_uri)
+        if runs is None:
+            raise ValueError("a population needs the experiment's runs folder: its members copy checkpoints there")
+        return population_for(spec, time_attr, runs)
     if kind == "asha":
         return ResumableASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
                              reduction_factor=a.reduction_factor)
@@ -369,17 +369,16 @@ class PopulationScheduler(_Objective, FIFOScheduler):
     Args:
         population: the rules and the members' state (saved by ``resume.Keeper``).
         time_attr: the reported epoch.
-        runs_uri: ``<storage>/<name>/runs``: where each trial's Train runs are.
-        endpoint: the S3 endpoint of the storage.
+        runs: ``<storage>/<name>/runs``: where each trial's Train runs are.
         max_concurrent: trial slots (set by ``resume.Keeper`` for this run).
     """
 
-    def __init__(self, population, time_attr: str, runs_uri: str, endpoint: str | None,
-                 metric: str | None = None, mode: str | None = None, max_concurrent: int = 1):
+    def __init__(self, population, time_attr: str, runs: storage.Location, metric: str | None = None,
+                 mode: str | None = None, max_concurrent: int = 1):
         super().__init__()
         self.population = population
         self._time_attr, self._metric, self._mode = time_attr, metric, mode
-        self.runs_uri, self.endpoint = runs_uri, endpoint
+        self.runs = runs
         self.max_concurrent = max_concurrent
         self._paused: set[str] = set()  # paused by this scheduler, not started again yet
         self._staged: set[str] = set()  # chosen to run, not running yet (Tune marks them PENDING)
@@ -443,12 +442,12 @@ class PopulationScheduler(_Objective, FIFOScheduler):
     def _copy(self, exploit) -> bool:
         """The donor's checkpoint into the member's next generation's run; False (and
         no exploit) when it cannot be read or written."""
-        from tuner import checkpoints, storage
+        from tuner import checkpoints
         from tuner import population as pop
 
-        target = storage.join(self.runs_uri, pop.run_name(exploit.trial, exploit.generation))
+        target = self.runs.join(pop.run_name(exploit.trial, exploit.generation))
         try:
-            checkpoints.copy_checkpoint(exploit.checkpoint, target, exploit.epoch, self.endpoint,
+            checkpoints.copy_checkpoint(exploit.checkpoint, target, exploit.epoch,
                                         {"trial": exploit.donor, "epoch": exploit.epoch})
         except Exception as e:  # noqa: BLE001 - the donor's checkpoint may be gone (retention); the member goes on
             log.warning("trial %s could not copy trial %s's checkpoint of epoch %s (%s: %s); it goes on as it is",
@@ -615,7 +614,7 @@ class PB2Explorer:
         self.current = None if state.get("current") is None else np.array(state["current"])
 
 
-def population_for(spec: Spec, time_attr: str, runs_uri: str):
+def population_for(spec: Spec, time_attr: str, runs: storage.Location):
     """The ``PopulationScheduler`` of a pbt / pb2 spec."""
     from tuner.population import Population, mutated
 
@@ -624,4 +623,4 @@ def population_for(spec: Spec, time_attr: str, runs_uri: str):
     explorer = PB2Explorer(spec.search.space, names, p.resample_probability) if spec.scheduler.kind == "pb2" else None
     population = Population(spec.search.space, spec.search.num_samples, p.interval, p.quantile,
                             p.resample_probability, p.mutate, spec.asha.max_t, seed=spec.search.seed, explorer=explorer)
-    return PopulationScheduler(population, time_attr, runs_uri, spec.storage.endpoint)
+    return PopulationScheduler(population, time_attr, runs)

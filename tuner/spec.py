@@ -22,6 +22,7 @@ import yaml
 
 from tuner import population, storage
 from tuner.space import Dim, Invalid, check_conditions, default_space, parse_dim, parse_space
+from tuner.storage import Location
 
 PRESET_PACKAGE = "tuner.presets"
 
@@ -63,6 +64,10 @@ class StorageSpec:
     uri: str = "./tuner-results"
     # S3 endpoint URL (MinIO, Ceph RGW, ...); default $AWS_ENDPOINT_URL, else AWS S3.
     endpoint: str | None = None
+
+    @property
+    def location(self) -> Location:
+        return Location(self.uri, self.endpoint)
 
 
 @dataclass(frozen=True)
@@ -274,11 +279,19 @@ class Spec:
         """Where the experiment keeps its state and outputs: ``<storage.uri>/<name>``."""
         return storage.join(self.storage.uri, self.name)
 
+    def experiment_location(self) -> Location:
+        """``experiment_uri`` with the storage's endpoint."""
+        return self.storage.location.join(self.name)
+
     def dataset_uri(self) -> str:
         if self.data.uri:
             return self.data.uri
         folder = "mnist-subset" if self.data.source == "builtin" else "mnist"
         return storage.join(self.storage.uri, "datasets", folder)
+
+    def dataset_location(self) -> Location:
+        """``dataset_uri`` with the storage's endpoint (the data's too)."""
+        return Location(self.dataset_uri(), self.storage.endpoint)
 
 
 SECTIONS: dict[str, Callable[[], Any]] = {f.name: f.default_factory  # type: ignore[misc]  # every section has one

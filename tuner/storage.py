@@ -40,7 +40,42 @@ class StorageError(RuntimeError):
 
 @dataclass(frozen=True)
 class Location:
-    """A parsed storage URI."""
+    """Where something is stored: its URI (a local path or ``s3://bucket/key``) and the S3
+    endpoint that reaches it (None: ``$AWS_ENDPOINT_URL``, else AWS). The one value passed
+    wherever the two travel together; it opens its filesystem and reads and writes."""
+
+    uri: str
+    endpoint: str | None = None
+
+    def join(self, *parts: str) -> Location:
+        return Location(join(self.uri, *parts), self.endpoint)
+
+    def filesystem(self, *, quick_fail: bool = False) -> tuple[pafs.FileSystem, str]:
+        """``filesystem(uri, endpoint)``: the pyarrow filesystem and the path in it."""
+        return filesystem(self.uri, self.endpoint, quick_fail=quick_fail)
+
+    def exists(self) -> bool:
+        return exists(self.uri, self.endpoint)
+
+    def read_bytes(self) -> bytes:
+        return read_bytes(self.uri, self.endpoint)
+
+    def write_bytes(self, data: bytes) -> None:
+        write_bytes(self.uri, data, self.endpoint)
+
+    def read_json(self) -> dict:
+        return read_json(self.uri, self.endpoint)
+
+    def write_json(self, data: dict) -> None:
+        write_json(self.uri, data, self.endpoint)
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+@dataclass(frozen=True)
+class ParsedUri:
+    """A storage URI taken apart."""
 
     scheme: str  # "s3" or "file"
     bucket: str  # empty for local paths
@@ -49,6 +84,11 @@ class Location:
     @property
     def is_s3(self) -> bool:
         return self.scheme == "s3"
+
+
+def at(where: Location | str) -> Location:
+    """``where`` as a Location: a URI alone reaches S3 through ``$AWS_ENDPOINT_URL``."""
+    return where if isinstance(where, Location) else Location(where)
 
 
 def check_uri(uri: str) -> str | None:
@@ -64,15 +104,15 @@ def check_uri(uri: str) -> str | None:
     return None
 
 
-def parse(uri: str) -> Location:
+def parse(uri: str) -> ParsedUri:
     problem = check_uri(uri)
     if problem:
         raise StorageError(f"The storage URI {uri!r} is not usable: {problem}")
     if uri.startswith("s3://"):
         parsed = urlparse(uri)
         key = parsed.path.strip("/")
-        return Location("s3", parsed.netloc, posixpath.join(parsed.netloc, key) if key else parsed.netloc)
-    return Location("file", "", str(Path(uri).expanduser().resolve()))
+        return ParsedUri("s3", parsed.netloc, posixpath.join(parsed.netloc, key) if key else parsed.netloc)
+    return ParsedUri("file", "", str(Path(uri).expanduser().resolve()))
 
 
 def absolute(uri: str) -> str:
@@ -172,10 +212,11 @@ def worker_env(endpoint: str | None = None) -> dict[str, str]:
     return env
 
 
-def preflight(uri: str, endpoint: str | None = None) -> None:
-    """Write, read back and delete a marker under ``uri``; raise StorageError with one line."""
+def preflight(where: Location) -> None:
+    """Write, read back and delete a marker under ``where``; raise StorageError with one line."""
+    uri, endpoint = where.uri, where.endpoint
     loc = parse(uri)
-    where = uri if not loc.is_s3 else f"{uri} (endpoint {endpoint_from_env(endpoint) or 'AWS S3'})"
+    shown = uri if not loc.is_s3 else f"{uri} (endpoint {endpoint_from_env(endpoint) or 'AWS S3'})"
     fs, path = filesystem(uri, endpoint, quick_fail=True)
     marker = posixpath.join(path, f".tuner-preflight-{uuid.uuid4().hex}")
     payload = b"tuner preflight"
@@ -196,7 +237,7 @@ def preflight(uri: str, endpoint: str | None = None) -> None:
         else:
             fs.delete_file(marker)
     except (OSError, ValueError) as e:
-        raise StorageError(f"Cannot use storage {where}: {_explain(e)}") from None
+        raise StorageError(f"Cannot use storage {shown}: {_explain(e)}") from None
     finally:
         for folder in created:  # deepest first
             try:
@@ -204,7 +245,7 @@ def preflight(uri: str, endpoint: str | None = None) -> None:
             except OSError:
                 pass
     if back != payload:
-        raise StorageError(f"Cannot use storage {where}: a marker written there read back different bytes.")
+        raise StorageError(f"Cannot use storage {shown}: a marker written there read back different bytes.")
 
 
 def _explain(e: Exception) -> str:

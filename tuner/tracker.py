@@ -47,19 +47,17 @@ class Tracker(MLflowLoggerCallback):
 
     Args:
         where: the tracking server and experiment.
-        experiment_uri: where the experiment is stored (``mlflow.json`` is written there).
-        endpoint: the storage's S3 endpoint.
+        experiment: where the experiment is stored (``mlflow.json`` is written there).
         spec_params: the spec's settings, flattened, for the parent run's params.
         max_t: a trial's epoch budget (fewer epochs at its end: stopped early).
         stopper: what stops trials early, as the console names it ("ASHA", ...).
     """
 
-    def __init__(self, where: Target, experiment_uri: str, endpoint: str | None, spec_params: dict, max_t: int,
-                 stopper: str):
+    def __init__(self, where: Target, experiment: storage.Location, spec_params: dict, max_t: int, stopper: str):
         super().__init__(tracking_uri=where.uri, experiment_name=where.experiment,
-                         tags={TAG_EXPERIMENT: experiment_uri})
+                         tags={TAG_EXPERIMENT: experiment.uri})
         self.where = where
-        self.experiment_uri, self.endpoint = experiment_uri, endpoint
+        self.experiment = experiment
         self.spec_params = spec_params
         self.max_t, self.stopper = max_t, stopper
         self._fresh()
@@ -114,7 +112,7 @@ class Tracker(MLflowLoggerCallback):
         finally:
             if experiment_id is not None:
                 os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
-        record = read_run_file(self.experiment_uri, self.endpoint)
+        record = read_run_file(self.experiment)
         client = self.client
         same = record is not None and (record.get("tracking_uri"), record.get("experiment_id")) == (
             self.where.uri, self.mlflow_util.experiment_id)
@@ -126,13 +124,12 @@ class Tracker(MLflowLoggerCallback):
                 self._runs[trial], self._logged[trial] = run_id, epoch
                 self._stale[trial] = [t for t in END_TAGS if t in tags and t != TAG_OUTCOME]
             return
-        name = self.experiment_uri.rstrip("/").rsplit("/", 1)[-1]
+        name = self.experiment.uri.rstrip("/").rsplit("/", 1)[-1]
         run = client.create_run(self.mlflow_util.experiment_id, run_name=name, tags=self.tags)
         self.parent_id = run.info.run_id
         _log_batch(client, self.parent_id, params=self.spec_params)
-        storage.write_json(storage.join(self.experiment_uri, RUN_FILE),
-                           {"tracking_uri": self.where.uri, "experiment_id": self.mlflow_util.experiment_id,
-                            "run_id": self.parent_id}, self.endpoint)
+        self.experiment.join(RUN_FILE).write_json({"tracking_uri": self.where.uri, "run_id": self.parent_id,
+                                                   "experiment_id": self.mlflow_util.experiment_id})
 
     def _guarded(self, what: str, call, *args) -> None:
         """``call(*args)``, with short retries; a failure is a warning (the first only),
@@ -197,8 +194,8 @@ class Tracker(MLflowLoggerCallback):
         from tuner import checkpoints, population
 
         try:
-            run_uri = storage.join(self.experiment_uri, checkpoints.RUNS_DIR, population.run_name(trial_id, generation))
-            return checkpoints.stored_metrics(run_uri, self.endpoint, epoch)  # None: copied from another trial
+            run = self.experiment.join(checkpoints.RUNS_DIR, population.run_name(trial_id, generation))
+            return checkpoints.stored_metrics(run, epoch)  # None: copied from another trial
         except Exception:  # noqa: BLE001 - not kept (checkpoint.num_to_keep), or unreadable: not logged
             return None
 

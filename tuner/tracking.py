@@ -30,8 +30,6 @@ import math
 import tempfile
 from pathlib import Path
 
-from tuner import storage
-
 # The run's names, tags and server calls (re-exported: the spec's checks, the run and
 # the tests use them from here).
 from tuner.mlflow_runs import (  # noqa: F401
@@ -64,7 +62,7 @@ def interrupted(spec) -> None:
     if where is None:
         return
     try:
-        record = read_run_file(spec.experiment_uri(), spec.storage.endpoint)
+        record = read_run_file(spec.experiment_location())
         if not record:
             return
         from mlflow import MlflowClient
@@ -88,13 +86,14 @@ def finish(spec, summary: dict, stopper: str) -> str | None:
     where = target(spec)
     if where is None:
         return None
-    exp_uri = spec.experiment_uri()
+    exp = spec.experiment_location()
+    exp_uri = exp.uri
     from mlflow import MlflowClient
 
     _quiet_env()
     client = MlflowClient(where.uri)
     try:
-        record = read_run_file(exp_uri, spec.storage.endpoint)
+        record = read_run_file(exp)
     except Exception as e:  # noqa: BLE001
         _warn("find the experiment's run", where, e, exp_uri)
         return None
@@ -105,13 +104,13 @@ def finish(spec, summary: dict, stopper: str) -> str | None:
         scores = {f"best_{k}": _number(v) for k, v in best.items() if k.startswith(("val_", "test_"))}
         metrics = {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
         tags = {"tuner.best_trial": best.get("trial_id", ""),
-                "tuner.summary_uri": storage.join(exp_uri, results.SUMMARY)}
+                "tuner.summary_uri": exp.join(results.SUMMARY).uri}
         _log_batch(client, run_id, metrics=metrics, step=int(best.get("epoch") or 0), tags=tags)
         with tempfile.TemporaryDirectory() as tmp:
             for name in (results.BEST_MODEL, results.SUMMARY, "spec.json"):
-                uri = storage.join(exp_uri, name)
-                if storage.exists(uri, spec.storage.endpoint):
-                    Path(tmp, name).write_bytes(storage.read_bytes(uri, spec.storage.endpoint))
+                stored = exp.join(name)
+                if stored.exists():
+                    Path(tmp, name).write_bytes(stored.read_bytes())
                     client.log_artifact(run_id, str(Path(tmp, name)))
             if best:
                 client.log_artifacts(run_id, str(_report(spec, Path(tmp, "report"))), "report")
@@ -140,7 +139,7 @@ def _report(spec, folder: Path) -> Path:
     from tuner import report
 
     files: dict = {}
-    report.write_report(spec.storage.uri, spec.name, spec.storage.endpoint, files)
+    report.write_report(spec.storage.location, spec.name, files)
     folder.mkdir()
     for name, data in files.items():
         (folder / name).write_bytes(data)

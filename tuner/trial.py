@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuner.storage import Location
 
 
 @dataclass(frozen=True)
@@ -77,3 +81,17 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, config: dict) -> "TrialConfig":
         return cls(**config)
+
+    @property
+    def dataset(self) -> Location:
+        """The staged dataset's location."""
+        from tuner.storage import Location
+
+        return Location(self.dataset_uri, self.endpoint)
+
+    @property
+    def run_location(self) -> Location:
+        """This trial's Ray Train run's folder (its checkpoints)."""
+        from tuner.storage import Location
+
+        return Location(self.run_uri, self.endpoint)

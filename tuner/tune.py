@@ -214,7 +214,7 @@ class TrialRunner:
         from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+        fs, root = spec.storage.location.filesystem()
         # To a type checker ray.train's config classes are Train V1's (ray.air.config); at
         # run time, with Train V2 on (Ray's default), they are V2's, which take these.
         return RunConfig(  # type: ignore[call-arg]
@@ -362,7 +362,7 @@ def free_port() -> int:
 
 def experiment_path(spec: Spec):
     """(filesystem, path) of the Tune experiment: ``<storage>/<name>``."""
-    fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    fs, root = spec.storage.location.filesystem()
     return fs, posixpath.join(root, spec.name)
 
 
@@ -444,7 +444,7 @@ def _restored_tuner(spec: Spec, trainable, cluster: Cluster, slots_name: str, ve
     from tuner.mlflow_runs import is_tracker
     from tuner.tensorboard import TrialResults
 
-    fs, _ = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    fs, _ = spec.storage.location.filesystem()
     _, path = experiment_path(spec)
     tuner = raycompat.restore_tuner(
         path, trainable, resume_unfinished=True, resume_errored=spec.failure.retry_errored_on_resume,
@@ -479,9 +479,9 @@ def _new_tuner(spec: Spec, trainable, cluster: Cluster, slots_name: str, verbose
     from tuner import search as searching
     from tuner.tensorboard import EpochTensorBoard, TrialResults
 
-    fs, root = storage.filesystem(spec.storage.uri, spec.storage.endpoint)
+    fs, root = spec.storage.location.filesystem()
     metric, mode = spec.objective.metric, spec.objective.mode
-    scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR, storage.join(spec.experiment_uri(), RUNS_DIR))
+    scheduler = schedulers.scheduler_for(spec, search, TIME_ATTR, spec.experiment_location().join(RUNS_DIR))
     searcher, space = searching.searcher_for(spec if search else single_run(spec), cluster.concurrent, metric, mode,
                                              warm_start)
     stopper = schedulers.stopper_for(spec, metric, mode, TIME_ATTR) if search else None
@@ -545,7 +545,7 @@ def tracker_for(spec: Spec, search: bool):
     from tuner.tracker import Tracker
 
     settings = {k: v for k, v in mlflow_runs.flat(spec.to_dict()).items() if not k.startswith("tracking.")}
-    return Tracker(where, spec.experiment_uri(), spec.storage.endpoint,
+    return Tracker(where, spec.experiment_location(),
                    {**settings, "command": "tune" if search else "train"}, spec.asha.max_t,
                    stopper_name(spec, search))
 

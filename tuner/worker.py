@@ -106,13 +106,13 @@ def _join(cfg: TrialConfig) -> Worker:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     tf_keras.utils.set_random_seed(cfg.seed)
     inputs = models.InputSpec.from_dict(cfg.inputs)
-    manifest = data.staged_manifest(cfg.dataset_uri, cfg.endpoint)
-    train = data.SplitReader(cfg.dataset_uri, manifest, "train", cfg.endpoint)
+    manifest = data.staged_manifest(cfg.dataset)
+    train = data.SplitReader(cfg.dataset, manifest, "train")
     pieces = data.shards.assign(train.row_groups, world, rank)
     train.check(pieces)
     # Each rank scores its own share of the validation split and the sums are added up;
     # every rank runs the same number of forward passes (see training.score_sums).
-    validation = data.SplitReader(cfg.dataset_uri, manifest, "validation", cfg.endpoint)
+    validation = data.SplitReader(cfg.dataset, manifest, "validation")
     validation_pieces = data.shards.assign(validation.row_groups, world, rank)
     validation.check(validation_pieces)
     return Worker(rank, world, strategy, inputs.task, inputs, train, pieces,
@@ -157,11 +157,11 @@ def _build_or_restore(cfg: TrialConfig, worker: Worker) -> Start:
     records, listed, reported = {}, [], 0
     if worker.rank == 0:
         reported, any_stored = resume.start(cfg.slots, cfg.run or cfg.trial_id) if cfg.slots else (0, True)
-        listed = checkpoints.stored_epochs(cfg.run_uri, cfg.endpoint)[:checkpoints.RESTORE_CANDIDATES] if any_stored else []
-        records = checkpoints.stored_records(cfg.run_uri, cfg.endpoint, [e for e in listed if e > reported])
+        listed = checkpoints.stored_epochs(cfg.run_location)[:checkpoints.RESTORE_CANDIDATES] if any_stored else []
+        records = checkpoints.stored_records(cfg.run_location, [e for e in listed if e > reported])
     stored, reported, recorded = broadcast_from_rank_zero((listed, reported, sorted(records)) if worker.rank == 0 else None)
     with worker.strategy.scope():
-        restored = checkpoints.restore_latest(cfg.run_uri, cfg.endpoint, stored)
+        restored = checkpoints.restore_latest(cfg.run_location, stored)
         epoch = restored[1] if restored else 0
         stretches = schedule.stretches(cfg.params, cfg.hp_schedule, cfg.max_t)
         params = schedule.stretch_at(stretches, epoch).params

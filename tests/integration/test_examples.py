@@ -218,7 +218,9 @@ def test_a_regression_task_on_ceph(ceph_s3, tmp_path, unique_name, monkeypatch):
 def _staged_splits(env: dict, dataset: str, monkeypatch) -> dict:
     """The validation and test rows of a dataset staged on S3, as (features, labels)."""
     from tuner import data
+    from tuner.storage import Location
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return {split: data.load_split(dataset, split, env["AWS_ENDPOINT_URL"]) for split in ("validation", "test")}
+    where = Location(dataset, env["AWS_ENDPOINT_URL"])
+    return {split: data.load_split(where, split) for split in ("validation", "test")}

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from tuner import storage
 from tuner.data import mnist, shards, staged, tables
 from tuner.data.errors import DataError
 from tuner.data.mnist import (
@@ -55,8 +56,8 @@ class Prepared:
     splits: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (features, labels)
     meta: dict  # the manifest's description of the source, features and label
 
-    def write(self, dataset_uri: str, endpoint: str | None = None) -> dict:
-        return staged.write(dataset_uri, self.splits, self.meta, endpoint, self.stats())
+    def write(self, dataset: storage.Location | str) -> dict:
+        return staged.write(dataset, self.splits, self.meta, self.stats())
 
     def rows(self, split: str) -> int:
         return len(self.splits[split][1])
@@ -107,9 +108,9 @@ def mnist_dataset(source: mnist.Source, validation_fraction: float) -> Prepared:
     })
 
 
-def stage(source: mnist.Source, dataset_uri: str, validation_fraction: float, endpoint: str | None = None) -> dict:
+def stage(source: mnist.Source, dataset: storage.Location | str, validation_fraction: float) -> dict:
     """Stage MNIST from ``source``; returns the manifest."""
-    return mnist_dataset(source, validation_fraction).write(dataset_uri, endpoint)
+    return mnist_dataset(source, validation_fraction).write(dataset)
 
 
 def table_dataset(source: TableSource, label: str, features: list[str] | None = None,

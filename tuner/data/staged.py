@@ -72,12 +72,13 @@ def input_stats(x: np.ndarray, chunk: int = 4096) -> tuple:
     return round(float(mean[0]), 7), round(float(std[0]), 7)
 
 
-def write(dataset_uri: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict,
-          endpoint: str | None = None, stats: tuple | None = None) -> dict:
+def write(dataset: storage.Location | str, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict,
+          stats: tuple | None = None) -> dict:
     """Write the three splits (see ``tuner.data.shards.layout``) and then the manifest
     (``meta`` plus what the arrays tell; ``stats``: ``input_stats`` of the training split,
     if known). The training rows are written in a seeded random order (``meta``'s
     ``split_seed``): a worker's contiguous share of them is then a random sample."""
+    dataset = storage.at(dataset)
     x_train = splits["train"][0]
     mean, std = stats or input_stats(x_train)
     manifest = {
@@ -100,14 +101,14 @@ def write(dataset_uri: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], me
         for i, groups in enumerate(plan):
             path = f"{name}/part-{i:05d}.parquet"
             raw = _parquet(x[offset:offset + sum(groups)], y[offset:offset + sum(groups)], groups)
-            storage.write_bytes(storage.join(dataset_uri, path), raw, endpoint)
+            dataset.join(path).write_bytes(raw)
             files.append({"path": path, "rows": sum(groups), "row_groups": groups, "sha256": storage_sha256(raw)})
             offset += sum(groups)
         entry = {"rows": int(len(y)), "files": files}
         if classes is not None:
             entry["class_counts"] = np.bincount(y, minlength=len(classes)).tolist()
         manifest["splits"][name] = entry
-    storage.write_json(storage.join(dataset_uri, MANIFEST), manifest, endpoint)
+    dataset.join(MANIFEST).write_json(manifest)
     return manifest
 
 
@@ -129,9 +130,10 @@ def storage_sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def read_manifest(dataset_uri: str, endpoint: str | None = None) -> dict | None:
+def read_manifest(dataset: storage.Location | str) -> dict | None:
+    """The staged dataset's manifest, or None."""
     try:
-        return storage.read_json(storage.join(dataset_uri, MANIFEST), endpoint)
+        return storage.at(dataset).join(MANIFEST).read_json()
     except FileNotFoundError:
         return None
 
@@ -163,20 +165,21 @@ class SplitReader:
     """Reads one staged split by row group, each file opened once (its footer read once);
     every S3 request goes through ``tuner.storage``'s retrying filesystem."""
 
-    def __init__(self, dataset_uri: str, manifest: dict, split: str, endpoint: str | None = None):
+    def __init__(self, dataset: storage.Location | str, manifest: dict, split: str):
         f = features(manifest)
         self.shape, self.dtype = tuple(f["shape"]), f["dtype"]
         self.label_dtype = "int32" if task(manifest) == "classification" else "float32"  # as from_table gives
         self.split = split
-        self._fs, _ = storage.filesystem(dataset_uri, endpoint)  # one S3 client for every file
+        dataset = storage.at(dataset)
+        self._fs, _ = dataset.filesystem()  # one S3 client for every file
         self._handles: dict[int, pq.ParquetFile] = {}
         entry = manifest["splits"][split]
         self.rows = entry["rows"]
         if "files" in entry:
-            self.files = [storage.join(dataset_uri, e["path"]) for e in entry["files"]]
+            self.files = [dataset.join(e["path"]).uri for e in entry["files"]]
             self.row_groups = [list(e["row_groups"]) for e in entry["files"]]
         else:  # formats 1 and 2: one file per split, its row groups known from its footer
-            self.files = [storage.join(dataset_uri, entry.get("file", f"{split}.parquet"))]
+            self.files = [dataset.join(entry.get("file", f"{split}.parquet")).uri]
             self._handles[0] = self._parquet_file(self.files[0])
             meta = self._handles[0].metadata
             self.row_groups = [[meta.row_group(i).num_rows for i in range(meta.num_row_groups)]]
@@ -229,22 +232,22 @@ class SplitReader:
         return map(self.read, self.pieces())
 
 
-def load_split(dataset_uri: str, split: str, endpoint: str | None = None,
+def load_split(dataset: storage.Location | str, split: str,
                manifest: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Features (n, *shape) in the stored dtype and labels (n,) of one staged split, in
     memory (for baselines and tests; trials stream theirs with ``SplitReader``)."""
-    reader = SplitReader(dataset_uri, manifest or staged_manifest(dataset_uri, endpoint), split, endpoint)
+    reader = SplitReader(dataset, manifest or staged_manifest(dataset), split)
     xs, ys = zip(*reader.chunks())
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def staged_manifest(dataset_uri: str, endpoint: str | None = None) -> dict:
+def staged_manifest(dataset: storage.Location | str) -> dict:
     """The manifest of a dataset that must be staged already.
 
     Raises:
         DataError: there is none.
     """
-    manifest = read_manifest(dataset_uri, endpoint)
+    manifest = read_manifest(dataset)
     if manifest is None:
-        raise DataError(f"No staged dataset at {dataset_uri} (no {MANIFEST}); stage it with `tuner stage-data`.")
+        raise DataError(f"No staged dataset at {dataset} (no {MANIFEST}); stage it with `tuner stage-data`.")
     return manifest
