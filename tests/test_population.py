@@ -314,6 +314,13 @@ def test_the_population_takes_turns_and_the_worse_half_continues_from_copied_che
     again = pickle.loads(pickle.dumps(scheduler))
     again.load(json.loads(json.dumps(scheduler.state())))
     assert again.population.state() == scheduler.population.state()
+    assert again.runs == Location(str(tmp_path / "runs"))
+    # One pickled by a tuner before storage.Location keeps its runs folder and endpoint.
+    old = scheduler.__getstate__()
+    del old["runs"]
+    old.update(runs_uri="s3://b/exp/runs", endpoint="http://s3:9")
+    again.__setstate__(old)
+    assert again.runs == Location("s3://b/exp/runs", "http://s3:9")
 
 
 def test_a_member_goes_on_while_a_slot_is_free(tmp_path):

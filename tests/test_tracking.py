@@ -65,6 +65,12 @@ def test_the_callback_pickles_without_its_runs():
     back = pickle.loads(pickle.dumps(t))
     assert (back.parent_id, back._runs, back.where, back.max_t) == (None, {}, t.where, 5)
     assert back.mlflow_util is None  # made in setup: unpickling needs no mlflow
+    # Pickled by a tuner before storage.Location, with the experiment's URI and endpoint.
+    old = t.__getstate__()
+    del old["experiment"]
+    old.update(experiment_uri="s3://b/e", endpoint="http://s3:9")
+    t.__setstate__(old)
+    assert t.experiment == Location("s3://b/e", "http://s3:9")
 
 
 def test_an_experiment_pickled_with_the_callback_in_tracking_still_loads():

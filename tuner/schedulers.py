@@ -390,6 +390,11 @@ class PopulationScheduler(_Objective, FIFOScheduler):
         state["exploits"] = {}
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        if "runs" not in state:  # pickled before storage.Location: the URI and the endpoint
+            state["runs"] = storage.Location(state.pop("runs_uri"), state.pop("endpoint", None))
+        self.__dict__.update(state)
+
     def on_trial_add(self, tune_controller, trial) -> None:
         from tuner import population as pop
 

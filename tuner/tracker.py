@@ -81,6 +81,8 @@ class Tracker(MLflowLoggerCallback):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        if "experiment" not in state:  # pickled before storage.Location: the URI and the endpoint
+            state["experiment"] = storage.Location(state.pop("experiment_uri"), state.pop("endpoint", None))
         # Without mlflow importable: a run resumed with tracking off drops this callback.
         self.__dict__.update(state, mlflow_util=None)
         self._fresh()
