@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_as_it_ships")]
 # Three trials, one at a time: the first finishes before the kill, the second is cut off
 # mid-trial, the third starts only in the re-run.
 NUM_SAMPLES = 3
-MAX_T = 6
+# Enough epochs that the second trial is still training 2.5 s after its first checkpoint:
+# its configuration trains an epoch in about 0.5 s here.
+MAX_T = 12
 # No early stopping (grace period = budget), so the interrupted trial has epochs left.
 ARGS = ["tune", "--config", "quick", "--set", f"search.num_samples={NUM_SAMPLES}", "--set", f"asha.max_t={MAX_T}",
         "--set", f"asha.grace_period={MAX_T}", "--set", "scaling.max_concurrent_trials=1"]
@@ -88,7 +90,7 @@ def test_rerun_after_driver_death_resumes_the_experiment(moto_s3, tmp_path, uniq
                                f"(host {socket.gethostname()}, process {first.pid},"), line
         # Trials run one at a time: once a second trial has a checkpoint, the first has
         # finished. A little later (the experiment state is saved every 2 s; an epoch
-        # takes about a second here), kill it all, mid-trial.
+        # takes 0.5 to 1 s here), kill it all, mid-trial.
         while first.poll() is None and time.time() < deadline:
             before = checkpoints(client, prefix)
             if len(before) >= 2:

@@ -18,7 +18,7 @@ from conftest import CEPH_SCRIPT
 # On Ray as it ships: none of tuner's Ray patches (conftest.ray_as_it_ships).
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_as_it_ships")]
 
-MAX_T = 6
+MAX_T = 8  # the outage starts after epoch 2: epochs are left to wait on it
 OUTAGE_S = 30
 
 
