@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+RAY_AGENT_HTTP_PORT = 52365  # Ray's default for the dashboard agent's HTTP port
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -103,7 +105,14 @@ def start(cpus: int = 4, gpus: int = 0, resources: dict | None = None, server_en
         raise FileNotFoundError("the `ray` CLI is not installed")
     # Short: Ray's unix sockets live under it and must stay under 108 characters.
     temp_dir = tempfile.mkdtemp(prefix="tr-", dir="/tmp")
-    gcs, dashboard, client = free_port(), free_port(), free_port()
+    # Distinct ports of its own, and its dashboard agent's given too: left to Ray, that one
+    # is 52365, which a free port can be (`ray start` then refuses: "used by other components").
+    ports: list[int] = []
+    while len(ports) < 4:
+        port = free_port()
+        if port not in ports and port != RAY_AGENT_HTTP_PORT:
+            ports.append(port)
+    gcs, dashboard, client, agent = ports
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     if not (env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH") or Path.home().joinpath(".ray", "auth_token").exists()):
@@ -113,7 +122,8 @@ def start(cpus: int = 4, gpus: int = 0, resources: dict | None = None, server_en
         env["RAY_AUTH_TOKEN_PATH"] = str(Path(temp_dir, "auth_token"))
     cmd = [ray, "start", "--head", "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--temp-dir", temp_dir,
            "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-           "--ray-client-server-port", str(client), "--disable-usage-stats"]
+           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+           "--disable-usage-stats"]
     if resources:
         cmd += ["--resources", json.dumps(resources)]
     head = RayHead(temp_dir, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", env)
