@@ -408,7 +408,19 @@ def track(plan: Plan, summary: dict) -> str | None:
 
 def track_interrupted(plan: Plan) -> None:
     """A signal stopped the run: its MLflow runs still open end as KILLED (the re-run
-    reopens them)."""
+    reopens them). A second signal meanwhile (SIGTERM twice) waits for that, a few
+    requests without retries, before the process goes on its way out: raised in the
+    middle of a request, it left the runs RUNNING."""
+    import signal
+
     from tuner import tracking
 
-    tracking.interrupted(plan.spec)
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in held}
+    for s in held:
+        signal.signal(s, lambda signum, frame: None)
+    try:
+        tracking.interrupted(plan.spec)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
