@@ -140,17 +140,18 @@ def cmd_stage(args) -> int:
     if problems:
         raise UsageError(*problems)
     storage.preflight(storage.Location(args.dest, args.endpoint))
-    if data.is_mnist_source(args.source, args.endpoint):
+    source = storage.Location(args.source, args.endpoint)
+    if data.is_mnist_source(source):
         given = [f for f, v in (("--label", args.label), ("--features", args.features), ("--feature-shape", shape),
                                 ("--task", args.task)) if v]
         if given:
             raise UsageError(f"`{given[0]}` applies to CSV and Parquet sources; {args.source} is MNIST.")
-        prepared = data.mnist_dataset(data.source_for(args.source, args.endpoint), args.validation_fraction)
+        prepared = data.mnist_dataset(data.source_for(source), args.validation_fraction)
     else:
         if not args.label:
             raise UsageError(f"Staging {args.source} needs `--label COLUMN`: the column to predict.")
         features = [c.strip() for c in args.features.split(",") if c.strip()] if args.features else None
-        prepared = data.table_dataset(data.TableSource(args.source, args.endpoint), args.label, features, shape,
+        prepared = data.table_dataset(data.TableSource(source), args.label, features, shape,
                                       args.task, args.validation_fraction, args.test_fraction, args.seed)
     dest = storage.Location(args.dest, args.endpoint)
     existing = data.read_manifest(dest)
@@ -232,7 +233,7 @@ def _run_held(args, plan: experiment.Plan, stop: StopOnSignal | None) -> int:
         stop.install()  # ray.init replaced the SIGTERM handler
     say(f"Running up to {cluster.concurrent} trial(s) at once, each {cluster.trial.describe()}.", flush=True)
     if plan.pending is not None:
-        say(f"Staging MNIST from {spec.data.source} to {plan.dataset_uri} ...", flush=True)
+        say(f"Staging MNIST from {spec.data.source} to {spec.dataset_uri()} ...", flush=True)
     experiment.stage(plan)
     if (tracked := experiment.tracking_target(plan)) is not None:
         say(f"Tracking in MLflow at {tracked.uri}, experiment {tracked.experiment!r}.", flush=True)

@@ -57,7 +57,6 @@ class Plan:
     search: bool
     state: str  # see experiment_state
     resume: bool
-    dataset_uri: str
     inputs: models.InputSpec
     runtime_env: dict
     pending: data.Prepared | None = None  # a dataset to stage
@@ -82,7 +81,7 @@ def prepare(config: str, overrides: list[str], top_level: dict[str, Any], addres
     # Storage before data: both are cheap, and a bad endpoint should not cost a read.
     storage.preflight(spec.storage.location)
     if spec.data.uri:
-        storage.preflight(storage.Location(spec.data.uri, spec.storage.endpoint))
+        storage.preflight(spec.dataset_location())
     state = experiment_state(spec)
     if state != "finished":
         from tuner import tracking  # imports Ray (its MLflow callback)
@@ -94,7 +93,7 @@ def prepare(config: str, overrides: list[str], top_level: dict[str, Any], addres
     resume = state in ("interrupted", "failed-trials") and tuning.can_resume(spec)
     if state == "failed-trials" and not resume:
         state = "finished"  # no Tune state to retry from: never start it over under its name
-    plan = Plan(spec, command, search, state, resume, spec.dataset_uri(), None, {})  # type: ignore[arg-type]
+    plan = Plan(spec, command, search, state, resume, None, {})  # type: ignore[arg-type]
     if state == "finished":
         return plan
     builtin = builder.path.startswith("tuner.")
@@ -104,7 +103,7 @@ def prepare(config: str, overrides: list[str], top_level: dict[str, Any], addres
         # MNIST is still to be read (or downloaded) and staged: its shape is known, so
         # the builder's check comes first.
         checked = check_builder(builder, spec, data.mnist_input_spec())
-    plan.inputs, train_rows, plan.pending = dataset(spec, plan.dataset_uri, builtin, manifest)
+    plan.inputs, train_rows, plan.pending = dataset(spec, builtin, manifest)
     problems = check_objective(spec, plan.inputs.task)
     problems += sorted({p for b in tuning.batch_sizes(spec)
                         if (p := schedule.check_plan(schedule.BatchPlan(spec.scaling.workers, b, train_rows)))})
@@ -144,10 +143,10 @@ def load_checked_spec(config: str, overrides: list[str], top_level: dict[str, An
     return dataclasses.replace(spec, search=dataclasses.replace(spec.search, space=space)), builder
 
 
-def dataset(spec: Spec, dataset_uri: str, builtin: bool,
+def dataset(spec: Spec, builtin: bool,
             manifest: dict | None) -> tuple[models.InputSpec, int, data.Prepared | None]:
     """(the dataset's InputSpec, its training rows, the MNIST source to stage or None),
-    from ``manifest``, the one stored at ``dataset_uri`` (None: nothing staged there).
+    from ``manifest``, the one stored at ``spec.dataset_uri()`` (None: nothing staged there).
 
     ``builtin``: the builder is one of tuner's; only then is a missing dataset MNIST,
     staged from ``data.source`` (a user's model without its data is a mistake, and their
@@ -155,6 +154,7 @@ def dataset(spec: Spec, dataset_uri: str, builtin: bool,
     if not builtin and spec.data.uri is None:
         raise UsageError(f"`data.uri` is not set, but the model `{spec.model.builder}` needs your dataset: stage it "
                          "(tuner stage-data --source YOUR_DATA.csv --dest URI --label COLUMN) and set `data.uri` to URI.")
+    dataset_uri = spec.dataset_uri()
     if manifest is not None:
         if "files" not in manifest["splits"]["train"]:
             print(f"tuner: the dataset at {dataset_uri} was staged by an older tuner (one file per split): each worker "
@@ -164,7 +164,7 @@ def dataset(spec: Spec, dataset_uri: str, builtin: bool,
     if not builtin:
         raise UsageError(f"No staged dataset at {dataset_uri} (no {data.MANIFEST}); stage yours first: tuner stage-data "
                          f"--source YOUR_DATA.csv --dest {dataset_uri} --label COLUMN")
-    pending = data.mnist_dataset(data.source_for(spec.data.source, spec.storage.endpoint), spec.data.validation_fraction)
+    pending = data.mnist_dataset(data.source_for(spec.source_location()), spec.data.validation_fraction)
     return pending.input_spec(), pending.rows("train"), pending
 
 
@@ -356,7 +356,7 @@ def run(plan: Plan, cluster, stop=None, console: str = "normal"):
     """Tune's ``ResultGrid`` and the scheduler whose records were kept (or None)."""
     from tuner import tune as tuning
 
-    return tuning.run(plan.spec, plan.dataset_uri, plan.inputs.to_dict(), cluster, search=plan.search,
+    return tuning.run(plan.spec, plan.inputs.to_dict(), cluster, search=plan.search,
                       resume=plan.resume, stop=stop, console=console, warm_start=plan.warm_start)
 
 

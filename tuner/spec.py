@@ -293,6 +293,10 @@ class Spec:
         """``dataset_uri`` with the storage's endpoint (the data's too)."""
         return Location(self.dataset_uri(), self.storage.endpoint)
 
+    def source_location(self) -> Location:
+        """``data.source`` (``builtin``, ``download`` or where MNIST's files are) with the storage's endpoint."""
+        return Location(self.data.source, self.storage.endpoint)
+
 
 SECTIONS: dict[str, Callable[[], Any]] = {f.name: f.default_factory  # type: ignore[misc]  # every section has one
                                           for f in dataclasses.fields(Spec) if f.name != "name"}

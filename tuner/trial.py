@@ -55,12 +55,12 @@ class TrialConfig:
     pbt_interval: int | None = None
 
     @classmethod
-    def for_experiment(cls, spec, dataset_uri: str, inputs: dict) -> dict:
+    def for_experiment(cls, spec, inputs: dict) -> dict:
         """The fields every trial of an experiment shares (a trial adds its own)."""
         from tuner import storage
 
         return {
-            "dataset_uri": dataset_uri,
+            "dataset_uri": spec.dataset_uri(),
             "endpoint": storage.endpoint_from_env(spec.storage.endpoint),
             "builder": spec.model.builder,
             "loss": spec.model.loss,

@@ -150,9 +150,9 @@ class TrialRunner:
     Pickled to each trial's actor; holds only plain data.
     """
 
-    def __init__(self, spec: Spec, dataset_uri: str, inputs: dict, slots_name: str, console: str = "normal"):
+    def __init__(self, spec: Spec, inputs: dict, slots_name: str, console: str = "normal"):
         self.spec_dict = spec.to_dict()
-        self.loop_config = TrialConfig.for_experiment(spec, dataset_uri, inputs)
+        self.loop_config = TrialConfig.for_experiment(spec, inputs)
         self.slots_name = slots_name  # the run's `resume.Slots`
         self.console = console  # tuner.console.LEVELS
         self.__name__ = "trial"  # Tune names trials <__name__>_<id>
@@ -374,7 +374,7 @@ def can_resume(spec: Spec) -> bool:
     return tune.Tuner.can_restore(path, storage_filesystem=fs)
 
 
-def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bool = True, resume: bool = False,
+def run(spec: Spec, inputs: dict, cluster: Cluster, search: bool = True, resume: bool = False,
         stop: "StopOnSignal | None" = None, console: str = "normal", warm_start=None):
     """Run the experiment on the connected Ray; returns Tune's ``ResultGrid`` and the
     scheduler whose records ``resume.Keeper`` keeps (ASHA's and Hyperband's rungs, the
@@ -413,7 +413,7 @@ def run(spec: Spec, dataset_uri: str, inputs: dict, cluster: Cluster, search: bo
     slots_name = f"tuner-slots-{uuid.uuid4().hex[:12]}"
     slots = keep.start_slots(slots_name, cluster.concurrent)  # noqa: F841 (alive until fit returns)
     # On a restore, Tune gives the re-added trials these resources too.
-    trainable = tune.with_resources(TrialRunner(spec if search else single_run(spec), dataset_uri, inputs, slots_name,
+    trainable = tune.with_resources(TrialRunner(spec if search else single_run(spec), inputs, slots_name,
                                                 console), cluster.trial.driver_bundle)
     printer = console_for(spec, search, console)
     trackers = [tracker] if (tracker := tracker_for(spec, search)) else []

@@ -124,7 +124,7 @@ def table_dataset(source: TableSource, label: str, features: list[str] | None = 
     split = ex.split if ex.split is not None else tables.carve(y, task, validation_fraction, test_fraction, seed)
     splits = {name: (ex.x[split == name], y[split == name]) for name in SPLITS}
     meta: dict[str, Any] = {
-        "dataset": posixpath.splitext(posixpath.basename(source.uri.rstrip("/")))[0],
+        "dataset": posixpath.splitext(posixpath.basename(source.location.uri.rstrip("/")))[0],
         "source": source.description,
         "source_sha256": digest,
         "features": {"columns": list(ex.feature_names)},

@@ -109,13 +109,12 @@ class BuiltinSource(Source):
 
 @dataclass(frozen=True)
 class UriSource(Source):
-    uri: str = ""
-    endpoint: str | None = None
+    location: storage.Location = storage.Location("")
 
     def read(self, filename: str) -> bytes:
-        target = storage.join(self.uri, filename)
+        target = self.location.join(filename)
         try:
-            return storage.read_bytes(target, self.endpoint)
+            return target.read_bytes()
         except FileNotFoundError:
             raise DataError(f"{target} does not exist; the source must hold the four MNIST .gz files.") from None
         except OSError as e:
@@ -140,22 +139,25 @@ def subset_checksums() -> dict[str, str]:
     return {name: digest for digest, name in (line.split() for line in text.splitlines() if line.strip())}
 
 
-def is_mnist_source(spec_source: str, endpoint: str | None = None) -> bool:
-    """Whether ``spec_source`` names MNIST (builtin, download, or a folder / prefix that
-    holds the four IDX files), as opposed to a CSV or Parquet source."""
-    if spec_source in ("builtin", "download"):
+def is_mnist_source(source: storage.Location | str) -> bool:
+    """Whether ``source`` names MNIST (builtin, download, or a folder / prefix that holds
+    the four IDX files), as opposed to a CSV or Parquet source."""
+    where = storage.at(source)
+    if where.uri in ("builtin", "download"):
         return True
-    if spec_source.lower().endswith((".csv", ".parquet", ".pq")):
+    if where.uri.lower().endswith((".csv", ".parquet", ".pq")):
         return False
-    return storage.exists(storage.join(spec_source, FILES["train_images"]), endpoint)
+    return where.join(FILES["train_images"]).exists()
 
 
-def source_for(spec_source: str, endpoint: str | None = None) -> Source:
-    if spec_source == "builtin":
+def source_for(source: storage.Location | str) -> Source:
+    """The MNIST source that ``source`` names: ``builtin``, ``download``, or a folder / prefix."""
+    where = storage.at(source)
+    if where.uri == "builtin":
         return BuiltinSource("builtin MNIST subset shipped with tuner", subset_checksums())
-    if spec_source == "download":
+    if where.uri == "download":
         return DownloadSource("download from public MNIST mirrors", MNIST_SHA256)
-    return UriSource(spec_source, MNIST_SHA256, uri=spec_source, endpoint=endpoint)
+    return UriSource(where.uri, MNIST_SHA256, location=where)
 
 
 def read_source(source: Source) -> dict[str, np.ndarray]:

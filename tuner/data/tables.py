@@ -30,12 +30,14 @@ SPLIT_COLUMN = "split"
 
 @dataclass(frozen=True)
 class TableSource:
-    uri: str  # a .csv or .parquet file, or a folder / prefix of .parquet files
-    endpoint: str | None = None
+    location: storage.Location  # a .csv or .parquet file, or a folder / prefix of .parquet files
+
+    def __post_init__(self) -> None:  # a URI alone is a Location through $AWS_ENDPOINT_URL
+        object.__setattr__(self, "location", storage.at(self.location))
 
     @property
     def description(self) -> str:
-        return self.uri
+        return self.location.uri
 
 
 @dataclass
@@ -55,14 +57,14 @@ def read_table(source: TableSource) -> tuple[pa.Table, str]:
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    uri = source.uri
+    uri = source.location.uri
     try:
-        fs, path = storage.filesystem(uri, source.endpoint)
+        fs, path = source.location.filesystem()
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"The source {uri} does not exist.")
         if info.type == pafs.FileType.File:
-            raw = storage.read_bytes(uri, source.endpoint)
+            raw = source.location.read_bytes()
             digest = hashlib.sha256(raw).hexdigest()
             if uri.lower().endswith(".csv"):
                 try:
