@@ -196,6 +196,10 @@ scaling: {workers: 2, cpus_per_worker: 0.5}
      "outputs shape (batch, 3) for a classification task, but must output (batch, 2): one logit per class"),
     (["model.builder=my_models:reads_a_missing_one"],
      "reads the model hyperparameter `layers`, which `search.space` does not have"),
+    (["model.builder=my_models:reads_a_missing_one", "search.space.units={choice: [4, 8]}",
+      "search.space.layers={choice: [1], when: {units: [8]}}"],
+     "reads the model hyperparameter `layers`, which does not count in this trial (its `when` in `search.space` "
+     "does not hold); read it only where it holds, or with hp.get('layers', DEFAULT)"),
     (["model.builder=my_models:raises"], "raised ValueError with units=4: no such layer size"),
     (["objective.metric=val_mae", "objective.mode=min"],
      "The value of `objective.metric` is 'val_mae', but the trials of this classification dataset report "
@@ -223,3 +227,19 @@ def test_the_builder_check_passes_a_good_model_and_names_unread_hyperparameters(
                                                  "search.space.colour={choice: [1, 2]}"])
     assert experiment.check_builder(builder, spec, inputs) == [
         "`search.space.colour` is never read by the builder `my_models:good` (a typo?); it only multiplies trials."]
+
+
+def test_the_conditional_example_builds_where_each_of_its_hyperparameters_counts():
+    from pathlib import Path
+
+    from tuner import experiment
+    from tuner.spec import load_spec
+
+    here = Path(__file__).resolve().parents[1] / "examples" / "conditional"
+    spec = load_spec(str(here / "spec.yaml"))
+    builder = models.load_builder(spec.model.builder, str(here))
+    # depth 1, then 3 with leaky ReLU, then 2: every units_* and the slope built once.
+    assert experiment.check_builder(builder, spec, data.mnist_input_spec()) == []
+    broken = models.Builder(builder.path, lambda hp, inputs: (hp["units_2"], builder.function(hp, inputs))[1], None)
+    with pytest.raises(experiment.UsageError, match="reads the model hyperparameter `units_2`, which does not count"):
+        experiment.check_builder(broken, spec, data.mnist_input_spec())

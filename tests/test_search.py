@@ -8,6 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import ray.cloudpickle as pickle
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ray.tune.callback import CallbackList
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -179,14 +181,84 @@ def test_asking_for_a_searcher_that_is_not_installed_is_one_line_with_the_pip_co
      "`search.space.momentum` is searched, but only optimizer `sgd` uses it and `search.space.optimizer` never is `sgd`"),
     (["search.space.schedule={choice: [constant]}"],
      "`search.space.decay_epochs` is searched, but only schedule `exponential` uses it"),
-    (["search.algorithm=grid", "search.space.learning_rate=0.01", "search.space.dropout=0.1", "search.space.width=64",
-      "search.space.depth=1", "search.space.momentum={choice: [0.5, 0.9]}"],
-     "Grid search over `search.space.momentum` would repeat each adam, rmsprop, adagrad trial once per momentum"),
 ])
 def test_specs_that_would_make_a_searcher_ignore_part_of_the_space_are_refused(overrides, message):
     with pytest.raises(SpecError) as e:
         load_spec("quick", [*SPACE, *overrides])
     assert any(p.startswith(message) for p in e.value.problems), e.value.problems
+
+
+GRID = ["search.algorithm=grid", "search.space.learning_rate=0.01", "search.space.dropout=0.1", "search.space.width=64",
+        "search.space.depth={choice: [1, 2]}", "search.space.schedule=constant", "search.space.decay_epochs=1.0",
+        "search.space.batch_size=32", "search.space.momentum={choice: [0.5, 0.9]}"]
+
+
+def test_a_grid_over_conditional_hyperparameters_runs_each_active_combination_once(tmp_path):
+    # momentum counts for sgd alone: 3 + 2 optimizer combinations; width_2 only at depth 2: 1 + 2 depth
+    # combinations; each twice.
+    spec = load_spec("quick", [*SPACE, *GRID, "search.num_samples=2",
+                               "search.space.width_2={choice: [16, 32], when: {depth: [2]}}"])
+    alg = searcher(spec, max_concurrent=3)
+    assert search.trial_count(spec) == search.tune_num_samples(spec) == 5 * 3 * 2
+    configs = drive(alg, 30)
+    assert alg.suggest("t30") == "FINISHED"
+    keys = [tuple(sorted(c.items())) for c in configs]
+    assert all(keys.count(k) == 2 and keys[i] == keys[i + 1] for i, k in enumerate(keys) if i % 2 == 0)
+    for c in configs:
+        assert (c["momentum"] is None) == (c["optimizer"] != "sgd")
+        assert (c["width_2"] is None) == (c["depth"] != 2)
+    alg.save(str(tmp_path / "grid.pkl"))  # a resumed run goes on after the last given
+    again = searcher(spec, max_concurrent=3)
+    again.restore(str(tmp_path / "grid.pkl"))
+    assert again.suggest("t31") == "FINISHED"
+
+
+def test_a_grid_without_conditions_that_vary_stays_tunes_variant_generator():
+    spec = load_spec("quick", [*SPACE, *GRID, "search.space.optimizer={choice: [adam, sgd]}",
+                               "search.space.momentum=0.9"])
+    alg, space = search.searcher_for(spec, 1, "val_accuracy", "max")
+    assert type(alg).__name__ == "BasicVariantGenerator" and isinstance(space["momentum"].func, search._IfActive)
+    assert search.trial_count(spec) == 4 * spec.search.num_samples and search.tune_num_samples(spec) == spec.search.num_samples
+
+
+CONDITIONAL = [*SPACE, "search.space.depth={choice: [1, 2, 3]}",
+               "search.space.width_2={int_uniform: [16, 64], when: {depth: [2, 3]}}",
+               "search.space.activation={choice: [relu, tanh], when: {depth: [3]}}",
+               "search.space.slope={uniform: [0.0, 0.5], when: {activation: [tanh], optimizer: [sgd, adam]}}"]
+
+
+def respects_conditions(spec, config):
+    space = spec.search.space
+    for name in space:
+        assert (config[name] is not None) == search.active(name, config, space), (name, config)
+    assert (config["width_2"] is None) == (config["depth"] == 1)
+    assert (config["slope"] is not None) == (config["activation"] == "tanh" and config["optimizer"] in ("sgd", "adam"))
+
+
+@pytest.mark.parametrize("algorithm", [*ALGORITHMS, "grid"])
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_every_suggestion_respects_every_condition(algorithm, seed):
+    need_torch(algorithm)
+    if algorithm == "grid":
+        spec = load_spec("quick", [*CONDITIONAL, *GRID, f"search.seed={seed}",
+                                   "search.space.depth={choice: [1, 2, 3]}", "search.space.width_2={choice: [16, 64], "
+                                   "when: {depth: [2, 3]}}", "search.space.slope={choice: [0.0, 0.5], when: "
+                                   "{activation: [tanh], optimizer: [sgd, adam]}}"])
+    else:
+        spec = load_spec("quick", [f"search.algorithm={algorithm}", f"search.seed={seed}", *CONDITIONAL])
+    configs = drive(searcher(spec), 12)
+    for config in configs:
+        in_bounds(spec, config)
+        respects_conditions(spec, config)
+
+
+def test_optuna_asks_for_a_when_hyperparameter_only_where_it_counts():
+    alg = searcher(load_spec("quick", ["search.algorithm=tpe", *CONDITIONAL]))
+    drive(alg, 16)
+    for trial in alg.searcher._ot_study.trials:
+        assert ("width_2" in trial.params) == (trial.params["depth"] >= 2)
+        assert ("activation" in trial.params) == (trial.params["depth"] == 3)
 
 
 def test_grid_over_a_conditional_hyperparameter_is_fine_where_it_always_counts():

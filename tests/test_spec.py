@@ -1,5 +1,7 @@
 """Spec loading, overrides and validation: tables of bad input -> expected message."""
 
+import json
+
 import pytest
 
 from tuner.spec import Dim, SpecError, apply_overrides, build_spec, load_raw, load_spec, preset_names, require_fixed
@@ -23,6 +25,9 @@ def test_presets_load_and_validate():
 def test_defaults_round_trip_through_to_dict():
     spec = load_spec("quick")
     assert build_spec(spec.to_dict()) == spec
+    conditional = load_spec("quick", ["search.space.depth={choice: [1, 2]}",
+                                      "search.space.width_2={int_uniform: [16, 64], when: {depth: [2]}}"])
+    assert build_spec(json.loads(json.dumps(conditional.to_dict()))) == conditional  # as spec.json stores it
 
 
 def test_seed_baseline_is_the_tutorial():

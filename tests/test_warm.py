@@ -50,6 +50,11 @@ def test_only_trials_of_this_space_are_points_each_configuration_once_and_the_be
     assert lowest.first == [config(lr=1e-3)]
     assert warm.misfit(s, config(optimizer="sgd", momentum=None)) == "have no value for `momentum`"
     assert warm.misfit(s, {**config(), "dropout": 0.2}) == "have another `dropout` than this space's fixed 0.1"
+    tail = spec("search.space.depth={choice: [1, 2]}", "search.space.width_2={choice: [16, 32], when: {depth: [2]}}")
+    assert warm.misfit(tail.search.space, config(width_2=None)) is None
+    assert warm.misfit(tail.search.space, config(depth=2, width_2=16)) is None
+    assert warm.misfit(tail.search.space, config(width_2=16)) == ("have a `width_2` where this space's conditions "
+                                                                 "leave it out")
 
 
 def test_random_search_runs_the_first_configurations_then_never_a_known_one():

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner import data, lease, models, results, schedule, storage, warm
-from tuner.space import model_hyperparameters, ordered, with_builder_defaults
+from tuner.space import corner_configs, model_hyperparameters, ordered, with_builder_defaults
 from tuner.spec import POPULATION_SCHEDULERS, Spec, differences, load_spec, missing_dependency, require_fixed
 from tuner.tasks import TASK_METRIC
 
@@ -223,11 +223,11 @@ def check_objective(spec: Spec, task: str) -> list[str]:
 
 def check_builder(builder: models.Builder, spec: Spec, inputs: models.InputSpec) -> list[str]:
     """Build the model at both corners of the space (every hyperparameter at its first,
-    then at its last value) on a tiny batch; returns warnings for model hyperparameters
-    the builder never read."""
+    then at its last value; see ``space.corner_configs``) on a tiny batch; returns
+    warnings for model hyperparameters the builder never read."""
     names = [n for n in ordered(spec.search.space) if n in model_hyperparameters(spec.search.space)]
-    corners = [{n: spec.search.space[n].corners()[i] for n in names} for i in (0, 1)]
-    configs = [corners[0]] if corners[0] == corners[1] else corners
+    configs = [{n: c[n] for n in names} for c in corner_configs(spec.search.space)]
+    configs = [c for i, c in enumerate(configs) if c not in configs[:i]]
     try:
         read = models.check_builder(builder, configs, inputs, spec.model.loss)
     except models.BuilderError as e:

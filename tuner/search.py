@@ -14,9 +14,11 @@ Searchers (each with at most ``max_concurrent`` suggestions out at once):
   hyperparameter only when it is active. Tune saves their state (the Optuna study,
   the sampler's RNG) with every experiment checkpoint and restores it on a resume.
 
-Conditional hyperparameters (``space.CONDITIONS``): momentum is used only by sgd, the
-decay settings only by the exponential schedule. In a trial whose config does not use
-one, its value is None.
+Conditional hyperparameters (``space.CONDITIONS``: momentum is used only by sgd, the
+decay settings only by the exponential schedule; a model hyperparameter's ``when``): in a
+trial whose config does not use one, its value is None. A grid whose combinations depend
+on conditions is enumerated by ``ConditionalGrid`` (each inactive hyperparameter adds no
+combinations); any other grid is Tune's variant generator, as before.
 
 Imports Ray: load it only where Tune runs.
 """
@@ -33,7 +35,19 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from tuner import warm
-from tuner.space import CONDITIONS, Dim, active, config_from_unit, ordered, searched, value_at  # noqa: F401
+from tuner.space import (  # noqa: F401
+    CONDITIONS,
+    Dim,
+    active,
+    conditional_grid,
+    conditions_of,
+    config_from_unit,
+    grid_points,
+    ordered,
+    searched,
+    value_at,
+    varies,
+)
 from tuner.spec import Spec
 
 
@@ -129,7 +143,7 @@ class OptunaSpace:
         fixed: dict[str, Any] = {}
         for name in ordered(self.space):  # conditions come after what they depend on
             dim = self.space[name]
-            if not active(name, config):
+            if not active(name, config, self.space):
                 config[name] = fixed[name] = None
             elif dim.is_fixed:
                 config[name] = fixed[name] = dim.values[0]
@@ -170,7 +184,7 @@ def optuna_distributions(space: Mapping[str, Dim], config: Mapping) -> dict:
     out: dict[str, Any] = {}
     for name in ordered(space):
         dim = space[name]
-        if dim.is_fixed or not active(name, config):
+        if dim.is_fixed or not active(name, config, space):
             continue
         if dim.kind == "choice":
             out[name] = optuna.distributions.CategoricalDistribution(list(dim.values))
@@ -205,11 +219,13 @@ def searcher_for(spec: Spec, max_concurrent: int, metric: str, mode: str, warm_s
     ``warm_start``: a ``tuner.warm.WarmStart`` (its points and first configurations)."""
     se = spec.search
     points, first = (warm_start.points, warm_start.first) if warm_start else ([], [])
-    if se.algorithm == "grid":
+    searcher: Searcher
+    if se.algorithm == "grid" and not conditional_grid(se.space):
         # The generator's own limit: Tune ignores max_concurrent_trials for it.
         return BasicVariantGenerator(random_state=se.seed, max_concurrent=max_concurrent), param_space(spec)
-    searcher: Searcher
-    if se.algorithm in ("random", "quasi_random"):
+    if se.algorithm == "grid":
+        searcher = ConditionalGrid(se.space, se.num_samples, metric=metric, mode=mode)
+    elif se.algorithm in ("random", "quasi_random"):
         searcher = UnitCubeSearch(se.space, se.algorithm, se.seed, metric=metric, mode=mode, first=first,
                                   known=[p.config for p in points])
     elif se.algorithm in ("tpe", "bayesian"):
@@ -224,6 +240,53 @@ def searcher_for(spec: Spec, max_concurrent: int, metric: str, mode: str, warm_s
     else:  # pragma: no cover - spec validation admits no other algorithm
         raise ValueError(f"unknown search algorithm {se.algorithm!r}")
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), {}
+
+
+def trial_count(spec: Spec) -> int:
+    """How many trials the search runs (a grid's combinations times num_samples)."""
+    se = spec.search
+    if se.algorithm != "grid":
+        return se.num_samples
+    return len(grid_points(se.space)) * se.num_samples
+
+
+def tune_num_samples(spec: Spec) -> int:
+    """``TuneConfig.num_samples``: Tune's variant generator repeats the grid itself."""
+    se = spec.search
+    return trial_count(spec) if se.algorithm == "grid" and conditional_grid(se.space) else se.num_samples
+
+
+class ConditionalGrid(Searcher):
+    """A grid whose combinations depend on conditions (``space.grid_points``), each
+    ``repeats`` times in a row; then ``Searcher.FINISHED``. Its state is one counter."""
+
+    def __init__(self, space: Mapping[str, Dim], repeats: int, metric: str | None = None, mode: str | None = None):
+        super().__init__(metric=metric, mode=mode)
+        self.points = [p for p in grid_points(space) for _ in range(repeats)]
+        self.given = 0
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.given >= len(self.points):
+            return Searcher.FINISHED  # type: ignore[return-value]  # Ray's own marker, typed as neither
+        self.given += 1
+        return dict(self.points[self.given - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        self._metric = self._metric or metric
+        self._mode = self._mode or mode
+        return True
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"given": self.given, "points": self.points}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.given, self.points = state["given"], state["points"]
 
 
 
@@ -250,26 +313,32 @@ def param_space(spec: Spec) -> dict:
             out[name] = tune.randint(int(low), int(high) + 1) if dim.is_int else tune.uniform(low, high)
         else:  # pragma: no cover - spec validation admits no other kind
             raise ValueError(f"unknown dimension kind {dim.kind!r}")
-    for name, (parent, value) in CONDITIONS.items():
-        parents = spec.search.space[parent]
-        if parents.is_fixed:
-            out[name] = out[name] if parents.values[0] == value else None
-        elif set(parents.values) != {value}:  # the spec admits only one value here
-            out[name] = tune.sample_from(_IfActive(name, spec.search.space[name].values[0]))
+    # Without a ConditionalGrid (search.searcher_for), a condition names only hyperparameters
+    # of one value, or its dependant has one value (momentum, fixed, and optimizer choices).
+    space, one = spec.search.space, dict[str, Any]()
+    for name in ordered(space):
+        one[name] = space[name].values[0] if active(name, one, space) else None  # all of one value
+        conditions = conditions_of(name, space)
+        if not any(varies(space[p]) for p, _ in conditions):
+            out[name] = out[name] if one[name] is not None else None
+        elif any(set(space[p].values) - set(values) for p, values in conditions):
+            out[name] = tune.sample_from(_IfActive(name, space[name].values[0], conditions))
     return out
 
 
 class _IfActive:
     """A fixed value where its condition holds, else None (picklable, unlike a lambda)."""
 
-    def __init__(self, name: str, value):
-        self.name, self.value = name, value
+    def __init__(self, name: str, value, conditions: tuple = ()):
+        self.name, self.value, self.conditions = name, value, conditions
 
     def __call__(self, spec) -> object:
         # Tune's variant generator passes the whole trial spec ({"config": {...}, ...}).
-        parent, value = CONDITIONS[self.name]
+        # Pickled by an older tuner: no conditions, a knob's own.
+        conditions = getattr(self, "conditions", None) or conditions_of(self.name)
+        parent = conditions[0][0]
         config = spec["config"] if "config" in spec and parent not in spec else spec
-        return self.value if config[parent] == value else None
+        return self.value if all(config[p] in values for p, values in conditions) else None
 
 
 def __getattr__(name: str):

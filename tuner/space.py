@@ -14,6 +14,13 @@ Two roles (the Deep Learning Tuning Playbook's split of what is searched):
 
 A value in YAML: ``0.001`` (fixed), ``{loguniform: [1e-4, 1e-2]}``, ``{uniform: [0.0, 0.5]}``,
 ``{int_uniform: [1, 3]}``, ``{int_loguniform: [16, 1024]}`` or ``{choice: [64, 128]}``.
+
+Conditions: a hyperparameter counts in a trial only where its conditions hold; elsewhere
+its value is None (and a model hyperparameter is left out of the builder's ``hp``). The
+training knobs have theirs (``CONDITIONS``: momentum only for sgd, ...); a model
+hyperparameter's range or choice may carry ``when: {other: [values...]}`` (every named
+hyperparameter takes one of its values; conditions may chain, never circle), e.g.
+``units_3: {int_uniform: [16, 512], when: {depth: [3, 4]}}``.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class Dim:
     kind: str  # one of KINDS
     values: tuple  # one value when fixed, (low, high) for a range, the choices otherwise
     type: type = float  # what a range draws: int or float (fixed values and choices keep theirs)
+    # Where it counts: ((other hyperparameter, the values that make it count), ...), all of them.
+    when: tuple[tuple[str, tuple], ...] = ()
 
     @property
     def is_fixed(self) -> bool:
@@ -61,9 +70,12 @@ class Dim:
         return self.type is int
 
     def to_yaml(self) -> Any:
-        if self.is_fixed:
+        if self.is_fixed and not self.when:
             return self.values[0]
-        return {self.kind: list(self.values)}
+        out: dict[str, Any] = {"choice" if self.is_fixed else self.kind: list(self.values)}
+        if self.when:
+            out["when"] = {parent: list(values) for parent, values in self.when}
+        return out
 
     def __setstate__(self, state: dict) -> None:
         # A Dim pickled by an older tuner (the searcher's space in tuner.pkl) has no type;
@@ -123,12 +135,18 @@ def is_knob(name: str) -> bool:
     return name in KNOBS
 
 
-def active(name: str, config: Mapping[str, Any]) -> bool:
-    """Whether hyperparameter ``name`` counts in a trial with ``config``."""
-    if name not in CONDITIONS:
-        return True
-    parent, value = CONDITIONS[name]
-    return config.get(parent) == value
+def conditions_of(name: str, space: Mapping[str, Dim] | None = None) -> tuple[tuple[str, tuple], ...]:
+    """Where ``name`` counts: a knob's own condition, or its ``when`` in ``space``."""
+    knob = CONDITIONS.get(name)
+    own = space[name].when if space is not None and name in space else ()
+    return (((knob[0], (knob[1],)),) if knob else ()) + own
+
+
+def active(name: str, config: Mapping[str, Any], space: Mapping[str, Dim] | None = None) -> bool:
+    """Whether hyperparameter ``name`` counts in a trial with ``config`` (the knobs'
+    conditions, and with ``space`` its ``when``). An inactive parent is None in
+    ``config``, which no condition names: conditions chain."""
+    return all(config.get(parent) in values for parent, values in conditions_of(name, space))
 
 
 def default_space() -> dict[str, Dim]:
@@ -138,8 +156,17 @@ def default_space() -> dict[str, Dim]:
 
 def ordered(space: Mapping[str, Dim]) -> list[str]:
     """The space's names: the knobs in their fixed order (conditions after what they
-    depend on), then the model hyperparameters in the spec's order."""
-    return [n for n in KNOBS if n in space] + [n for n in space if n not in KNOBS]
+    depend on), then the model hyperparameters in the spec's order, each after the ones
+    its ``when`` names."""
+    out = [n for n in KNOBS if n in space]
+    placed, rest = set(out), [n for n in space if n not in KNOBS]
+    while rest:
+        ready = [n for n in rest if all(p in placed or p not in space for p, _ in space[n].when)]
+        ready = ready or rest  # a circle (check_conditions refuses it): the spec's order
+        out += ready
+        placed.update(ready)
+        rest = [n for n in rest if n not in placed]
+    return out
 
 
 def searched(space: Mapping[str, Dim]) -> list[str]:
@@ -153,8 +180,9 @@ def possible(dim: Dim) -> tuple | None:
 
 
 def model_hyperparameters(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A trial config's model hyperparameters (what the builder gets in ``hp``)."""
-    return {k: v for k, v in config.items() if k not in KNOBS}
+    """A trial config's model hyperparameters (what the builder gets in ``hp``): the
+    inactive ones (None) left out."""
+    return {k: v for k, v in config.items() if k not in KNOBS and v is not None}
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -182,6 +210,15 @@ def parse_dim(name: str, value: Any) -> Dim:
     """One hyperparameter's YAML value as a Dim; raises Invalid with one line."""
     key = f"search.space.{name}"
     knob = KNOBS.get(name)
+    if isinstance(value, Mapping) and "when" in value:
+        if knob is not None:
+            raise Invalid(f"`{key}` has `when`, but {name} is a training knob: knobs always count (momentum and the "
+                          "decay settings have their own conditions); give `when` to model hyperparameters.")
+        rest = {k: v for k, v in value.items() if k != "when"}
+        if len(rest) != 1 or next(iter(rest)) not in KINDS[1:]:
+            raise Invalid(f"`{key}` has `when`; beside it give exactly one of: {', '.join(KINDS[1:])} "
+                          f"(a fixed value as `choice: [VALUE]`).")
+        return replace(parse_dim(name, rest), when=_parse_when(key, value["when"]))
     if isinstance(value, Mapping):
         if len(value) != 1:
             raise Invalid(f"The value of `{key}` must have exactly one of: {', '.join(KINDS[1:])}.")
@@ -200,6 +237,21 @@ def parse_dim(name: str, value: Any) -> Dim:
         raise Invalid(f"`{key}` has `{kind}`, but must be a value or one of: {', '.join(KINDS[1:])}.")
     checked = _check_value(key, value, knob)
     return Dim("fixed", (checked,), knob.type if knob else type(checked))
+
+
+def _parse_when(key: str, when: Any) -> tuple[tuple[str, tuple], ...]:
+    """``when: {other: [values...]}`` (a single value for one) as Dim.when."""
+    if not isinstance(when, Mapping) or not when:
+        raise Invalid(f"The value of `{key}.when` must map hyperparameters to the values that make `{key}` count, "
+                      "e.g. when: {depth: [3, 4]}.")
+    out = []
+    for parent, values in when.items():
+        values = values if isinstance(values, list) else [values]
+        if not isinstance(parent, str) or not values or any(
+                not isinstance(v, (bool, int, float, str)) for v in values):
+            raise Invalid(f"The value of `{key}.when.{parent}` must be a value or a non-empty list of values.")
+        out.append((parent, tuple(values)))
+    return tuple(out)
 
 
 def _parse_range(key: str, kind: str, args: Any, knob: Knob | None) -> Dim:
@@ -262,22 +314,66 @@ def _check_value(key: str, value: Any, knob: Knob | None, number: bool = False) 
     return value
 
 
-def check_conditions(space: Mapping[str, Dim], grid: bool) -> list[str]:
-    """A conditional knob the search would vary but no trial would use, or (for grid) vary
-    in trials that do not use it: the searcher would silently waste trials."""
+def check_conditions(space: Mapping[str, Dim]) -> list[str]:
+    """Conditions that cannot work, one line each naming the fix: a ``when`` naming a
+    hyperparameter the space lacks, or a value it never takes, conditions in a circle, and
+    a conditional knob the search would vary although no trial uses it (the searcher would
+    silently waste trials)."""
     p = []
     for name, (parent, value) in CONDITIONS.items():
         dim, parents = space[name], possible(space[parent])
-        if dim.is_fixed or parents is None:
-            continue
-        if value not in parents:
+        if not dim.is_fixed and parents is not None and value not in parents:
             p.append(f"`search.space.{name}` is searched, but only {parent} `{value}` uses it and "
                      f"`search.space.{parent}` never is `{value}`; fix {name} to one value or add `{value}`.")
-        elif grid and len(dim.values) > 1 and set(parents) != {value}:
-            others = ", ".join(str(v) for v in parents if v != value)
-            p.append(f"Grid search over `search.space.{name}` would repeat each {others} trial once per {name} "
-                     f"(only {parent} `{value}` uses it); fix {name} to one value, or fix {parent} to `{value}`.")
+    for name, dim in space.items():
+        for parent, values in dim.when:
+            key = f"search.space.{name}.when.{parent}"
+            if parent not in space:
+                p.append(f"`{key}` names `{parent}`, which `search.space` does not have; name one of "
+                         f"{', '.join(n for n in ordered(space) if n != name)}, or add `{parent}`.")
+            elif never := [v for v in values if not takes(space[parent], v)]:
+                p.append(f"`{key}` has {', '.join(map(repr, never))}, which `{parent}` never takes "
+                         f"({describe(space[parent])}); give values it takes.")
+    if circle := _circle(space):
+        p.append(f"The `when` conditions of `search.space` go in a circle ({' -> '.join(circle)}); a hyperparameter "
+                 "cannot depend on itself: remove one of them.")
     return p
+
+
+def takes(dim: Dim, value: Any) -> bool:
+    """Whether ``dim`` can give ``value``."""
+    if not dim.is_range:
+        return any(value == v and type(value) is type(v) or (_number(value) and _number(v) and value == v)
+                   for v in dim.values)
+    low, high = dim.values
+    return _number(value) and low <= value <= high and (not dim.is_int or float(value).is_integer())
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def describe(dim: Dim) -> str:
+    """What ``dim`` gives, for a message."""
+    if dim.is_range:
+        return f"a {dim.kind} range [{dim.values[0]}, {dim.values[1]}]"
+    return "it is " + ", ".join(map(repr, dim.values))
+
+
+def _circle(space: Mapping[str, Dim]) -> list[str]:
+    """One circle of ``when`` conditions (its names, the first again at the end), or []."""
+    parents = {n: [p for p, _ in d.when if p in space] for n, d in space.items()}
+    done: set[str] = set()
+    for start in parents:
+        path: list[str] = []
+        name: str | None = start
+        while name is not None and name not in done:
+            if name in path:
+                return path[path.index(name):] + [name]
+            path.append(name)
+            name = next((p for p in parents[name] if p not in done), None)
+        done.update(path)
+    return []
 
 
 def with_builder_defaults(space: Mapping[str, Dim], defaults: Mapping[str, Any]) -> dict[str, Dim]:
@@ -329,6 +425,59 @@ def config_from_unit(space: Mapping[str, Dim], u: Sequence[float]) -> dict:
     if len(u) != len(names):
         raise ValueError(f"expected {len(names)} coordinates, got {len(u)}")
     coords = dict(zip(names, u))
-    config = {name: value_at(name, space[name], float(coords[name])) if name in coords else space[name].values[0]
-              for name in ordered(space)}
-    return {name: value if active(name, config) else None for name, value in config.items()}
+    config: dict[str, Any] = {}
+    for name in ordered(space):  # what a condition names comes first
+        dim = space[name]
+        value = value_at(name, dim, float(coords[name])) if name in coords else dim.values[0]
+        config[name] = value if active(name, config, space) else None
+    return config
+
+
+def corner_configs(space: Mapping[str, Dim]) -> list[dict]:
+    """Configs to check a builder with: every hyperparameter at its first value, then at its
+    last (the inactive ones None), and for each model hyperparameter active in neither, one
+    where its conditions hold (their first values), so that every one is built once."""
+    def at(chosen: Mapping[str, Any], end: int) -> dict:
+        config: dict[str, Any] = {}
+        for name in ordered(space):
+            value = chosen[name] if name in chosen else space[name].corners()[end]
+            config[name] = value if active(name, config, space) else None
+        return config
+
+    out = [at({}, 0), at({}, 1)]
+    for name in ordered(space):
+        if name not in KNOBS and all(c[name] is None for c in out):
+            chosen: dict[str, Any] = {}
+            wanted = [name]
+            while wanted:  # its conditions, theirs, ...
+                for parent, values in conditions_of(wanted.pop(), space):
+                    if parent in space and parent not in chosen:
+                        chosen[parent] = values[0]
+                        wanted.append(parent)
+            out.append(at(chosen, 0))
+    return [c for i, c in enumerate(out) if c not in out[:i]]
+
+
+def grid_points(space: Mapping[str, Dim]) -> list[dict]:
+    """Every combination of the choices (and fixed values) in which each hyperparameter is
+    active or None: an inactive one adds no combinations. Ranges are not allowed."""
+    points: list[dict] = [{}]
+    for name in ordered(space):
+        dim = space[name]
+        if dim.is_range:
+            raise ValueError(f"a grid has no points along the range {name}")
+        points = [{**p, name: v} for p in points
+                  for v in (dim.values if active(name, p, space) else (None,))]
+    return points
+
+
+def varies(dim: Dim) -> bool:
+    """Whether ``dim`` gives more than one value."""
+    return dim.is_range or len(dim.values) > 1
+
+
+def conditional_grid(space: Mapping[str, Dim]) -> bool:
+    """Whether the grid's combinations depend on conditions: a hyperparameter that varies,
+    or one with a ``when``, whose condition names one that varies."""
+    return any(any(varies(space[p]) for p, _ in conditions_of(n, space) if p in space)
+               for n, d in space.items() if varies(d) or d.when)

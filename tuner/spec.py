@@ -86,7 +86,7 @@ class SearchSpec:
     # "random": independent draws; "quasi_random": a scrambled Sobol sequence over the
     # same space (covers it more evenly); "tpe": Optuna's TPE; "bayesian": Optuna's
     # Gaussian-process sampler (needs PyTorch); "grid": every combination of the
-    # choices, num_samples times (ranges are not allowed with grid).
+    # choices that count, num_samples times (ranges are not allowed with grid).
     algorithm: str = "random"
     # Trials (repeats of the grid for grid).
     num_samples: int = 8
@@ -94,7 +94,8 @@ class SearchSpec:
     seed: int = 0
     # Hyperparameter -> fixed value, {loguniform|uniform|int_uniform|int_loguniform: [low, high]}
     # or {choice: [...]}: the training knobs (learning_rate, schedule, decay_epochs,
-    # decay_rate, staircase, optimizer, momentum, batch_size) and any model hyperparameter.
+    # decay_rate, staircase, optimizer, momentum, batch_size) and any model hyperparameter;
+    # a model hyperparameter's range or choice may add `when: {other: [values]}` (README).
     space: Mapping[str, Dim] = field(default_factory=default_space)
     # Start from earlier experiments of the same task and objective (see README).
     warm_start: WarmStartSpec = field(default_factory=WarmStartSpec)
@@ -648,7 +649,7 @@ def _check_search_and_model(spec: Spec, p: _Problems) -> None:
         for name, dim in se.space.items():
             if dim.is_range:
                 p.append(f"`search.space.{name}` is a {dim.kind} range, but grid search needs `choice: [...]` or a fixed value.")
-    p.extend(check_conditions(se.space, grid=se.algorithm == "grid"))
+    p.extend(check_conditions(se.space))
     module, sep, function = m.builder.partition(":")
     if not (sep and all(part.isidentifier() for part in [*module.split("."), function])):
         p.append(f"The value of `model.builder` is {m.builder!r}, but must be `module:function` "

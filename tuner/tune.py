@@ -493,7 +493,8 @@ def _new_tuner(spec: Spec, trainable, cluster: Cluster, slots_name: str, verbose
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
-                                    num_samples=spec.search.num_samples if search else 1, search_alg=searcher),
+                                    num_samples=searching.tune_num_samples(spec) if search else 1,
+                                    search_alg=searcher),
         run_config=tune.RunConfig(
             name=spec.name,
             storage_path=root,
@@ -512,12 +513,11 @@ def console_for(spec: Spec, search: bool, level: str):
     """The ``tuner.console.Console`` callback for this run."""
     from tuner.console import Console
     from tuner.rungs import milestones
+    from tuner.search import trial_count
     from tuner.space import searched
 
     kind = spec.scheduler.kind if search else "fifo"
-    trials = spec.search.num_samples if search else 1
-    if search and spec.search.algorithm == "grid":
-        trials *= math.prod(len(d.values) for d in spec.search.space.values() if not d.is_fixed)
+    trials = trial_count(spec) if search else 1
     ladder = milestones(dataclasses.asdict(spec.asha)) if kind in ("asha", "asha_promote") else []
     return Console(level, spec.objective.metric, spec.objective.mode, spec.asha.max_t, trials * spec.asha.max_t,
                    stopper_name(spec, search), ladder,

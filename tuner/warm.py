@@ -43,9 +43,11 @@ def misfit(space: Mapping[str, Dim], config: Mapping[str, Any]) -> str | None:
             return f"miss `{name}`"
         value = config[name]
         if value is None:
-            if active(name, config):
+            if active(name, config, space):
                 return f"have no value for `{name}`"
             continue
+        if not active(name, config, space):
+            return f"have a `{name}` where this space's conditions leave it out"
         if dim.is_fixed:
             if value != dim.values[0]:
                 return f"have another `{name}` than this space's fixed {dim.values[0]!r}"

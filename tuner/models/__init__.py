@@ -72,29 +72,35 @@ class InputSpec:
 
 
 class MissingHyperparameter(KeyError):
-    """A builder read a hyperparameter that the search space does not have."""
+    """A builder read a hyperparameter that the search space does not have, or that does
+    not count in this trial (its ``when`` does not hold)."""
 
-    def __init__(self, name: str, available: list[str]):
+    def __init__(self, name: str, available: list[str], inactive: bool = False):
         super().__init__(name)
-        self.name, self.available = name, available
+        self.name, self.available, self.inactive = name, available, inactive
 
     def __str__(self) -> str:
+        if self.inactive:
+            return (f"the builder reads the model hyperparameter `{self.name}`, which does not count in this trial "
+                    f"(its `when` in `search.space` does not hold); read it only where it holds, or with "
+                    f"hp.get('{self.name}', DEFAULT)")
         have = ", ".join(self.available) or "none"
         return (f"the builder reads the model hyperparameter `{self.name}`, which `search.space` does not have "
                 f"(it has: {have}); add it, e.g. --set search.space.{self.name}=VALUE")
 
 
 class HyperParameters(dict):
-    """The ``hp`` a builder gets: a dict that names a missing key clearly, and remembers
-    which keys were read."""
+    """The ``hp`` a builder gets: a dict that names a missing key clearly (and one that
+    does not count in this trial as such), and remembers which keys were read."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, inactive: frozenset[str] | set[str] = frozenset(), **kwargs):
         super().__init__(*args, **kwargs)
         self.read: set[str] = set()
+        self.inactive = frozenset(inactive)
 
     def __getitem__(self, name):
         if name not in self:
-            raise MissingHyperparameter(name, sorted(self))
+            raise MissingHyperparameter(name, sorted(self), inactive=name in self.inactive)
         self.read.add(name)
         return super().__getitem__(name)
 
@@ -117,8 +123,8 @@ class Builder:
     module_file: str | None  # the module's file, if it has one
     defaults: dict = field(default_factory=dict)
 
-    def __call__(self, hp: Mapping[str, Any], inputs: InputSpec):
-        return self.function(HyperParameters(hp), inputs)
+    def __call__(self, hp: Mapping[str, Any], inputs: InputSpec, inactive: frozenset[str] | set[str] = frozenset()):
+        return self.function(HyperParameters(hp, inactive=inactive), inputs)
 
 
 def parse_path(path: str) -> tuple[str, str]:
@@ -185,8 +191,9 @@ def check_builder(builder: Builder, configs: list[dict], inputs: InputSpec, loss
 
     read: set[str] = set()
     for config in configs:
-        hp = HyperParameters(config)
-        shown = ", ".join(f"{k}={v!r}" for k, v in config.items())
+        hp = HyperParameters({k: v for k, v in config.items() if v is not None},
+                             inactive={k for k, v in config.items() if v is None})
+        shown = ", ".join(f"{k}={v!r}" for k, v in hp.items())
         try:
             net = builder.function(hp, inputs)
         except MissingHyperparameter as e:
