@@ -196,7 +196,8 @@ class Console(tune.Callback):
             return
         self._seen[trial.trial_id] = None
         config = trial.config or {}
-        params = " ".join(f"{k}={value(config[k])}" for k in self.searched if k in config)
+        # A conditional hyperparameter that does not count in this trial (None) is left out.
+        params = " ".join(f"{k}={value(config[k])}" for k in self.searched if config.get(k) is not None)
         self._line(f"trial {trial.trial_id} started: {params}" if params else f"trial {trial.trial_id} started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
