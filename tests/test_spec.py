@@ -180,6 +180,9 @@ def test_train_needs_fixed_values():
     assert require_fixed(load_spec("seed-baseline")) == []
     found = require_fixed(load_spec("quick"))
     assert any("--set search.space.learning_rate=VALUE" in p for p in found)
+    # One value, with a condition: still one configuration.
+    assert require_fixed(load_spec("seed-baseline", ["search.space.tail={choice: [8], when: {depth: 2}}",
+                                                     "search.space.depth={choice: [2]}"])) == []
 
 
 def test_dataset_uri_default_follows_source_and_storage():

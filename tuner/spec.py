@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from tuner import population, storage
-from tuner.space import Dim, Invalid, check_conditions, default_space, parse_dim, parse_space
+from tuner.space import Dim, Invalid, check_conditions, default_space, parse_dim, parse_space, varies
 from tuner.storage import Location
 
 PRESET_PACKAGE = "tuner.presets"
@@ -756,5 +756,5 @@ def require_fixed(spec: Spec) -> list[str]:
         f"`search.space.{name}` is a {dim.kind}, but `tuner train` needs one value: "
         f"--set search.space.{name}=VALUE."
         for name, dim in spec.search.space.items()
-        if not dim.is_fixed
+        if varies(dim)  # one value (a choice of one, with a `when`, too) is fine
     ]
