@@ -36,10 +36,13 @@ class EpochReporter(tf_keras.callbacks.Callback):
     gather the metrics, save and report (every rank saves, rank 0's save is the
     checkpoint), and wait at a PBT perturbation point."""
 
-    def __init__(self, cfg: TrialConfig, worker, net, validation, resumed_from: int, startup: dict):
+    def __init__(self, cfg: TrialConfig, worker, net, validation, resumed_from: int, startup: dict,
+                 spent: float = 0.0):
         super().__init__()
         self.cfg, self.worker, self.net, self.validation = cfg, worker, net, validation
         self.resumed_from = resumed_from
+        self.spent = spent  # worker-seconds of the trial's earlier worker groups, by resumed_from
+        self.param_count = int(sum(math.prod(w.shape) for w in net.trainable_weights))  # not .params: Keras sets that
         self.plan: Any = None  # the fitting stretch's BatchPlan and Schedule, set before each fit
         self.lr_schedule: Any = None
         # Reported with this worker-group start's first epoch only: it marks each start in
@@ -98,6 +101,11 @@ class EpochReporter(tf_keras.callbacks.Callback):
             "workers": self.worker.world, "per_worker_batch": plan.per_worker_batch,
             "global_batch": plan.global_batch, "steps_per_epoch": plan.steps_per_epoch,
             "resumed_from_epoch": self.resumed_from,
+            # Cost metrics, which a multi-objective search can trade against accuracy: the
+            # model's trainable parameters, this training epoch's wall time, and the
+            # worker-seconds the trial has held so far (its start-up included).
+            "params": self.param_count, "epoch_seconds": train_seconds,
+            "worker_seconds": self.spent + self.worker.world * (time.time() - self.cfg.trial_start),
             # Peak resident memory of this worker process so far (Linux: KiB).
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             # GPUs Ray assigned to this worker (and to the trial driver): what was

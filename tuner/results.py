@@ -34,7 +34,7 @@ ROW_METRICS = (
     "resumed_from_epoch", "startup_seconds", "startup_process_seconds", "startup_worker_entered_seconds",
     "startup_imported_seconds", "startup_ready_seconds", "startup_cpu_seconds",
     "checkpoint_save_seconds", "previous_report_seconds", "replayed", "checkpoint_path", "weights_sha256", "peak_rss_mb", "gpus",
-    "driver_gpus",
+    "driver_gpus", "params", "epoch_seconds", "worker_seconds",
     "time_total_s", "timestamp", "generation",
 )
 # A PBT member's rows: where the generation that trained the row's epoch came from.

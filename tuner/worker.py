@@ -71,7 +71,7 @@ def train_loop_per_worker(config: dict) -> None:
                "startup_worker_entered_seconds": entered - cfg.trial_start,
                "startup_imported_seconds": imported - cfg.trial_start,
                "startup_ready_seconds": time.time() - cfg.trial_start}
-    report = reporter.EpochReporter(cfg, worker, start.net, worker.validation, start.epoch, startup)
+    report = reporter.EpochReporter(cfg, worker, start.net, worker.validation, start.epoch, startup, start.spent)
     _fit(cfg, worker, start, report)
 
 
@@ -131,6 +131,7 @@ class Start:
     plan: BatchPlan
     lr_schedule: Schedule
     stretches: list[Stretch]
+    spent: float = 0.0  # worker-seconds the trial had spent by its restored epoch (rank 0)
 
 
 def _plan(cfg: TrialConfig, worker: Worker, params: dict):
@@ -184,7 +185,18 @@ def _build_or_restore(cfg: TrialConfig, worker: Worker) -> Start:
     # rank reports (a report is a barrier); rank 0's metrics are the ones Ray Train uses.
     for replayed in checkpoints.replayed_epochs(recorded, reported, epoch):
         ray.train.report({**records[replayed], "replayed": True} if worker.rank == 0 else {})
-    return Start(net, epoch, plan, lr_schedule, stretches)
+    spent = _spent(cfg, records, epoch) if restored and worker.rank == 0 else 0.0
+    return Start(net, epoch, plan, lr_schedule, stretches, spent)
+
+
+def _spent(cfg: TrialConfig, records: dict[int, dict], epoch: int) -> float:
+    """The worker-seconds a resumed trial had spent by its restored ``epoch``, from that
+    checkpoint's record (one more read on a resume; 0 for another member's checkpoint)."""
+    try:
+        record = records.get(epoch) or checkpoints.stored_metrics(cfg.run_location, epoch) or {}
+    except Exception:  # noqa: BLE001 - a record that does not read counts nothing
+        record = {}
+    return float(record.get("worker_seconds") or 0.0)
 
 
 def _fit(cfg: TrialConfig, worker: Worker, start: Start, report) -> None:

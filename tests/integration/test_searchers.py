@@ -103,6 +103,13 @@ def test_a_search_runs_its_trials_in_bounds_and_in_the_seeded_order(algorithm, s
     rows = pq.read_table(path, filesystem=fs).to_pylist()
     assert len(rows) == sum(epochs)
     assert all((r["config/width_2"] is None) == (r["config/depth"] == 1) for r in rows), rows
+    # The cost metrics every epoch reports: the model's size follows its depth, and the
+    # worker-seconds held grow from epoch to epoch.
+    assert all(r["params"] > 0 and r["epoch_seconds"] > 0 for r in rows), rows
+    for t in trials:
+        mine = sorted((r for r in rows if r["trial_id"] == t["trial_id"]), key=lambda r: r["epoch"])
+        assert all(a["worker_seconds"] < b["worker_seconds"] for a, b in zip(mine, mine[1:])), mine
+        assert mine[0]["worker_seconds"] > 2 * mine[0]["epoch_seconds"]  # 2 workers, start-up included
 
 
 def assert_first_suggestions(spec, trials: list[dict]) -> None:
