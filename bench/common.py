@@ -14,7 +14,7 @@ from pathlib import Path
 # Experiment names unique per run, so a reused --work folder never refuses a rerun.
 NAME = {b: f"{b}-{time.strftime('%Y%m%d-%H%M%S')}" for b in ("b1", "b2", "b3", "tuned", "cnn", "economy", "scaling",
                                                              "ckpt", "peers", "searchers", "data", "s3", "scale", "head",
-                                                             "pbt", "warm")}
+                                                             "pbt", "warm", "pareto")}
 
 
 def tuner(args: list[str], cwd: Path) -> dict:

@@ -594,9 +594,84 @@ from head import head  # noqa: E402
 from reliability import reliability  # noqa: E402
 from scale import scale  # noqa: E402
 
+# Accuracy against model size: the MLP's learning rate, dropout, width and depth.
+PARETO_SPACE = ["--set", "search.space.learning_rate={loguniform: [1.0e-4, 1.0e-2]}",
+                "--set", "search.space.batch_size=128", "--set", "search.space.width={int_loguniform: [16, 1024]}",
+                "--set", "search.space.depth={choice: [1, 2, 3]}", "--set", "search.space.dropout={uniform: [0.0, 0.4]}",
+                "--set", "objective=[{metric: val_accuracy}, {metric: params}]"]
+
+
+def pareto(work: Path, mnist: str | None, smoke: bool) -> dict:
+    """A Pareto search (accuracy up, trainable parameters down) by MO-ASHA + MOTPE against
+    random search with FIFO, on the MLP (2-worker trials, one at a time, seed 0): the
+    hypervolume of each run's front over the trials that ended within the same
+    worker-seconds (the smaller of the two runs' totals), against one reference point
+    for both (just beyond the worst values of all their trials), and the epochs each spent."""
+    dataset = stage(work, mnist)
+    samples, max_t = (2, 1) if smoke else (27, 9)
+    runs = {"mo_asha_tpe": ["--set", "search.algorithm=tpe", "--set", "scheduler.kind=asha",
+                            "--set", f"search.num_samples={samples}"],
+            # FIFO trains every trial to the budget: a third as many trials spend about as much.
+            "random_fifo": ["--set", "search.algorithm=random", "--set", "scheduler.kind=fifo",
+                            "--set", f"search.num_samples={max(1, samples // 3) if not smoke else 1}"]}
+    out, ends = {}, {}
+    for how, args in runs.items():
+        name = f"{NAME['pareto']}-{how}"
+        run = tuner(["tune", "--config", "mnist", "--name", name, "--storage", str(work / "store"),
+                     "--set", f"data.uri={dataset}", "--set", "search.seed=0", "--set", f"asha.max_t={max_t}",
+                     "--set", "asha.grace_period=1", "--set", "asha.reduction_factor=3", *PARETO_SPACE, *args], work)
+        summary, rows = experiment(work / "store", name)
+        ends[how] = pareto_ends(rows)
+        out[how] = {"trials": len(summary["trials"]), "epochs_spent": summary["epochs_spent"],
+                    "worker_seconds": round(sum(w for _, w, _ in ends[how]), 1), "wall_seconds": round(run["seconds"], 1),
+                    "front": [{k: e[k] for k in ("trial_id", "epoch", "val_accuracy", "params")}
+                              for e in summary["pareto_front"]]}
+    budget = min(o["worker_seconds"] for o in out.values())
+    reference = pareto_reference([p for e in ends.values() for _, _, p in e])
+    for how in runs:
+        out[how]["hypervolume_at_budget"] = pareto_hypervolume_within(ends[how], budget, reference)
+    ratio = (out["mo_asha_tpe"]["hypervolume_at_budget"] / out["random_fifo"]["hypervolume_at_budget"]
+             if out["random_fifo"]["hypervolume_at_budget"] else None)
+    return {"max_t": max_t, "worker_seconds_budget": round(budget, 1), "reference": list(reference),
+            "hypervolume_ratio_mo_to_random": ratio and round(ratio, 3), **out}
+
+
+def pareto_ends(rows: list[dict]) -> list[tuple[str, float, tuple[float, float]]]:
+    """(trial id, its worker-seconds, (validation accuracy, parameters) at its last epoch),
+    in the order the trials ended."""
+    last: dict[str, dict] = {}
+    for r in sorted(rows, key=lambda r: (r["timestamp"], r["epoch"])):
+        if r.get("val_accuracy") is not None and r.get("params") is not None:
+            last[r["trial_id"]] = r
+    ordered = sorted(last.values(), key=lambda r: r["timestamp"])
+    return [(r["trial_id"], float(r.get("worker_seconds") or 0.0), (r["val_accuracy"], float(r["params"])))
+            for r in ordered]
+
+
+def pareto_reference(points: list[tuple[float, float]]) -> tuple[float, ...]:
+    from tuner import pareto as front
+
+    return front.reference_point(points, ("max", "min"))
+
+
+def pareto_hypervolume_within(ends: list[tuple[str, float, tuple[float, float]]], budget: float,
+                              reference: tuple[float, ...]) -> float:
+    """The hypervolume of the trials that ended before their worker-seconds, summed in
+    the order they ended, passed ``budget``."""
+    from tuner import pareto as front
+
+    spent, kept = 0.0, []
+    for _, seconds, point in ends:
+        spent += seconds
+        if spent > budget + 1e-9:
+            break
+        kept.append(point)
+    return front.hypervolume(kept, ("max", "min"), reference)
+
+
 BENCHES = {"b1": b1, "b2": b2, "b3": b3, "tuned": tuned, "cnn": cnn, "reliability": reliability, "economy": economy,
            "scaling": scaling, "ckpt": ckpt, "peers": peers, "searchers": searchers, "data": data, "s3": s3,
-           "scale": scale, "head": head, "pbt": pbt, "warm": warm}
+           "scale": scale, "head": head, "pbt": pbt, "warm": warm, "pareto": pareto}
 # `all`; reliability (~15 min, Ceph), s3 (~7 min), scale (39 min at 100 and 300 trials) and head
 # (2 min) run on their own.
 ALL = ["b1", "b2", "b3", "tuned", "cnn", "economy", "scaling", "ckpt", "peers", "searchers", "data", "pbt", "warm"]

@@ -163,3 +163,27 @@ def test_an_epoch_axis_has_whole_epochs_only():
     ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
     plt.close(fig)
     assert ticks == [1, 2, 3]
+
+
+def test_a_multi_objective_report_draws_the_front_and_its_hypervolume(tmp_path, capsys):
+    from tuner import results
+
+    summary, rows = make_experiment(tmp_path, "mo")
+    for i, r in enumerate(rows):
+        r.update(params=[8000, 4000, 20000, 1000, 50000, 90000][int(r["trial_id"][-1])], timestamp=100 + i)
+    records = [{"trial_id": t["trial_id"], "config": t["config"], "error": None,
+                "history": [{**r, "checkpoint_path": f"runs/{r['trial_id']}/e{r['epoch']}"} for r in rows
+                            if r["trial_id"] == t["trial_id"]]} for t in summary["trials"]]
+    spec = load_spec("quick", ["objective=[{metric: val_accuracy}, {metric: params}]", "asha.max_t=4"])
+    mo = results.summarize(spec, summary["command"], records, str, lambda p: True)
+    (tmp_path / "mo" / "summary.json").write_text(json.dumps(mo))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mo" / "results.parquet")
+    assert main(["report", "--storage", str(tmp_path), "--name", "mo"]) == 0
+    text = (tmp_path / "mo" / "report" / "report.html").read_text()
+    for png in ("pareto_front", "hypervolume"):
+        assert (tmp_path / "mo" / "report" / f"{png}.png").stat().st_size > 5000
+    assert f"<h3>Pareto front</h3><p>{len(mo['pareto_front'])} trial(s)" in text
+    ends = report.trial_ends(mo, {t["trial_id"]: [r for r in rows if r["trial_id"] == t["trial_id"]]
+                                  for t in summary["trials"]})
+    curve = report.hypervolume_curve(mo, ends)
+    assert curve == sorted(curve) and curve[-1] == pytest.approx(mo["hypervolume"]["value"])  # never shrinks

@@ -36,6 +36,33 @@ def test_summary_per_trial_and_best():
     assert summary["best"]["checkpoint_uri"] == "s3://b/exp/runs/t/epoch-0003"
 
 
+def test_a_multi_objective_summary_has_the_brute_force_front_and_its_hypervolume():
+    import random
+
+    from tuner import pareto
+
+    spec = load_spec("quick", ["objective=[{metric: val_accuracy}, {metric: params}]"])
+    rng = random.Random(3)
+    records = []
+    for i in range(12):
+        history = [{**epoch(e, round(rng.random(), 2)), "params": rng.choice([100, 200, 400, 800])} for e in (1, 2)]
+        records.append({"trial_id": f"t{i:02d}", "config": CONFIG, "error": None, "history": history})
+    records.append({"trial_id": "x", "config": CONFIG, "error": "DivergedError", "history": [epoch(1, 0.99)]})
+    summary = summarize(spec, [], records, lambda p: "s3://" + p, lambda p: True)
+    ends = {t["trial_id"]: (t["history"][-1]["val_accuracy"], t["history"][-1]["params"]) for t in records[:-1]}
+    brute = {i for i, p in ends.items() if not any(pareto.dominates(q, p, ("max", "min")) for q in ends.values())}
+    front = summary["pareto_front"]
+    assert {e["trial_id"] for e in front} == brute
+    assert [e["val_accuracy"] for e in front] == sorted((e["val_accuracy"] for e in front), reverse=True)
+    assert all(e["epoch"] == 2 and e["checkpoint_uri"].endswith("epoch-0002") for e in front)
+    assert summary["objectives"] == [{"metric": "val_accuracy", "mode": "max"}, {"metric": "params", "mode": "min"}]
+    assert summary["best"]["trial_id"] == front[0]["trial_id"]  # the front's best first objective
+    reference = summary["hypervolume"]["reference"]
+    assert reference["val_accuracy"] < min(v for v, _ in ends.values()) and reference["params"] > 800
+    assert summary["hypervolume"]["value"] == pareto.hypervolume(list(ends.values()), ("max", "min"),
+                                                                 (reference["val_accuracy"], reference["params"]))
+
+
 def test_best_skips_checkpoints_that_retention_deleted():
     spec = load_spec("quick")
     summary = summarize(spec, [], trials(), str, lambda p: not p.endswith("0003"))
@@ -170,3 +197,15 @@ def test_a_pbt_summary_keeps_each_lineage_and_the_best_models_schedule_with_its_
         ((1, 0.9), (2, 0.95))]
     page = report.render_html(summary, rows, {})
     assert "Its hyperparameter schedule" in page and "quick-replay" in page
+
+
+def test_best_of_a_front_prints_its_table_or_picks_one():
+    from tuner.results import front_table, pick
+
+    front = [{"trial_id": "a", "epoch": 4, "val_accuracy": 0.95, "params": 800},
+             {"trial_id": "b", "epoch": 2, "val_accuracy": 0.90, "params": 100}]
+    objectives = [{"metric": "val_accuracy", "mode": "max"}, {"metric": "params", "mode": "min"}]
+    assert pick(front, "params", "min")["trial_id"] == "b" and pick(front, "val_accuracy", "max")["trial_id"] == "a"
+    lines = front_table(front, objectives).splitlines()
+    assert lines[0].startswith("Pareto front: 2 trial(s) that no other beats on val_accuracy (max) and params (min)")
+    assert lines[1].split() == ["trial", "epoch", "val_accuracy", "params"] and lines[2].split() == ["a", "4", "0.95", "800"]

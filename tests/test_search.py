@@ -534,3 +534,23 @@ def test_the_keeper_saves_the_median_rule_and_the_stopper_and_counts_resumed_tri
     assert isinstance(keeper2.searcher, ConcurrencyLimiter)
     assert keeper2.searcher.max_concurrent == 1 and keeper2.searcher.live_trials == {"a"}
     assert keeper2.searcher.suggest("c") is None  # the limit is taken by the resumed trial
+
+
+def test_mo_asha_keeps_the_non_dominated_trials_at_a_rung_and_resumes_its_rungs():
+    spec = load_spec("quick", ["objective=[{metric: val_accuracy}, {metric: params}]", "asha.max_t=4",
+                               "asha.grace_period=1", "asha.reduction_factor=2"])
+    mo = schedulers.scheduler_for(spec, True, "epoch")
+    assert isinstance(mo, schedulers.MultiObjectiveASHA) and [m for m, _ in mo._rungs] == [2, 1]
+    at_rung_1 = {"a": (0.90, 500), "b": (0.85, 100), "c": (0.80, 600), "d": (0.70, 700), "e": (float("nan"), 50)}
+    decisions = {t: mo.on_trial_result(None, FakeTrial(t), {"epoch": 1, "val_accuracy": acc, "params": params})
+                 for t, (acc, params) in at_rung_1.items()}
+    # a goes on (the first); b is on the front with a; c (dominated by a) is not in the top half of 3;
+    # d and the NaN one e rank last.
+    assert decisions == {"a": CONTINUE, "b": CONTINUE, "c": STOP, "d": STOP, "e": STOP}
+    assert mo.on_trial_result(None, FakeTrial("a"), {"epoch": 4, "val_accuracy": 0.95, "params": 500}) == STOP  # budget
+    again = schedulers.scheduler_for(spec, True, "epoch")
+    again.load(mo.state())
+    # repr: NaN equals itself there.
+    assert repr(again.state()) == repr(mo.state())
+    assert repr(again.rungs()) == repr([[(2, {}), (1, {t: v[0] for t, v in at_rung_1.items()})]])
+    assert again.on_trial_result(None, FakeTrial("f"), {"epoch": 1, "val_accuracy": 0.99, "params": 10}) == CONTINUE

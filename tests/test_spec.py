@@ -51,7 +51,7 @@ def test_seed_baseline_is_the_tutorial():
         ({"asha": {"grace": 1}}, "Unknown key `asha.grace`; known keys under `asha`: max_t, grace_period, reduction_factor."),
         ({"ashaa": {}}, "Unknown key `ashaa`"),
         ({"search": {"num_samples": 0}}, "The value of `search.num_samples` is 0, but must be >= 1."),
-        ({"search": {"algorithm": "bayes"}}, "The value of `search.algorithm` is 'bayes', but must be one of: random, grid, quasi_random, tpe, bayesian."),
+        ({"search": {"algorithm": "bayes"}}, "The value of `search.algorithm` is 'bayes', but must be one of: random, grid, quasi_random, tpe, bayesian, nsga2."),
         ({"search": {"space": {"learning_rate": 0}}}, "The value of `search.space.learning_rate` is 0.0, but must be > 0 and <= 10."),
         ({"search": {"space": {"learning_rate": {"loguniform": [0, 1]}}}}, "The value of `search.space.learning_rate.loguniform` is 0.0, but must be > 0"),
         ({"search": {"space": {"learning_rate": {"loguniform": [1e-2, 1e-4]}}}}, "The range of `search.space.learning_rate` is [0.01, 0.0001], but low must be < high."),

@@ -238,3 +238,46 @@ def test_the_tensorboard_file_is_made_with_the_first_result(tmp_path):
     scalars = [(e.step, v.tag, round(v.simple_value, 6)) for e in tf.compat.v1.train.summary_iterator(str(events))
                for v in e.summary.value if v.HasField("simple_value")]
     assert (3, "ray/tune/val_accuracy", 0.5) in scalars
+
+
+def test_a_multi_objective_run_logs_its_front_on_the_parent_run(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    import mlflow
+
+    calls = []
+
+    class Client:  # MlflowClient's calls that finish() makes, recorded
+        def __init__(self, uri):
+            pass
+
+        def log_batch(self, run_id, metrics=(), params=(), tags=()):
+            calls.append(("batch", {m.key: m.value for m in metrics}, {t.key: t.value for t in tags}))
+
+        def log_artifact(self, run_id, path):
+            calls.append(("artifact", Path(path).name, Path(path).read_text() if path.endswith(".json") else None))
+
+        def log_artifacts(self, run_id, path, folder):
+            pass
+
+        def search_runs(self, *args, **kwargs):
+            return type("Page", (list,), {"token": None})()
+
+        def set_terminated(self, run_id, status):
+            calls.append(("end", status))
+
+    monkeypatch.setattr(mlflow, "MlflowClient", Client)
+    monkeypatch.setattr(tracking, "_report", lambda spec, folder: folder)
+    spec = load_spec("quick", ["objective=[{metric: val_accuracy}, {metric: params}]", f"storage.uri={tmp_path}",
+                               "tracking.mlflow.uri=http://127.0.0.1:9"])
+    spec.experiment_location().join("mlflow.json").write_json({"run_id": "r", "experiment_id": "1"})
+    front = [{"trial_id": "a", "epoch": 2, "val_accuracy": 0.9, "params": 900, "config": {}, "checkpoint_uri": "x"},
+             {"trial_id": "b", "epoch": 2, "val_accuracy": 0.8, "params": 100, "config": {}, "checkpoint_uri": "y"}]
+    summary = {"best": {"trial_id": "a", "epoch": 2, "val_accuracy": 0.9}, "trials": [], "pareto_front": front,
+               "hypervolume": {"value": 12.5, "reference": {}}}
+    assert tracking.finish(spec, summary, "ASHA")
+    (batch,) = [c for c in calls if c[0] == "batch"]
+    assert batch[1]["pareto_front_trials"] == 2 and batch[1]["hypervolume"] == 12.5
+    assert batch[2]["tuner.pareto_front"] == "a,b"
+    assert ("artifact", "pareto_front.json", json.dumps(front, indent=2)) in calls and ("end", "FINISHED") in calls

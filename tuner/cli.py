@@ -72,10 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--endpoint")
 
-    p = sub.add_parser("best", help="print the best trial of a finished experiment")
+    p = sub.add_parser("best", help="print the best trial of a finished experiment (a multi-objective one: its "
+                                    "Pareto front)")
     p.add_argument("--storage", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--endpoint")
+    p.add_argument("--pick", metavar="METRIC", help="a multi-objective experiment: print the trial of its Pareto front "
+                                                    "that is best on METRIC, one of its objectives")
     return parser
 
 
@@ -189,6 +192,21 @@ def cmd_best(args) -> int:
     except FileNotFoundError:
         raise UsageError(f"No summary at {where.join(args.name, results.SUMMARY)}; "
                          "has `tuner tune` finished for that --name and --storage?") from None
+    front = summary.get("pareto_front")
+    if args.pick and front is None:
+        raise UsageError(f"`--pick` chooses among a Pareto front, but `{args.name}` followed one objective; leave it "
+                         "out for its best trial.")
+    if front is not None:
+        objectives = summary["objectives"]
+        if args.pick:
+            modes = {o["metric"]: o["mode"] for o in objectives}
+            if args.pick not in modes:
+                raise UsageError(f"The value of `--pick` is {args.pick!r}, but must be one of the objectives: "
+                                 f"{', '.join(modes)}.")
+            print(json.dumps(results.pick(front, args.pick, modes[args.pick]), indent=2))
+            return 0
+        print(results.front_table(front, objectives))
+        return 0
     print(json.dumps(summary["best"], indent=2))
     replay = (summary["best"] or {}).get("replay")
     if replay:
@@ -264,6 +282,8 @@ def _print_outcome(spec, summary: dict, uri: str, tracked: str | None) -> int:
         print(f"No trial finished an epoch; see {uri}.", file=sys.stderr)
         return 1
     metric = spec.objective.metric
+    if summary.get("pareto_front") is not None:
+        print(results.front_table(summary["pareto_front"], summary["objectives"]))
     tests = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("test_") and isinstance(v, float))
     print(
         f"Best trial {best['trial_id']}: {metric} {best[metric]:.4f}, {tests} (epoch {best['epoch']})\n"

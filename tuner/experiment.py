@@ -29,7 +29,15 @@ from typing import Any
 
 from tuner import data, lease, models, results, schedule, storage, warm
 from tuner.space import corner_configs, model_hyperparameters, ordered, with_builder_defaults
-from tuner.spec import POPULATION_SCHEDULERS, Spec, differences, load_spec, missing_dependency, require_fixed
+from tuner.spec import (
+    COST_METRICS,
+    POPULATION_SCHEDULERS,
+    Spec,
+    differences,
+    load_spec,
+    missing_dependency,
+    require_fixed,
+)
 from tuner.tasks import TASK_METRIC
 
 SPEC_FILE = "spec.json"  # <storage>/<name>/spec.json: written when an experiment starts
@@ -110,6 +118,9 @@ def prepare(config: str, overrides: list[str], top_level: dict[str, Any], addres
     if problems:
         raise UsageError(*problems)
     plan.warnings += checked if checked is not None else check_builder(builder, spec, plan.inputs)
+    if search and spec.objective.more and spec.scheduler.kind in POPULATION_SCHEDULERS:
+        plan.warnings.append(f"`scheduler.kind: {spec.scheduler.kind}` exploits on the first objective, "
+                             f"{spec.objective.metric}; the summary's Pareto front takes every objective.")
     if search and state == "new" and spec.search.warm_start.experiments:
         plan.warm_start = warm_start(spec, plan.inputs.task)
         plan.warnings += plan.warm_start.warnings
@@ -214,11 +225,17 @@ def warm_start(spec: Spec, task: str) -> warm.WarmStart:
 
 
 def check_objective(spec: Spec, task: str) -> list[str]:
+    """An objective the trials of this task never report."""
     reported = ["val_loss", f"val_{TASK_METRIC[task]}"]
-    if spec.objective.metric in reported:
-        return []
-    return [f"The value of `objective.metric` is {spec.objective.metric!r}, but the trials of this {task} dataset "
-            f"report {' and '.join(reported)}; choose one of them (with `objective.mode` min for val_loss)."]
+    o = spec.objective
+    if not o.more:
+        if o.metric in reported:
+            return []
+        return [f"The value of `objective.metric` is {o.metric!r}, but the trials of this {task} dataset "
+                f"report {' and '.join(reported)}; choose one of them (with `objective.mode` min for val_loss)."]
+    reported += COST_METRICS
+    return [f"The value of `objective[{i}].metric` is {m!r}, but the trials of this {task} dataset report "
+            f"{', '.join(reported)}; choose among them." for i, m in enumerate(o.metrics) if m not in reported]
 
 
 def check_builder(builder: models.Builder, spec: Spec, inputs: models.InputSpec) -> list[str]:

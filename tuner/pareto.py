@@ -9,7 +9,8 @@ minimise (``_minimised``).
 - The rung rule of MO-ASHA (Schmucker et al., 2021; Syne Tune's ``MOASHA``): the points
   recorded at a rung ranked by non-dominated sorting, ties within a front broken by
   crowding distance (the more isolated first); a trial goes on when it is among the top
-  1/reduction_factor of that ranking, as single-objective ASHA keeps the top quantile.
+  1/reduction_factor of that ranking (rounded up, ahead of its equals), as Ray's
+  single-objective ASHA keeps the trials that reach the rung's quantile.
 - The hypervolume: the volume dominated by a front and bounded by a reference point, in
   any number of objectives (exact; by slicing along the first objective, which is fast
   enough for the few hundred points of an experiment).
@@ -87,22 +88,23 @@ def crowding(points: Sequence[Point], members: Sequence[int]) -> dict[int, float
     return out
 
 
-def ranked(points: Sequence[Point], modes: Sequence[str]) -> list[int]:
+def ranked(points: Sequence[Point], modes: Sequence[str], favoured: int | None = None) -> list[int]:
     """The indices of ``points`` best first: by front, then the more isolated first
-    (larger crowding distance), then by index."""
+    (larger crowding distance), then ``favoured`` before its equals, then by index."""
     out: list[int] = []
     for layer in fronts(points, modes):
         distance = crowding(points, layer)
-        out += sorted(layer, key=lambda i: (-distance[i], i))
+        out += sorted(layer, key=lambda i: (-distance[i], i != favoured, i))
     return out
 
 
 def goes_on(points: Sequence[Point], index: int, modes: Sequence[str], reduction_factor: float) -> bool:
     """MO-ASHA at a rung: whether ``points[index]`` (one of the points recorded there,
-    itself included) is among the top 1/reduction_factor of their ranking. The first
-    point at a rung always goes on, as in ASHA."""
-    keep = max(1, math.floor(len(points) / reduction_factor))
-    return index in ranked(points, modes)[:keep]
+    itself included) is among the top ceil(n / reduction_factor) of their ranking, ahead
+    of its equals: as Ray's ASHA lets a trial go on whose value reaches the rung's
+    quantile. The first point at a rung always goes on."""
+    keep = max(1, math.ceil(len(points) / reduction_factor))
+    return index in ranked(points, modes, favoured=index)[:keep]
 
 
 def reference_point(points: Sequence[Point], modes: Sequence[str]) -> tuple[float, ...]:

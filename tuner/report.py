@@ -128,6 +128,8 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
     out = {}
 
     order = ranked(summary)
+    if summary.get("pareto_front") is not None:
+        out.update(pareto_figures(summary, by_trial, plt))
     if any("lineage" in t for t in summary["trials"]):
         out.update(population_figures(summary, by_trial, plt))
         return out | hyperparameter_figures(summary, order, plt)
@@ -163,6 +165,58 @@ def figures(summary: dict, rows: list[dict]) -> dict[str, bytes]:
     out["rungs"] = _png(fig)
 
     return out | hyperparameter_figures(summary, order, plt)
+
+
+def trial_ends(summary: dict, by_trial: dict[str, list[dict]]) -> list[tuple[str, float, list[float]]]:
+    """(trial id, when it ended, its objective values at its last epoch) of every trial
+    that reported all the objectives: the points a multi-objective run's front is of."""
+    metrics = [o["metric"] for o in summary["objectives"]]
+    out = []
+    for trial_id, hist in by_trial.items():
+        done = [r for r in hist if all(r.get(m) is not None for m in metrics)]
+        if done:
+            last = max(done, key=lambda r: r["epoch"])
+            out.append((trial_id, float(last.get("timestamp") or 0), [float(last[m]) for m in metrics]))
+    return sorted(out, key=lambda e: (e[1], e[0]))
+
+
+def hypervolume_curve(summary: dict, ends: list[tuple[str, float, list[float]]]) -> list[float]:
+    """The hypervolume of the front of the first k trials to end, k = 1, 2, ... (against
+    the summary's reference point)."""
+    from tuner import pareto
+
+    modes = [o["mode"] for o in summary["objectives"]]
+    reference = [summary["hypervolume"]["reference"][o["metric"]] for o in summary["objectives"]]
+    return [pareto.hypervolume([p for _, _, p in ends[:k]], modes, reference) for k in range(1, len(ends) + 1)]
+
+
+def pareto_figures(summary: dict, by_trial: dict[str, list[dict]], plt) -> dict[str, bytes]:
+    """A multi-objective run: every trial's last epoch with the front joined (each pair of
+    objectives for three or more), and the front's hypervolume as trials ended."""
+    objectives = summary["objectives"]
+    ends = trial_ends(summary, by_trial)
+    on_front = {e["trial_id"] for e in summary["pareto_front"]}
+    pairs = [(i, j) for i in range(len(objectives)) for j in range(i + 1, len(objectives))]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.5), squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs):
+        xi, yj = objectives[i]["metric"], objectives[j]["metric"]
+        ax.scatter([p[i] for _, _, p in ends], [p[j] for _, _, p in ends], color="lightgrey", s=18, label="trials")
+        front = sorted((p[i], p[j]) for t, _, p in ends if t in on_front)
+        ax.plot([x for x, _ in front], [y for _, y in front], "o-", color="tab:red", ms=5, label="Pareto front")
+        ax.set(xlabel=f"{label(xi)} ({objectives[i]['mode']})", ylabel=f"{label(yj)} ({objectives[j]['mode']})")
+        if yj == "params" or xi == "params":
+            (ax.set_yscale if yj == "params" else ax.set_xscale)("log")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Pareto front: {len(on_front)} of {len(ends)} trials, each at its last epoch")
+    out = {"pareto_front": _png(fig)}
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    curve = hypervolume_curve(summary, ends)
+    ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3)
+    ax.set(xlabel="trials ended", ylabel="hypervolume", title="Hypervolume of the front as trials ended")
+    ax.grid(alpha=0.3)
+    out["hypervolume"] = _png(fig)
+    return out
 
 
 def hyperparameter_figures(summary: dict, order: list[dict], plt) -> dict[str, bytes]:
@@ -366,7 +420,7 @@ def render_html(summary: dict, rows: list[dict], pngs: dict[str, bytes]) -> str:
         f"<pre>{e(json.dumps(best['config'], indent=2, sort_keys=True))}</pre>"
     )
     warn_html = "".join(f'<p class="warn">{e(w)}</p>' for w in warnings) or "<p>No best value sits at the edge of its range.</p>"
-    best_html += schedule_html(best)
+    best_html += schedule_html(best) + front_html(summary)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuner report: {e(summary['name'])}</title>
 <style>
@@ -399,6 +453,22 @@ window.addEventListener("load", () => {{
 </script>
 </body></html>
 """
+
+
+def front_html(summary: dict) -> str:
+    """A multi-objective run's front as a table, with its hypervolume ("" otherwise)."""
+    front = summary.get("pareto_front")
+    if front is None:
+        return ""
+    e = html.escape
+    metrics = [o["metric"] for o in summary["objectives"]]
+    head = "".join(f"<th>{e(label(m))}</th>" for m in metrics)
+    body = "".join(f"<tr><td>{e(t['trial_id'])}</td><td>{t['epoch']}</td>"
+                   + "".join(f"<td>{t[m]:.6g}</td>" for m in metrics) + "</tr>" for t in front)
+    volume = (summary.get("hypervolume") or {}).get("value")
+    said = f"; hypervolume {volume:.6g}" if volume is not None else ""
+    return (f"<h3>Pareto front</h3><p>{len(front)} trial(s) that no other beats on every objective{said}; the "
+            f"first is the best configuration above.</p><table><tr><th>trial</th><th>epoch</th>{head}</tr>{body}</table>")
 
 
 def trials_html(summary: dict, key: str) -> str:

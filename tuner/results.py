@@ -169,7 +169,7 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
             if population is not None and t["trial_id"] in population.members:
                 best.update(best_schedule(spec, command, population, t["trial_id"], int(_clean(m.get("generation")) or 0)))
             break
-    return {
+    out = {
         "name": spec.name,
         "command": command,
         "spec": spec.to_dict(),
@@ -179,6 +179,65 @@ def summarize(spec: Spec, command: list[str], trials: list[dict], storage_fs_uri
         "best": best,
         "trials": entries,
     }
+    if spec.objective.more:
+        out.update(objectives=[{"metric": m, "mode": d} for m, d in spec.objective.all],
+                   **pareto_front(spec, trials, storage_fs_uri, checkpoint_exists))
+        # The best model of a multi-objective run: the front's best on the first objective.
+        top = next((e for e in out["pareto_front"] if e["checkpoint_uri"]), None)
+        out["best"] = top and {k: top[k] for k in ("trial_id", "config", "epoch", metric, "checkpoint_uri")}
+    return out
+
+
+def pareto_front(spec: Spec, trials: list[dict], storage_fs_uri, checkpoint_exists) -> dict:
+    """A multi-objective run's ``pareto_front``: the trials that no other dominates, each
+    at its last reported epoch (its model as it ended, whose checkpoint retention keeps)
+    with its objective values, config and checkpoint, best first objective first; and the
+    front's ``hypervolume`` against a reference point just beyond the worst values of all
+    the trials (``tuner.pareto.reference_point``)."""
+    from tuner import pareto
+
+    metrics, modes = spec.objective.metrics, spec.objective.modes
+    ends = []
+    for t in trials:
+        last = next((m for m in reversed(t["history"]) if all(m.get(k) is not None for k in metrics)), None)
+        if last is not None and t["error"] is None:
+            ends.append((t, last))
+    points = [[float(m[k]) for k in metrics] for _, m in ends]
+    members = []
+    for i in pareto.front(points, modes):
+        t, m = ends[i]
+        checkpoint = m.get("checkpoint_path")
+        members.append({"trial_id": t["trial_id"], "config": t["config"], "epoch": int(m[TIME_ATTR]),
+                        **{k: _clean(m[k]) for k in metrics},
+                        "checkpoint_uri": storage_fs_uri(checkpoint) if checkpoint and checkpoint_exists(checkpoint)
+                        else None})
+    first, sign = metrics[0], 1 if modes[0] == "max" else -1
+    members.sort(key=lambda e: (-sign * e[first], e["trial_id"]))
+    if not points:
+        return {"pareto_front": [], "hypervolume": None}
+    reference = pareto.reference_point(points, modes)
+    return {"pareto_front": members,
+            "hypervolume": {"value": pareto.hypervolume(points, modes, reference), "reference": dict(zip(metrics, reference))}}
+
+
+def pick(front: list[dict], metric: str, mode: str) -> dict:
+    """The member of a Pareto ``front`` that is best on ``metric`` (``tuner best --pick``);
+    on a tie the first of them in the front's order (best first objective first)."""
+    sign = 1 if mode == "max" else -1
+    return max(front, key=lambda e: (sign * e[metric], -front.index(e)))
+
+
+def front_table(front: list[dict], objectives: list[dict]) -> str:
+    """``tuner best`` of a multi-objective run: the front, one trial a line."""
+    metrics = [o["metric"] for o in objectives]
+    said = " and ".join(f"{o['metric']} ({o['mode']})" for o in objectives)
+    lines = [f"Pareto front: {len(front)} trial(s) that no other beats on {said}; the first is best_model.keras. "
+             "`tuner best --pick METRIC` prints one as JSON.",
+             "  ".join(f"{h:>14}" for h in ["trial", "epoch", *metrics])]
+    for e in front:
+        cells = [e["trial_id"], str(e["epoch"]), *(f"{e[m]:.6g}" if isinstance(e[m], float) else str(e[m]) for m in metrics)]
+        lines.append("  ".join(f"{c:>14}" for c in cells))
+    return "\n".join(lines)
 
 
 def trial_entry(spec: Spec, t: dict, population=None) -> dict:

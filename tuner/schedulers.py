@@ -22,7 +22,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
-from tuner import raycompat, storage
+from tuner import pareto, raycompat, storage
 from tuner.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ def scheduler_for(spec: Spec, search: bool, time_attr: str, runs: storage.Locati
         if runs is None:
             raise ValueError("a population needs the experiment's runs folder: its members copy checkpoints there")
         return population_for(spec, time_attr, runs)
+    if kind == "asha" and spec.objective.more:
+        return MultiObjectiveASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
+                                  reduction_factor=a.reduction_factor, objectives=spec.objective.all)
     if kind == "asha":
         return ResumableASHA(time_attr=time_attr, max_t=a.max_t, grace_period=a.grace_period,
                              reduction_factor=a.reduction_factor)
@@ -279,6 +282,72 @@ class PromotingASHA(_Objective, FIFOScheduler):
         return "Using ASHA with promotion: " + ", ".join(
             f"rung {m}: {len(r)} reached, {len(self._promoted[m])} promoted" for m, r in reversed(self._rungs)
             if m < self.max_t) + f"; {len(self._waiting)} waiting"
+
+
+class MultiObjectiveASHA(FIFOScheduler):
+    """ASHA over several objectives (MO-ASHA: Schmucker et al., 2021, Syne Tune's
+    ``MOASHA``): at each milestone a trial's objective values are recorded, and it goes on
+    when ``tuner.pareto.goes_on`` ranks it among the top 1/reduction_factor of the trials
+    recorded there (non-dominated sorting, then crowding distance), else it stops. Like
+    Ray's ASHA it never pauses a trial, and its rungs are saved and loaded as plain data.
+    A missing or NaN value ranks last."""
+
+    def __init__(self, time_attr: str, max_t: int, grace_period: int, reduction_factor: float,
+                 objectives: list[tuple[str, str]]):
+        from tuner.rungs import milestones
+
+        super().__init__()
+        self._time_attr, self.max_t, self.reduction_factor = time_attr, max_t, reduction_factor
+        self.metrics, self.modes = [m for m, _ in objectives], [mode for _, mode in objectives]
+        ladder = milestones({"grace_period": grace_period, "max_t": max_t, "reduction_factor": reduction_factor})
+        # Highest milestone first, as Ray's ASHA keeps them: (milestone, {trial id: values}).
+        self._rungs: list[tuple[int, dict[str, list[float]]]] = [(m, {}) for m in reversed(ladder[:-1])]
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # Tune names the first objective; this scheduler follows every one
+
+    def _point(self, result: dict) -> list[float]:
+        values = [result.get(m) for m in self.metrics]
+        return [float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan for v in values]
+
+    def _judge(self, trial_id: str, result: dict) -> str:
+        epoch = result.get(self._time_attr)
+        if epoch is None:
+            return TrialScheduler.CONTINUE
+        if epoch >= self.max_t:
+            return TrialScheduler.STOP
+        for milestone, recorded in self._rungs:
+            if epoch < milestone or trial_id in recorded:
+                continue
+            recorded[trial_id] = self._point(result)
+            ids = list(recorded)
+            keep = pareto.goes_on([recorded[i] for i in ids], ids.index(trial_id), self.modes, self.reduction_factor)
+            return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        return self._judge(trial.trial_id, result)
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        if result:
+            self._judge(trial.trial_id, result)
+
+    def rungs(self) -> list[list[tuple[float, dict[str, float]]]]:
+        """As ``ResumableASHA.rungs``, with each trial's first objective (the summary's
+        ``asha_rungs``); ``state`` keeps every objective."""
+        return [[(m, {t: v[0] for t, v in recorded.items()}) for m, recorded in self._rungs]]
+
+    def state(self) -> dict:
+        return {"rungs": [[m, dict(recorded)] for m, recorded in self._rungs], "metrics": self.metrics}
+
+    def load(self, state: dict) -> None:
+        saved = [(int(m), {t: list(v) for t, v in recorded.items()}) for m, recorded in state["rungs"]]
+        if [m for m, _ in saved] != [m for m, _ in self._rungs] or state.get("metrics") != self.metrics:
+            raise ValueError(f"saved MO-ASHA rungs {state} do not match this scheduler's milestones and objectives")
+        self._rungs = saved
+
+    def debug_string(self) -> str:
+        return "Using MO-ASHA: " + ", ".join(f"rung {m}: {len(r)} reached" for m, r in reversed(self._rungs))
 
 
 class ResumableMedian(MedianStoppingRule):

@@ -159,8 +159,10 @@ class OptunaSpace:
         return fixed
 
 
-def optuna_sampler(algorithm: str, seed: int):
-    """Optuna's sampler for ``tpe`` or ``bayesian``, seeded."""
+def optuna_sampler(algorithm: str, seed: int, trials: int = 0):
+    """Optuna's sampler for ``tpe``, ``bayesian`` or ``nsga2``, seeded. NSGA-II breeds
+    generations of about a third of the ``trials`` (4 to 50: Optuna's 50 would leave a
+    small search random)."""
     import warnings
 
     import optuna
@@ -173,6 +175,8 @@ def optuna_sampler(algorithm: str, seed: int):
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     if algorithm == "bayesian":
         return optuna.samplers.GPSampler(seed=seed)
+    if algorithm == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
     raise ValueError(f"no Optuna sampler for {algorithm!r}")
 
 
@@ -228,12 +232,15 @@ def searcher_for(spec: Spec, max_concurrent: int, metric: str, mode: str, warm_s
     elif se.algorithm in ("random", "quasi_random"):
         searcher = UnitCubeSearch(se.space, se.algorithm, se.seed, metric=metric, mode=mode, first=first,
                                   known=[p.config for p in points])
-    elif se.algorithm in ("tpe", "bayesian"):
+    elif se.algorithm in ("tpe", "bayesian", "nsga2"):
         from ray.tune.search.optuna import OptunaSearch
 
-        sampler = optuna_sampler(se.algorithm, se.seed)
+        sampler = optuna_sampler(se.algorithm, se.seed, se.num_samples)
         storage, name = warm_study(se.space, mode, sampler, points) if points else (None, None)
-        searcher = OptunaSearch(space=OptunaSpace(se.space), metric=metric, mode=mode, sampler=sampler,
+        # Several objectives: Optuna's multi-objective study (TPE: MOTPE; NSGA-II), told
+        # each trial's last reported value of every objective.
+        objectives: Any = (spec.objective.metrics, spec.objective.modes) if spec.objective.more else (metric, mode)
+        searcher = OptunaSearch(space=OptunaSpace(se.space), metric=objectives[0], mode=objectives[1], sampler=sampler,
                                 storage=storage, study_name=name,
                                 points_to_evaluate=[{n: c[n] for n in optuna_distributions(se.space, c)}
                                                     for c in first] or None)

@@ -27,12 +27,19 @@ from tuner.storage import Location
 PRESET_PACKAGE = "tuner.presets"
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
-ALGORITHMS = ("random", "grid", "quasi_random", "tpe", "bayesian")
+ALGORITHMS = ("random", "grid", "quasi_random", "tpe", "bayesian", "nsga2")
+# Schedulers and searchers that follow several objectives (MO-ASHA, MOTPE, NSGA-II; the
+# others do not learn from results); PBT and PB2 follow the first.
+MULTI_OBJECTIVE_SCHEDULERS = ("asha", "fifo", "pbt", "pb2")
+MULTI_OBJECTIVE_ALGORITHMS = ("random", "grid", "quasi_random", "tpe", "nsga2")
 SCHEDULERS = ("asha", "asha_promote", "hyperband", "median_stopping", "fifo", "pbt", "pb2")
 POPULATION_SCHEDULERS = ("pbt", "pb2")
 CHECKPOINT_UPLOADS = ("async", "sync")
 MODES = ("max", "min")
 LOWER_IS_BETTER = ("val_loss", "val_mae")
+# What every trial reports of its cost, beside its validation metrics (lower is better):
+# trainable parameters, the last training epoch's wall time, worker-seconds held so far.
+COST_METRICS = ("params", "epoch_seconds", "worker_seconds")
 
 
 class SpecError(ValueError):
@@ -115,8 +122,30 @@ class ObjectiveSpec:
     # The validation metric that schedulers, searchers and the best trial follow:
     # val_loss, and val_accuracy (classification) or val_mae (regression).
     metric: str = "val_accuracy"
-    # "max" or "min"; left out: min for val_loss and val_mae, max otherwise.
+    # "max" or "min"; left out: min for val_loss, val_mae and the cost metrics, max otherwise.
     mode: str = "max"
+    # A multi-objective search's further objectives, ((metric, mode), ...): the spec then
+    # gives `objective` as a list, [{metric: val_accuracy, mode: max}, {metric: params}].
+    # They may be cost metrics (COST_METRICS). The first objective is the one a single
+    # best trial, PBT and the plateau rule follow.
+    more: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def all(self) -> list[tuple[str, str]]:
+        """Every objective, as (metric, mode), the first first."""
+        return [(self.metric, self.mode), *self.more]
+
+    @property
+    def metrics(self) -> list[str]:
+        return [m for m, _ in self.all]
+
+    @property
+    def modes(self) -> list[str]:
+        return [mode for _, mode in self.all]
+
+    def to_yaml(self) -> Any:
+        entries = [{"metric": m, "mode": mode} for m, mode in self.all]
+        return entries if self.more else entries[0]
 
 
 @dataclass(frozen=True)
@@ -262,6 +291,7 @@ class Spec:
         """The resolved spec as plain YAML-able data (round-trips through build_spec)."""
         out = dataclasses.asdict(self)
         out["search"]["space"] = {k: d.to_yaml() for k, d in self.search.space.items()}
+        out["objective"] = self.objective.to_yaml()
         return out
 
     def with_absolute_paths(self) -> "Spec":
@@ -369,6 +399,8 @@ def _check_known_path(parts: list[str]) -> str | None:
         return None if len(parts) == 1 else f"Unknown key `{key}`: `name` is a plain value."
     if parts[0] not in SECTIONS:
         return f"Unknown key `{key}`; known sections: name, {', '.join(SECTIONS)}."
+    if parts == ["objective"]:  # objective=[...]: a multi-objective list
+        return None
     if len(parts) == 1:
         return f"The key `{key}` is a section; set one of its fields, e.g. `{key}.{_field_names(parts[0])[0]}=...`."
     fields = _field_names(parts[0])
@@ -409,8 +441,11 @@ def build_spec(raw: Mapping) -> Spec:
     for key in sorted(unknown):
         problems.append(f"Unknown key `{key}`; known sections: name, {', '.join(SECTIONS)}.")
 
-    sections = {}
+    sections: dict[str, Any] = {}
     for section, factory in SECTIONS.items():
+        if section == "objective" and isinstance(raw.get(section), list):
+            sections[section] = _objective_list(raw[section], problems)
+            continue
         given = raw.get(section) or {}
         if not isinstance(given, Mapping):
             problems.append(f"The value of `{section}` must be a mapping of its fields.")
@@ -419,8 +454,7 @@ def build_spec(raw: Mapping) -> Spec:
     objective = raw.get("objective")
     if isinstance(objective, Mapping) and "metric" in objective and "mode" not in objective:
         # The mode follows from the metric where left out: lower is better for a loss or an error.
-        mode = "min" if sections["objective"].metric in LOWER_IS_BETTER else "max"
-        sections["objective"] = dataclasses.replace(sections["objective"], mode=mode)
+        sections["objective"] = dataclasses.replace(sections["objective"], mode=default_mode(sections["objective"].metric))
 
     name = raw.get("name", Spec.name)
     if not isinstance(name, str) or not name or any(c in name for c in "/\\ ") or name in (".", ".."):
@@ -433,6 +467,33 @@ def build_spec(raw: Mapping) -> Spec:
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def default_mode(metric: str) -> str:
+    """An objective's mode where the spec leaves it out: lower is better for a loss, an
+    error and a cost."""
+    return "min" if metric in LOWER_IS_BETTER or metric in COST_METRICS else "max"
+
+
+def _objective_list(entries: list, problems: list[str]) -> ObjectiveSpec:
+    """``objective`` as a list: a multi-objective search's objectives."""
+    found: list[tuple[str, str]] = []
+    for i, entry in enumerate(entries):
+        key = f"objective[{i}]"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("metric"), str) or set(entry) - {"metric", "mode"}:
+            problems.append(f"The value of `{key}` is {entry!r}, but each objective must be {{metric: NAME}} or "
+                            "{metric: NAME, mode: max|min}.")
+            continue
+        found.append((entry["metric"], entry.get("mode") or default_mode(entry["metric"])))
+    metrics = [m for m, _ in found]
+    if len(entries) == 1:
+        problems.append("The value of `objective` is a list of one objective; give one as a mapping "
+                        "(objective: {metric: NAME}), or list two or more for a multi-objective search.")
+    for metric in sorted({m for m in metrics if metrics.count(m) > 1}):
+        problems.append(f"`objective` names `{metric}` twice; each objective once.")
+    if not found:
+        return ObjectiveSpec()
+    return ObjectiveSpec(found[0][0], found[0][1], tuple(found[1:]))
 
 
 def _build_section(section: str, default: Any, given: Mapping, problems: list[str]) -> Any:
@@ -613,7 +674,31 @@ def _check_spec(spec: Spec) -> list[str]:
     _check_search_and_model(spec, p)
     _check_schedule_fields(spec, p)
     _check_resources(spec, p)
-    return [*p, *_check_population(spec), *_check_warm_start(spec), *_check_schedule(spec)]
+    return [*p, *_check_population(spec), *_check_warm_start(spec), *_check_schedule(spec), *_check_objectives(spec)]
+
+
+def _check_objectives(spec: Spec) -> list[str]:
+    """A multi-objective search against the searcher and the scheduler that would run it."""
+    o, se, sch = spec.objective, spec.search, spec.scheduler
+    if not o.more:
+        if se.algorithm == "nsga2":
+            return ["`search.algorithm: nsga2` searches several objectives at once, but `objective` names one; "
+                    "list two or more (objective=[{metric: val_accuracy}, {metric: params}]), or use tpe."]
+        return []
+    p = []
+    names = " and ".join(o.metrics)
+    if se.algorithm not in MULTI_OBJECTIVE_ALGORITHMS:
+        p.append(f"`search.algorithm: {se.algorithm}` follows one objective, but `objective` lists {names}; use "
+                 f"one of {', '.join(MULTI_OBJECTIVE_ALGORITHMS)} (tpe and nsga2 learn from every objective).")
+    if sch.kind not in MULTI_OBJECTIVE_SCHEDULERS:
+        p.append(f"`scheduler.kind: {sch.kind}` follows one objective, but `objective` lists {names}; use asha "
+                 "(it ranks the trials at each rung by non-dominated sorting) or fifo.")
+    if sch.plateau_patience is not None:
+        p.append(f"`scheduler.plateau_patience` follows one objective, but `objective` lists {names}; set it to null.")
+    if se.warm_start.experiments:
+        p.append(f"`search.warm_start` takes the points of one objective, but `objective` lists {names}; leave "
+                 "`search.warm_start.experiments` empty.")
+    return p
 
 
 class _Problems(list):
@@ -656,12 +741,16 @@ def _check_search_and_model(spec: Spec, p: _Problems) -> None:
                  "(e.g. `my_models:build`, for my_models.py in the working directory).")
     if m.loss is not None and not m.loss.strip():
         p.append("The value of `model.loss` is empty; give a Keras loss name or null (the task's default).")
-    p.need(o.mode in MODES, "objective.mode", o.mode, "max or min")
-    if o.metric in LOWER_IS_BETTER and o.mode == "max":
-        p.append(f"The value of `objective.mode` is 'max', but `{o.metric}` is better when lower; use min "
-                 "(or leave the mode out).")
-    p.need(o.metric.startswith("val_") and o.metric[4:].isidentifier(), "objective.metric", o.metric,
-           "a validation metric: val_loss, val_accuracy (classification) or val_mae (regression)")
+    for i, (metric, mode) in enumerate(o.all):
+        key = f"objective[{i}]" if o.more else "objective"
+        p.need(mode in MODES, f"{key}.mode", mode, "max or min")
+        if (metric in LOWER_IS_BETTER or metric in COST_METRICS) and mode == "max":
+            p.append(f"The value of `{key}.mode` is 'max', but `{metric}` is better when lower; use min "
+                     "(or leave the mode out).")
+        cost = f", or a cost metric: {', '.join(COST_METRICS)}" if o.more else ""
+        p.need((metric.startswith("val_") and metric[4:].isidentifier()) or (bool(o.more) and metric in COST_METRICS),
+               f"{key}.metric", metric,
+               f"a validation metric: val_loss, val_accuracy (classification) or val_mae (regression){cost}")
 
 
 def _check_schedule_fields(spec: Spec, p: _Problems) -> None:
@@ -719,7 +808,8 @@ def _check_resources(spec: Spec, p: _Problems) -> None:
 
 # search.algorithm or scheduler.kind -> (tuner's extra, the modules it needs beyond tuner's
 # own dependencies, as their packages are named).
-EXTRAS = {"tpe": ("tpe", {"optuna": "optuna"}), "bayesian": ("bayesian", {"optuna": "optuna", "torch": "torch"}),
+EXTRAS = {"tpe": ("tpe", {"optuna": "optuna"}), "nsga2": ("tpe", {"optuna": "optuna"}),
+          "bayesian": ("bayesian", {"optuna": "optuna", "torch": "torch"}),
           "pb2": ("pb2", {"sklearn": "scikit-learn"})}
 
 

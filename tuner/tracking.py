@@ -26,6 +26,7 @@ Before any trial starts, ``preflight`` checks that the server answers (one line,
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -105,8 +106,16 @@ def finish(spec, summary: dict, stopper: str) -> str | None:
         metrics = {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
         tags = {"tuner.best_trial": best.get("trial_id", ""),
                 "tuner.summary_uri": exp.join(results.SUMMARY).uri}
+        front = summary.get("pareto_front")
+        if front is not None:  # a multi-objective run: its front's size, members and hypervolume
+            volume = (summary.get("hypervolume") or {}).get("value")
+            metrics.update(pareto_front_trials=len(front), **({"hypervolume": volume} if volume is not None else {}))
+            tags["tuner.pareto_front"] = ",".join(t["trial_id"] for t in front)
         _log_batch(client, run_id, metrics=metrics, step=int(best.get("epoch") or 0), tags=tags)
         with tempfile.TemporaryDirectory() as tmp:
+            if front is not None:
+                Path(tmp, "pareto_front.json").write_text(json.dumps(front, indent=2))
+                client.log_artifact(run_id, str(Path(tmp, "pareto_front.json")))
             for name in (results.BEST_MODEL, results.SUMMARY, "spec.json"):
                 stored = exp.join(name)
                 if stored.exists():

@@ -68,9 +68,10 @@ def staged(moto_s3):
 
 @pytest.mark.parametrize("algorithm, scheduler", [
     ("quasi_random", ["scheduler.kind=hyperband"]),
-    ("tpe", ["scheduler.kind=median_stopping", "scheduler.median_min_trials=1"]),
+    # Two objectives: MOTPE under MO-ASHA.
+    ("tpe", ["scheduler.kind=asha", "objective=[{metric: val_accuracy}, {metric: params}]"]),
     ("bayesian", ["scheduler.kind=fifo", "asha.max_t=5", "scheduler.plateau_patience=1", "scheduler.plateau_min_delta=0.5"]),
-    ("grid", ["scheduler.kind=asha"]),
+    ("grid", ["scheduler.kind=median_stopping", "scheduler.median_min_trials=1"]),
 ])
 def test_a_search_runs_its_trials_in_bounds_and_in_the_seeded_order(algorithm, scheduler, staged, moto_s3,
                                                                     unique_name, tmp_path, monkeypatch):
@@ -103,6 +104,16 @@ def test_a_search_runs_its_trials_in_bounds_and_in_the_seeded_order(algorithm, s
     rows = pq.read_table(path, filesystem=fs).to_pylist()
     assert len(rows) == sum(epochs)
     assert all((r["config/width_2"] is None) == (r["config/depth"] == 1) for r in rows), rows
+    if algorithm == "tpe":  # the summary's front: the trials no other beats at their last epoch
+        last = {t["trial_id"]: max((r for r in rows if r["trial_id"] == t["trial_id"]), key=lambda r: r["epoch"])
+                for t in trials}
+        ends = {i: (r["val_accuracy"], r["params"]) for i, r in last.items()}
+        brute = {i for i, (acc, size) in ends.items()
+                 if not any(a >= acc and s <= size and (a, s) != (acc, size) for a, s in ends.values())}
+        front = summary["pareto_front"]
+        assert {e["trial_id"] for e in front} == brute, (front, ends)
+        assert all((e["val_accuracy"], e["params"]) == ends[e["trial_id"]] for e in front)
+        assert summary["best"]["trial_id"] == front[0]["trial_id"] and summary["hypervolume"]["value"] > 0
     # The cost metrics every epoch reports: the model's size follows its depth, and the
     # worker-seconds held grow from epoch to epoch.
     assert all(r["params"] > 0 and r["epoch_seconds"] > 0 for r in rows), rows
