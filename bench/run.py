@@ -515,9 +515,7 @@ def pbt(work: Path, mnist: str | None, smoke: bool) -> dict:
     out = {}
     for how, args in runs.items():
         name = f"{NAME['pbt']}-{how}"
-        run = tuner(["tune", "--config", "mnist", "--name", name, "--storage", str(work / "store"),
-                     "--set", f"data.uri={dataset}", "--set", "search.seed=0", "--set", f"asha.max_t={max_t}",
-                     "--set", "asha.grace_period=1", "--set", "asha.reduction_factor=3", *POPULATION_SPACE, *args], work)
+        run = seeded_mnist_run(work, name, dataset, max_t, [*POPULATION_SPACE, *args])
         summary, _ = experiment(work / "store", name)
         out[how] = _tuning_figures(summary, run)
         if how != "asha":
@@ -532,6 +530,14 @@ def pbt(work: Path, mnist: str | None, smoke: bool) -> dict:
                 "wall_ratio": round(out[how]["wall_seconds"] / out["asha"]["wall_seconds"], 3),
                 "epochs_ratio": round(out[how]["epochs_spent"] / out["asha"]["epochs_spent"], 3)}
     return {"max_t": max_t, **out}
+
+
+def seeded_mnist_run(work: Path, name: str, dataset: str, max_t: int, args: list[str]) -> dict:
+    """``tuner tune`` of the `mnist` preset on ``dataset``, seed 0, ASHA's grace period 1 and
+    reduction factor 3 (where ASHA runs), ``max_t`` epochs, and ``args``."""
+    return tuner(["tune", "--config", "mnist", "--name", name, "--storage", str(work / "store"),
+                  "--set", f"data.uri={dataset}", "--set", "search.seed=0", "--set", f"asha.max_t={max_t}",
+                  "--set", "asha.grace_period=1", "--set", "asha.reduction_factor=3", *args], work)
 
 
 def _reached(rows: list[dict], target: float) -> dict:
@@ -617,9 +623,7 @@ def pareto(work: Path, mnist: str | None, smoke: bool) -> dict:
     out, ends = {}, {}
     for how, args in runs.items():
         name = f"{NAME['pareto']}-{how}"
-        run = tuner(["tune", "--config", "mnist", "--name", name, "--storage", str(work / "store"),
-                     "--set", f"data.uri={dataset}", "--set", "search.seed=0", "--set", f"asha.max_t={max_t}",
-                     "--set", "asha.grace_period=1", "--set", "asha.reduction_factor=3", *PARETO_SPACE, *args], work)
+        run = seeded_mnist_run(work, name, dataset, max_t, [*PARETO_SPACE, *args])
         summary, rows = experiment(work / "store", name)
         ends[how] = pareto_ends(rows)
         out[how] = {"trials": len(summary["trials"]), "epochs_spent": summary["epochs_spent"],

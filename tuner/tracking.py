@@ -82,7 +82,6 @@ def finish(spec, summary: dict, stopper: str) -> str | None:
     summary has them, and end the parent run. Returns where that run is (for the
     console), or None (no tracking, or it failed: a warning line; the results are in
     storage). ``stopper``: what stopped trials early (``tuner.tune.stopper_name``)."""
-    from tuner import results
 
     where = target(spec)
     if where is None:
@@ -102,27 +101,7 @@ def finish(spec, summary: dict, stopper: str) -> str | None:
         return None
     run_id, best = record["run_id"], summary.get("best") or {}
     try:
-        scores = {f"best_{k}": _number(v) for k, v in best.items() if k.startswith(("val_", "test_"))}
-        metrics = {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
-        tags = {"tuner.best_trial": best.get("trial_id", ""),
-                "tuner.summary_uri": exp.join(results.SUMMARY).uri}
-        front = summary.get("pareto_front")
-        if front is not None:  # a multi-objective run: its front's size, members and hypervolume
-            volume = (summary.get("hypervolume") or {}).get("value")
-            metrics.update(pareto_front_trials=len(front), **({"hypervolume": volume} if volume is not None else {}))
-            tags["tuner.pareto_front"] = ",".join(t["trial_id"] for t in front)
-        _log_batch(client, run_id, metrics=metrics, step=int(best.get("epoch") or 0), tags=tags)
-        with tempfile.TemporaryDirectory() as tmp:
-            if front is not None:
-                Path(tmp, "pareto_front.json").write_text(json.dumps(front, indent=2))
-                client.log_artifact(run_id, str(Path(tmp, "pareto_front.json")))
-            for name in (results.BEST_MODEL, results.SUMMARY, "spec.json"):
-                stored = exp.join(name)
-                if stored.exists():
-                    Path(tmp, name).write_bytes(stored.read_bytes())
-                    client.log_artifact(run_id, str(Path(tmp, name)))
-            if best:
-                client.log_artifacts(run_id, str(_report(spec, Path(tmp, "report"))), "report")
+        _log_results(client, run_id, spec, summary)
     except Exception as e:  # noqa: BLE001
         _warn("log the results", where, e, exp_uri)
         logged = False
@@ -141,6 +120,39 @@ def finish(spec, summary: dict, stopper: str) -> str | None:
     if where.uri.startswith(("http://", "https://")):  # the run's page in MLflow's web UI
         return f"{where.uri.rstrip('/')}/#/experiments/{record['experiment_id']}/runs/{run_id}"
     return f"run {run_id} of experiment {where.experiment!r} at {where.uri}"
+
+
+def _log_results(client, run_id: str, spec, summary: dict) -> None:
+    """The best trial's scores (a multi-objective run: its front too), its model,
+    ``summary.json``, ``spec.json`` and the report, on the parent run."""
+    from tuner import results
+
+    exp, best = spec.experiment_location(), summary.get("best") or {}
+    scores = {f"best_{k}": _number(v) for k, v in best.items() if k.startswith(("val_", "test_"))}
+    metrics = {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
+    tags = {"tuner.best_trial": best.get("trial_id", ""), "tuner.summary_uri": exp.join(results.SUMMARY).uri}
+    front = summary.get("pareto_front")
+    if front is not None:
+        metrics.update(_front_metrics(summary))
+        tags["tuner.pareto_front"] = ",".join(t["trial_id"] for t in front)
+    _log_batch(client, run_id, metrics=metrics, step=int(best.get("epoch") or 0), tags=tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        if front is not None:
+            Path(tmp, "pareto_front.json").write_text(json.dumps(front, indent=2))
+            client.log_artifact(run_id, str(Path(tmp, "pareto_front.json")))
+        for name in (results.BEST_MODEL, results.SUMMARY, "spec.json"):
+            stored = exp.join(name)
+            if stored.exists():
+                Path(tmp, name).write_bytes(stored.read_bytes())
+                client.log_artifact(run_id, str(Path(tmp, name)))
+        if best:
+            client.log_artifacts(run_id, str(_report(spec, Path(tmp, "report"))), "report")
+
+
+def _front_metrics(summary: dict) -> dict:
+    """A multi-objective run's front, as the parent run's metrics: its size and hypervolume."""
+    volume = (summary.get("hypervolume") or {}).get("value")
+    return {"pareto_front_trials": len(summary["pareto_front"]), **({"hypervolume": volume} if volume is not None else {})}
 
 
 def _report(spec, folder: Path) -> Path:
