@@ -554,3 +554,28 @@ def test_mo_asha_keeps_the_non_dominated_trials_at_a_rung_and_resumes_its_rungs(
     assert repr(again.state()) == repr(mo.state())
     assert repr(again.rungs()) == repr([[(2, {}), (1, {t: v[0] for t, v in at_rung_1.items()})]])
     assert again.on_trial_result(None, FakeTrial("f"), {"epoch": 1, "val_accuracy": 0.99, "params": 10}) == CONTINUE
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "nsga2"])
+def test_a_multi_objective_searcher_pickles_and_a_restored_one_continues_the_same_search(algorithm, tmp_path):
+    spec = load_spec("quick", [f"search.algorithm={algorithm}", "search.num_samples=12", *SPACE,
+                               "objective=[{metric: val_accuracy}, {metric: params}]"])
+
+    def drive_two(alg, n, start=0):
+        out = []
+        for i in range(start, start + n):
+            config = alg.suggest(f"t{i}")
+            out.append(config)
+            alg.on_trial_complete(f"t{i}", {"val_accuracy": objective(config), "params": config["width"], "epoch": 1})
+        return out
+
+    whole = drive_two(searcher(spec), 14)
+    first = searcher(spec)
+    assert drive_two(first, 11) == whole[:11]
+    pickle.loads(pickle.dumps(first))  # as Tune saves it with the experiment
+    first.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher(spec)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert drive_two(restored, 3, start=11) == whole[11:]
+    study = restored.searcher._ot_study
+    assert len(study.directions) == 2 and len(study.trials) == 14

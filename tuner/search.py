@@ -176,7 +176,9 @@ def optuna_sampler(algorithm: str, seed: int, trials: int = 0):
     if algorithm == "bayesian":
         return optuna.samplers.GPSampler(seed=seed)
     if algorithm == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+        from tuner.nsga2 import NSGAIISampler
+
+        return NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
     raise ValueError(f"no Optuna sampler for {algorithm!r}")
 
 
