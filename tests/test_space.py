@@ -115,6 +115,9 @@ def test_a_condition_comes_after_what_it_names():
      "The `when` conditions of `search.space` go in a circle (depth -> units_3 -> depth)"),
     ({"slope": {"uniform": [0.0, 0.5], "when": {"slope": [0.1]}}},
      "The `when` conditions of `search.space` go in a circle (slope -> slope)"),
+    # Through a hyperparameter's second condition: depth names units_3 after tail.
+    ({"depth": {"choice": [1, 2], "when": {"tail": [8], "units_3": [16]}}, "tail": {"choice": [8, 16]}},
+     "The `when` conditions of `search.space` go in a circle (depth -> units_3 -> depth)"),
     ({"units_3": {"int_uniform": [16, 512], "when": {"slope": [0.7]}}},
      "`search.space.units_3.when.slope` has 0.7, which `slope` never takes (a uniform range [0.0, 0.5])"),
 ])

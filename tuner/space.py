@@ -361,18 +361,25 @@ def describe(dim: Dim) -> str:
 
 
 def _circle(space: Mapping[str, Dim]) -> list[str]:
-    """One circle of ``when`` conditions (its names, the first again at the end), or []."""
+    """One circle of ``when`` conditions (its names, the first again at the end), or []:
+    a depth-first walk along every condition of every hyperparameter."""
     parents = {n: [p for p, _ in d.when if p in space] for n, d in space.items()}
     done: set[str] = set()
+
+    def walk(name: str, path: list[str]) -> list[str]:
+        if name in path:
+            return path[path.index(name):] + [name]
+        if name in done:
+            return []
+        for parent in parents[name]:
+            if circle := walk(parent, [*path, name]):
+                return circle
+        done.add(name)
+        return []
+
     for start in parents:
-        path: list[str] = []
-        name: str | None = start
-        while name is not None and name not in done:
-            if name in path:
-                return path[path.index(name):] + [name]
-            path.append(name)
-            name = next((p for p in parents[name] if p not in done), None)
-        done.update(path)
+        if circle := walk(start, []):
+            return circle
     return []
 
 

@@ -744,7 +744,7 @@ def _check_search_and_model(spec: Spec, p: _Problems) -> None:
     for i, (metric, mode) in enumerate(o.all):
         key = f"objective[{i}]" if o.more else "objective"
         p.need(mode in MODES, f"{key}.mode", mode, "max or min")
-        if (metric in LOWER_IS_BETTER or metric in COST_METRICS) and mode == "max":
+        if default_mode(metric) == "min" and mode == "max":
             p.append(f"The value of `{key}.mode` is 'max', but `{metric}` is better when lower; use min "
                      "(or leave the mode out).")
         cost = f", or a cost metric: {', '.join(COST_METRICS)}" if o.more else ""

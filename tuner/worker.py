@@ -174,9 +174,8 @@ def _build_or_restore(cfg: TrialConfig, worker: Worker) -> Start:
             net = restored[0]
             training.retune(net, params, epoch_schedule, epoch * plan.steps_per_epoch)
         else:
-            hp = space.model_hyperparameters(params)  # the ones that count in this trial
-            inactive = {k for k in params if k not in hp and not space.is_knob(k)}
-            net = models.load_builder(cfg.builder)(hp, worker.inputs, inactive)
+            model_config = {k: v for k, v in params.items() if not space.is_knob(k)}  # None: does not count
+            net = models.load_builder(cfg.builder)(model_config, worker.inputs)
             training.compile_model(net, training.build_optimizer(params, epoch_schedule), worker.task, cfg.loss,
                                    steps_per_execution=min(STEPS_PER_EXECUTION, plan.steps_per_epoch))
     # Stored epochs whose reports never reached the driver (it was stopped, or this worker

@@ -98,6 +98,13 @@ class HyperParameters(dict):
         self.read: set[str] = set()
         self.inactive = frozenset(inactive)
 
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> "HyperParameters":
+        """A trial's model hyperparameters, None for one that does not count in it: those
+        left out, and named as such when read."""
+        return cls({k: v for k, v in config.items() if v is not None},
+                   inactive={k for k, v in config.items() if v is None})
+
     def __getitem__(self, name):
         if name not in self:
             raise MissingHyperparameter(name, sorted(self), inactive=name in self.inactive)
@@ -123,8 +130,9 @@ class Builder:
     module_file: str | None  # the module's file, if it has one
     defaults: dict = field(default_factory=dict)
 
-    def __call__(self, hp: Mapping[str, Any], inputs: InputSpec, inactive: frozenset[str] | set[str] = frozenset()):
-        return self.function(HyperParameters(hp, inactive=inactive), inputs)
+    def __call__(self, config: Mapping[str, Any], inputs: InputSpec):
+        """The model for a trial's model hyperparameters (None: one that does not count)."""
+        return self.function(HyperParameters.of(config), inputs)
 
 
 def parse_path(path: str) -> tuple[str, str]:
@@ -191,8 +199,7 @@ def check_builder(builder: Builder, configs: list[dict], inputs: InputSpec, loss
 
     read: set[str] = set()
     for config in configs:
-        hp = HyperParameters({k: v for k, v in config.items() if v is not None},
-                             inactive={k for k, v in config.items() if v is None})
+        hp = HyperParameters.of(config)
         shown = ", ".join(f"{k}={v!r}" for k, v in hp.items())
         try:
             net = builder.function(hp, inputs)
